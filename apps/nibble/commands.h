@@ -1,0 +1,13 @@
+// defines: the subcommands of the nibble program, one file each (apps/nibble/cmd_<name>.cpp).
+//
+// Each add_<name>_command registers a subcommand with its options and a callback. A callback
+// reports a user-facing failure by throwing nibble::Error (exit 1), or CLI::RuntimeError(code)
+// for a specific exit code; main() prints the message.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace nibble::app {
+
+
+}  // namespace nibble::app

@@ -1,0 +1,31 @@
+// nibble: one program, one subcommand per job. See README.md.
+#include <cstdio>
+#include <exception>
+
+#include <fmt/format.h>
+
+#include "commands.h"
+#include "core/error.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"nibble: run and fine-tune Qwen3 models with NVFP4 weights", "nibble"};
+  app.require_subcommand(1);
+  app.fallthrough(false);
+
+  // One line per subcommand (apps/nibble/cmd_<name>.cpp).
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const nibble::Error& e) {
+    std::fflush(stdout);
+    fmt::print(stderr, "nibble: error: {}\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fflush(stdout);
+    fmt::print(stderr, "nibble: error: {}\n", e.what());
+    return 1;
+  }
+  return 0;
+}
