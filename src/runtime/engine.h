@@ -1,0 +1,49 @@
+// defines: Engine (a loaded model + backend + one sequence's KV cache) and EngineOptions.
+//
+// The Engine is the thin layer the runtime (sampler, chat session, generate/chat commands) drives:
+// it appends tokens to one sequence and returns logits. Sampling and chat live in runtime/*.
+// Abstract so that tests can fake it; Engine::load builds the real one (model/qwen3 over a Backend).
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "format/hf_config.h"
+
+namespace nibble {
+
+struct EngineOptions {
+  std::string device = "cpu";  // "cpu" | "cuda" (cuda joins later)
+  int64_t context_length = 0;  // KV capacity in tokens; 0 = min(max_position_embeddings, 4096)
+  int threads = 0;             // 0 = hardware concurrency
+};
+
+class Engine {
+ public:
+  virtual ~Engine() = default;
+
+  // Loads config.json + safetensors from `model_dir` (Qwen3, Qwen2 or Llama). Throws Error on a
+  // missing file or tensor, a mis-shaped tensor, an unknown architecture or device.
+  static std::unique_ptr<Engine> load(const std::filesystem::path& model_dir, const EngineOptions& opts);
+
+  virtual const ModelConfig& config() const = 0;
+  virtual int64_t context_length() const = 0;
+  virtual int64_t position() const = 0;  // tokens now in the KV cache
+
+  // Appends tokens at [position(), position()+n) and returns fp32 logits (vocab_size) of the last
+  // one; the span stays valid until the next call. Throws Error (nothing changed) if
+  // position()+n > context_length(), n == 0, or an id is outside [0, vocab).
+  virtual std::span<const float> forward(std::span<const int32_t> tokens) = 0;
+
+  // Same, returning logits of every token, (n, vocab) row-major — for parity tests.
+  virtual std::vector<float> forward_all(std::span<const int32_t> tokens) = 0;
+
+  // Forgets KV entries at positions >= n (n <= position()); position() becomes n.
+  virtual void truncate(int64_t n) = 0;
+};
+
+}  // namespace nibble
