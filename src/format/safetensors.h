@@ -54,11 +54,21 @@ class SafetensorsFile {
 std::vector<TensorInfo> parse_safetensors(std::span<const uint8_t> bytes, const std::string& file_label,
                                           std::map<std::string, std::string>* metadata);
 
-// All tensors of a model directory: model.safetensors, or the shards listed by
-// model.safetensors.index.json (each shard mapped once), or every *.safetensors file.
+// All tensors of a model directory: the shards listed by model.safetensors.index.json (each shard
+// mapped once), else model.safetensors, else every *.safetensors file. A tensor name may appear in
+// one file only. Move-only: the name index points into the files it holds.
 class WeightStore {
  public:
+  WeightStore() = default;
+  WeightStore(WeightStore&&) = default;
+  WeightStore& operator=(WeightStore&&) = default;
+  WeightStore(const WeightStore&) = delete;
+  WeightStore& operator=(const WeightStore&) = delete;
+
   static WeightStore open_dir(const std::filesystem::path& dir);
+  static WeightStore open_file(const std::filesystem::path& file);  // one .safetensors file
+  // A directory (open_dir) or a single file (open_file); throws Error when `path` does not exist.
+  static WeightStore open(const std::filesystem::path& path);
 
   const TensorInfo* find(const std::string& name) const;
   const TensorInfo& get(const std::string& name) const;  // throws Error naming the tensor and dir
@@ -70,6 +80,8 @@ class WeightStore {
   std::filesystem::path dir_;
   std::vector<SafetensorsFile> files_;
   std::map<std::string, const TensorInfo*> by_name_;
+
+  void index_files();  // fills by_name_; throws Error on a name found in two files
 };
 
 // Collects tensors and writes one safetensors file atomically (temporary name, then rename).
@@ -94,5 +106,10 @@ class SafetensorsWriter {
   std::vector<Entry> entries_;
   std::map<std::string, std::string> metadata_;
 };
+
+// Writes model.safetensors.index.json for a sharded checkpoint (atomically):
+// {"metadata": {"total_size": N}, "weight_map": {tensor name: shard file name}}.
+void write_safetensors_index(const std::filesystem::path& path,
+                             const std::map<std::string, std::string>& weight_map, uint64_t total_size);
 
 }  // namespace nibble
