@@ -19,6 +19,7 @@ nvfp4.safetensors, per case C:
   C.weight_scale_2  F32 []                  global scale
   C.scaled          F32 [out, in]           w / (float(scale) * global) before E2M1 rounding
   C.dequant         F32 [out, in]           e2m1[q] * (float(scale) * global)
+  C.cuda.weight, C.cuda.weight_scale, C.cuda.weight_scale_2   the same quantisation run on the GPU
 
 The NVFP4 quantiser below is NVIDIA ModelOpt's NVFP4QTensor dynamic path
 (modelopt/torch/quantization/qtensor/nvfp4_tensor.py: get_weights_scaling_factor_2,
@@ -190,7 +191,11 @@ def main():
             tensors[f"{name}.{k}"] = v
         info = {"shape": list(w.shape), "dtype": str(w.dtype)}
         if have_cuda:
+            # The GPU result is kept too: torch on CUDA divides by a Python scalar as a multiply by
+            # its fp32 reciprocal, so weight_scale_2 can differ from the CPU's in the last bit.
             rc = quantize(w, "cuda")
+            for k in ("weight", "weight_scale", "weight_scale_2"):
+                tensors[f"{name}.cuda.{k}"] = rc[k]
             info["cuda_matches_cpu"] = all(
                 torch.equal(rc[k].view(torch.uint8) if rc[k].dtype == torch.float8_e4m3fn else rc[k],
                             r[k].view(torch.uint8) if r[k].dtype == torch.float8_e4m3fn else r[k])
