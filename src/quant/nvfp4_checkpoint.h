@@ -40,6 +40,18 @@ struct QuantConfig {
 // naming the file and the algorithm found. No quantisation: QuantConfig{} (nvfp4 = false).
 QuantConfig read_quant_config(const std::filesystem::path& model_dir, const ModelConfig& config);
 
+// The stored tensors of one linear layer, found by name; the layout is told by which exist.
+struct LinearTensors {
+  enum class Layout { Missing, Dense, ModelOpt, CompressedTensors } layout = Layout::Missing;
+  const TensorInfo* weight = nullptr;        // X.weight (dense or packed U8), or X.weight_packed
+  const TensorInfo* scale = nullptr;         // X.weight_scale (NVFP4)
+  const TensorInfo* global_scale = nullptr;  // X.weight_scale_2, or X.weight_global_scale (reciprocal)
+  const TensorInfo* input_scale = nullptr;   // X.input_scale (W4A4 activation scale; not used)
+};
+// Throws Error for a combination that is no layout nibble reads (a float X.weight beside an
+// X.weight_scale, e.g. FP8 per-tensor).
+LinearTensors find_linear_tensors(const WeightStore& store, const std::string& prefix);
+
 // The weight of linear `prefix` ("model.layers.0.self_attn.q_proj"), expected shape (out, in):
 // dense (X.weight F32/BF16/F16) or NVFP4 (either layout above, detected from the tensors present).
 // Pointers are into the store's mmap (valid while the store lives). Errors name the tensor, the
