@@ -9,5 +9,6 @@
 
 namespace nibble::app {
 
+void add_inspect_command(CLI::App& app);
 
 }  // namespace nibble::app
