@@ -1,0 +1,122 @@
+// defines: Backend (the context object every op runs in: memory, weight upload and the forward
+// ops of a dense decoder), KvCache (backend-owned keys and values of one sequence), RopeTable,
+// make_backend.
+//
+// The model (model/qwen3.cpp) is written once over this interface. A backend is a context object
+// passed explicitly, never a global: the CPU backend owns its thread pool; the CUDA backend will
+// own its stream, cuBLASLt handle and workspace. Two backends (two models, two GPUs) can live in
+// one process.
+//
+// Conventions
+// - Tensors are contiguous row-major views (backend/tensor.h). Activations have the backend's
+//   activation_dtype(): F32 on the CPU, BF16 on CUDA. Weights keep their checkpoint dtype
+//   (F32 / BF16 / F16, or NVFP4 for linear layers); ops convert on the fly and accumulate in fp32.
+// - "n" is the number of tokens in this call, "dim" the hidden size, "hd" head_dim (independent
+//   of dim / heads), "hq" query heads, "hkv" key/value heads (hq % hkv == 0, GQA), "ffn" the
+//   SwiGLU width, "V" the vocabulary.
+// - Outputs never alias inputs unless an op says so: a kept activation is never overwritten, so
+//   a backward can read what the forward read. rope_forward alone works in place (its backward is
+//   the inverse rotation and needs no saved input).
+// - Each op is named <op>_forward; the backward issue adds <op>_backward beside it with the same
+//   tensors plus gradients. Ops that a backward needs extra state from take an optional output
+//   for it (rmsnorm_forward's rstd); pass an empty Tensor when not training.
+//
+// Op list (shapes):
+//   embedding_forward  table Weight (V, dim) dense, tokens[n] (host)         -> out (n, dim)
+//   rmsnorm_forward    x (rows, dim), w (dim)                                -> out (rows, dim),
+//                      [rstd (rows) F32]; also the per-head q/k norm with rows = n*heads, dim = hd
+//   linear_forward     x (n, in), W (out, in) dense or NVFP4, [bias (out)]   -> out (n, out) = x W^T + b
+//   rope_forward       x (n, heads, hd) in place, positions pos0 .. pos0+n-1, RopeTable
+//   attention_forward  q (n, hq, hd), k, v (n, hkv, hd), KvCache layer l, pos0
+//                      -> appends k, v at positions [pos0, pos0+n) of layer l, then
+//                      out (n, hq, hd) = softmax(scale q K^T + causal mask) V over [0, pos0+n)
+//   swiglu_forward     gate (n, ffn), up (n, ffn)                            -> out = silu(gate) * up
+//   add_forward        a, b (same shape)                                     -> out = a + b (residual)
+//   copy_to_host / copy_from_host: any activation <-> host fp32
+//
+// How CUDA plugs in: backend/cuda/cuda_backend.{h,cu} derives from Backend (raw_alloc =
+// cudaMalloc, upload_* copy into device memory it owns, ops = kernels in backend/cuda/<family>.cu
+// on its stream), and make_backend() returns it for device "cuda". The model and the Engine do not
+// change.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "backend/tensor.h"
+#include "model/weight.h"
+
+namespace nibble {
+
+// Keys and values of one sequence, owned by the backend. Layout of k and v alike:
+// (layers, hkv, capacity, hd), positions contiguous per head, so that attention streams one
+// head's keys as a single (positions, hd) block — the reads of every decode step dominate the
+// writes of an append (n*hd contiguous elements per head). truncate needs no data movement.
+struct KvCache {
+  Buffer k, v;
+  DType dtype = DType::F32;
+  int64_t layers = 0, kv_heads = 0, capacity = 0, head_dim = 0;
+
+  // (hkv, capacity, hd) views of one layer.
+  Tensor k_layer(int64_t layer) const;
+  Tensor v_layer(int64_t layer) const;
+};
+
+// Rotary embedding parameters as HF's rope init functions compute them (model/rope.h).
+struct RopeTable {
+  Tensor inv_freq;                // (hd / 2) F32, backend memory: angle(p, i) = p * inv_freq[i]
+  float attention_scaling = 1.0;  // multiplies cos and sin (yarn: 0.1 ln(factor) + 1), else 1
+};
+
+struct BackendOptions {
+  int threads = 0;  // CPU: worker threads, 0 = hardware concurrency
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  Backend() = default;
+  Backend(const Backend&) = delete;
+  Backend& operator=(const Backend&) = delete;
+
+  virtual std::string name() const = 0;  // for messages: "cpu (16 threads)"
+  virtual DType activation_dtype() const = 0;
+  virtual DType kv_dtype() const = 0;
+
+  // ---- memory
+  Buffer alloc(size_t bytes);  // zero-filled
+  Tensor alloc_tensor(Buffer& storage, DType dtype, std::initializer_list<int64_t> dims);
+  KvCache alloc_kv_cache(int64_t layers, int64_t kv_heads, int64_t capacity, int64_t head_dim);
+  // Host views (into a mapped checkpoint) -> backend views. CPU: the same pointers (zero copy).
+  // CUDA: device copies owned by the backend, freed with it. The host memory must outlive the
+  // returned view on the CPU.
+  virtual Weight upload_weight(const Weight& host) = 0;
+  virtual Tensor upload_tensor(const Tensor& host) = 0;
+  virtual void copy_to_host(const Tensor& src, std::span<float> dst) = 0;  // dst.size() == numel
+  virtual void copy_from_host(std::span<const float> src, const Tensor& dst) = 0;
+  virtual void synchronize() {}
+
+  // ---- forward ops (shapes in the file comment)
+  virtual void embedding_forward(const Weight& table, std::span<const int32_t> tokens, const Tensor& out) = 0;
+  virtual void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, const Tensor& out,
+                               const Tensor& rstd) = 0;
+  virtual void linear_forward(const Tensor& x, const Weight& w, const Tensor& bias, const Tensor& out) = 0;
+  virtual void rope_forward(const Tensor& x, int64_t pos0, const RopeTable& rope) = 0;
+  virtual void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, KvCache& cache,
+                                 int64_t layer, int64_t pos0, float scale, const Tensor& out) = 0;
+  virtual void swiglu_forward(const Tensor& gate, const Tensor& up, const Tensor& out) = 0;
+  virtual void add_forward(const Tensor& a, const Tensor& b, const Tensor& out) = 0;
+
+ protected:
+  friend class Buffer;
+  virtual void* raw_alloc(size_t bytes) = 0;  // zero-filled; throws Error when out of memory
+  virtual void raw_free(void* p) = 0;
+};
+
+// "cpu" (and "cuda" once that backend exists). Throws Error naming the device otherwise.
+std::unique_ptr<Backend> make_backend(const std::string& device, const BackendOptions& opts);
+
+}  // namespace nibble
