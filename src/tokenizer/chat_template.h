@@ -52,7 +52,10 @@ class ChatTemplate {
 
  private:
   std::string source_;
+  std::string origin_;  // where the source came from, for error messages
   std::shared_ptr<const jinja::Template> program_;
+  std::string pad_token_;  // also passed when set, as transformers passes every special token
+  std::string unk_token_;
 };
 
 // Parses a JSON list of {"role": str, "content": str} objects. `label` names the source (a file
