@@ -10,5 +10,6 @@
 namespace nibble::app {
 
 void add_inspect_command(CLI::App& app);
+void add_tokenize_command(CLI::App& app);
 
 }  // namespace nibble::app
