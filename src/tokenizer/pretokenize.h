@@ -23,15 +23,18 @@ inline constexpr std::string_view kQwenSplitPattern =
 
 // Reusable buffers, so that splitting many segments does not allocate.
 struct PretokenizeScratch {
+  // One decoded character: 8 bytes, so that a 1 MB text needs a small array.
   struct Char {
-    char32_t cp;
-    size_t offset;  // byte offset of the character in the segment
-    unicode::CharClass cls;
+    uint32_t cp_class;  // code point (< 2^21, or a raw-byte pseudo code point) | class << 24
+    uint32_t offset;    // byte offset of the character in the segment
+    char32_t cp() const { return cp_class & 0xFFFFFF; }
+    unicode::CharClass cls() const { return unicode::CharClass(cp_class >> 24); }
   };
   std::vector<Char> chars;
 };
 
 // Appends the pieces of `text` (views into it, in order, covering it exactly) to `pieces`.
+// Throws Error for a segment of 4 GiB or more (offsets are 32-bit).
 void split_qwen(std::string_view text, PretokenizeScratch& scratch, std::vector<std::string_view>& pieces);
 
 }  // namespace nibble
