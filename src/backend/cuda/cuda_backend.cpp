@@ -1,0 +1,442 @@
+#include "backend/cuda/cuda_backend.h"
+
+#include <cuda_runtime_api.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "backend/cpu/convert.h"
+#include "backend/cuda/activation.cuh"
+#include "backend/cuda/attention.cuh"
+#include "backend/cuda/check.cuh"
+#include "backend/cuda/context.cuh"
+#include "backend/cuda/embedding.cuh"
+#include "backend/cuda/linear.cuh"
+#include "backend/cuda/memory.cuh"
+#include "backend/cuda/norm.cuh"
+#include "backend/cuda/rope.cuh"
+#include "backend/cuda/sampling.cuh"
+#include "core/half.h"
+#include "model/qwen3.h"
+#include "runtime/sampler.h"
+
+namespace nibble {
+
+namespace {
+
+using cuda::bf16;
+
+constexpr size_t kBlasWorkspace = size_t{32} << 20;  // NVIDIA's suggestion for Hopper cuBLASLt
+constexpr size_t kSampleSlots = 4;                   // [0] chosen id, [1] uniform (float bits)
+
+void require(bool ok, const char* what, const Tensor& t) {
+  if (!ok) fail("cuda backend: {} (tensor {})", what, t.shape_string());
+}
+
+const float* opt_f32(const Tensor& t) {
+  if (t.empty()) return nullptr;
+  require(t.dtype == DType::F32, "expected an F32 vector (uploaded norm / bias)", t);
+  return t.as<const float>();
+}
+
+// Bytes a host weight takes once uploaded: dense -> BF16, NVFP4 -> codes + scales.
+size_t weight_bytes(const Weight& w) {
+  if (w.is_nvfp4())
+    return cuda::MemoryPlan::padded(w.out * w.in / 2) + cuda::MemoryPlan::padded(w.out * w.in / 16);
+  return static_cast<size_t>(w.out * w.in) * 2;
+}
+
+}  // namespace
+
+CudaBackend::CudaBackend(const CudaBackendOptions& opts)
+    : ctx_(std::make_unique<cuda::Context>(opts.device)), opts_(opts) {
+  CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&host_id_), sizeof(int32_t)));
+}
+
+CudaBackend::~CudaBackend() {
+  if (ctx_) cudaStreamSynchronize(ctx_->stream());
+  uploads_.clear();  // Buffers free through raw_free while the arena still exists
+  for (auto& [p, bytes] : own_allocs_) ctx_->device_free(p, bytes);
+  own_allocs_.clear();
+  arena_.reset();
+  if (host_id_) cudaFreeHost(host_id_);
+}
+
+std::string CudaBackend::name() const {
+  const auto& i = ctx_->info();
+  return fmt::format("cuda:{} ({}, {} SMs, {:.0f} GB)", i.index, i.name, i.sm_count, i.total_bytes / 1e9);
+}
+
+int64_t CudaBackend::device_alloc_count() const { return ctx_->alloc_count(); }
+size_t CudaBackend::arena_bytes() const { return arena_ ? arena_->bytes() : 0; }
+size_t CudaBackend::arena_used() const { return arena_used_; }
+
+// ---- memory -----------------------------------------------------------------------------------
+
+void* CudaBackend::carve(size_t bytes, const char* what) {
+  if (arena_) {
+    const size_t padded = cuda::MemoryPlan::padded(bytes);
+    if (arena_used_ + padded > arena_->bytes())
+      fail(
+          "internal error: the GPU memory plan is {} bytes short for {} ({} bytes; {} of {} used) — "
+          "plan_model_memory no longer matches the model's allocations",
+          arena_used_ + padded - arena_->bytes(), what, bytes, arena_used_, arena_->bytes());
+    void* p = arena_->get<char>() + arena_used_;
+    arena_used_ += padded;
+    return p;
+  }
+  void* p = ctx_->device_alloc(bytes, what);
+  own_allocs_.emplace_back(p, bytes);
+  return p;
+}
+
+void* CudaBackend::raw_alloc(size_t bytes) {
+  void* p = carve(bytes, "a model buffer");
+  CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, ctx_->stream()));
+  return p;
+}
+
+void CudaBackend::raw_free(void* p) {
+  if (arena_) return;  // arena memory lives as long as the backend
+  auto it = std::find_if(own_allocs_.begin(), own_allocs_.end(), [&](const auto& a) { return a.first == p; });
+  if (it == own_allocs_.end()) return;
+  ctx_->device_free(it->first, it->second);
+  own_allocs_.erase(it);
+}
+
+void CudaBackend::ensure_workspace(size_t scratch_bytes) {
+  if (!blas_ws_) {
+    blas_ws_ = carve(kBlasWorkspace, "the cuBLASLt workspace");
+    ctx_->set_blas_workspace(blas_ws_, kBlasWorkspace);
+  }
+  if (scratch_bytes > scratch_bytes_) {
+    if (arena_)
+      fail("internal error: op scratch of {} bytes needed, {} planned", scratch_bytes, scratch_bytes_);
+    scratch_ = carve(scratch_bytes, "op scratch");  // the smaller one stays allocated until the end
+    scratch_bytes_ = scratch_bytes;
+  }
+  if (!sample_out_) sample_out_ = static_cast<int32_t*>(carve(kSampleSlots * 4, "sampling output"));
+}
+
+void CudaBackend::ensure_ids(size_t count) {
+  if (count <= ids_capacity_) return;
+  if (arena_) fail("internal error: {} ids staged, {} planned", count, ids_capacity_);
+  ids_ = static_cast<int32_t*>(carve(count * 4, "token ids"));
+  ids_capacity_ = count;
+}
+
+cuda::MemoryPlan plan_model_memory(const ModelConfig& c, const ModelWeights& host, int64_t context,
+                                   int64_t max_tokens) {
+  cuda::MemoryPlan plan;
+  const int64_t dim = c.hidden_size, hd = c.head_dim, ffn = c.intermediate_size, V = c.vocab_size;
+  const int64_t qd = c.num_heads * hd, kvd = c.num_kv_heads * hd, n = max_tokens;
+  auto weight = [&](const std::string& name, const Weight& w) { plan.add("weights", name, weight_bytes(w)); };
+  auto vec = [&](const std::string& name, const Tensor& t) {
+    if (!t.empty()) plan.add("weights", name, static_cast<size_t>(t.numel()) * 4);  // uploaded as F32
+  };
+  weight("embed_tokens", host.embed_tokens);
+  for (size_t l = 0; l < host.layers.size(); ++l) {
+    const LayerWeights& L = host.layers[l];
+    const std::string p = fmt::format("layers.{}.", l);
+    vec(p + "input_norm", L.input_norm);
+    weight(p + "q_proj", L.q_proj);
+    weight(p + "k_proj", L.k_proj);
+    weight(p + "v_proj", L.v_proj);
+    vec(p + "q_bias", L.q_bias);
+    vec(p + "k_bias", L.k_bias);
+    vec(p + "v_bias", L.v_bias);
+    vec(p + "q_norm", L.q_norm);
+    vec(p + "k_norm", L.k_norm);
+    weight(p + "o_proj", L.o_proj);
+    vec(p + "o_bias", L.o_bias);
+    vec(p + "post_attention_norm", L.post_attention_norm);
+    weight(p + "gate_proj", L.gate_proj);
+    weight(p + "up_proj", L.up_proj);
+    weight(p + "down_proj", L.down_proj);
+  }
+  vec("final_norm", host.final_norm);
+  if (host.lm_head.data != host.embed_tokens.data) weight("lm_head", host.lm_head);
+
+  const size_t kv = static_cast<size_t>(c.num_layers * c.num_kv_heads * context * hd) * 2;
+  plan.add("kv cache", "k", kv);
+  plan.add("kv cache", "v", kv);
+
+  // Mirrors Qwen3Model's buffers (model/qwen3.cpp); the memory test checks that they fit.
+  auto act = [&](const std::string& name, int64_t rows, int64_t cols, size_t esize = 2) {
+    plan.add("activations", name, static_cast<size_t>(rows * cols) * esize);
+  };
+  act("rope.inv_freq", 1, hd / 2, 4);
+  for (const char* name : {"x_norm", "attn_proj", "h", "h_norm", "mlp_out", "x0", "x1"}) act(name, n, dim);
+  for (const char* name : {"q", "attn"}) act(name, n, qd);
+  for (const char* name : {"k", "v"}) act(name, n, kvd);
+  if (c.qk_norm) act("q_rot", n, qd), act("k_rot", n, kvd);
+  for (const char* name : {"gate", "up", "act"}) act(name, n, ffn);
+  const int64_t logit_chunk = std::min<int64_t>(n, 16);
+  act("final_norm", logit_chunk, dim);
+  act("logits", logit_chunk, V, 4);  // F32 or BF16: plan the larger
+
+  cuda::AttentionShape as{c.num_heads, c.num_kv_heads, hd, context};
+  size_t scratch = std::max(cuda::attention_scratch_bytes(as, n), cuda::sampling_scratch_bytes(V));
+  auto each_weight = [&](const Weight& w) { scratch = std::max(scratch, cuda::linear_scratch_bytes(w, n)); };
+  each_weight(host.lm_head);
+  for (const LayerWeights& L : host.layers)
+    for (const Weight* w :
+         {&L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.gate_proj, &L.up_proj, &L.down_proj})
+      each_weight(*w);
+  plan.add("workspace", "cuBLASLt", kBlasWorkspace);
+  plan.add("workspace", "op scratch", scratch);
+  plan.add("workspace", "token ids", static_cast<size_t>(std::max(n, context)) * 4);
+  plan.add("workspace", "sampling output", kSampleSlots * 4);
+  return plan;
+}
+
+std::string CudaBackend::prepare_model(const ModelConfig& config, const ModelWeights& host, int64_t context,
+                                       int64_t max_tokens) {
+  if (arena_) fail("cuda backend: prepare_model called twice");
+  if (!own_allocs_.empty()) fail("cuda backend: prepare_model must come before any allocation");
+  const cuda::MemoryPlan plan = plan_model_memory(config, host, context, max_tokens);
+  std::optional<size_t> budget;
+  if (opts_.mem_budget_gb) budget = static_cast<size_t>(*opts_.mem_budget_gb * 1e9);
+  std::string text = plan.describe(budget);
+  const auto [free_b, total_b] = ctx_->mem_info();
+  text += fmt::format("  {:<12} {:>10.3f} GB  of {:.3f} GB on {}\n", "free now", free_b / 1e9, total_b / 1e9,
+                      ctx_->info().name);
+  if (budget && plan.total_bytes() > *budget)
+    fail(
+        "the model does not fit the GPU memory budget of {:.3f} GB (--gpu-mem-budget); a smaller --context "
+        "shrinks the KV cache\n{}",
+        *budget / 1e9, text);
+  if (plan.total_bytes() > free_b)
+    fail(
+        "the model does not fit the free GPU memory ({:.3f} GB free); a smaller --context shrinks the KV "
+        "cache\n{}",
+        free_b / 1e9, text);
+  arena_ = std::make_unique<cuda::DeviceBuffer>(*ctx_, plan.total_bytes(), "the memory plan");
+  arena_used_ = 0;
+  // The backend's own workspace entries, carved now (the same sizes as in the plan).
+  for (const auto& e : plan.entries()) {
+    if (e.group != "workspace") continue;
+    if (e.name == "cuBLASLt") {
+      blas_ws_ = carve(e.bytes, "the cuBLASLt workspace");
+      ctx_->set_blas_workspace(blas_ws_, e.bytes);
+    } else if (e.name == "op scratch") {
+      scratch_ = carve(e.bytes, "op scratch");
+      scratch_bytes_ = e.bytes;
+    } else if (e.name == "token ids") {
+      ids_ = static_cast<int32_t*>(carve(e.bytes, "token ids"));
+      ids_capacity_ = e.bytes / 4;
+    } else if (e.name == "sampling output") {
+      sample_out_ = static_cast<int32_t*>(carve(e.bytes, "sampling output"));
+    }
+  }
+  return text;
+}
+
+// ---- transfers --------------------------------------------------------------------------------
+
+Weight CudaBackend::upload_weight(const Weight& host) {
+  Weight w = host;
+  cudaStream_t s = ctx_->stream();
+  if (host.is_nvfp4()) {
+    if (host.in % 16 != 0) fail("cuda backend: NVFP4 weight with K={} (a multiple of 16 expected)", host.in);
+    const size_t codes = static_cast<size_t>(host.out * host.in / 2),
+                 scales = static_cast<size_t>(host.out * host.in / 16);
+    uploads_.push_back(alloc(codes));
+    void* d = uploads_.back().data();
+    uploads_.push_back(alloc(scales));
+    void* sc = uploads_.back().data();
+    CUDA_CHECK(cudaMemcpyAsync(d, host.data, codes, cudaMemcpyHostToDevice, s));
+    CUDA_CHECK(cudaMemcpyAsync(sc, host.scales, scales, cudaMemcpyHostToDevice, s));
+    CUDA_CHECK(cudaStreamSynchronize(s));
+    w.data = d;
+    w.scales = static_cast<const uint8_t*>(sc);
+    return w;
+  }
+  // Dense: BF16 on the device, converted a row block at a time (RNE, core/half.h).
+  const size_t count = static_cast<size_t>(host.out * host.in);
+  uploads_.push_back(alloc(count * 2));
+  auto* d = static_cast<uint16_t*>(uploads_.back().data());
+  if (host.dtype == DType::BF16) {
+    CUDA_CHECK(cudaMemcpyAsync(d, host.data, count * 2, cudaMemcpyHostToDevice, s));
+  } else {
+    constexpr size_t kChunk = size_t{1} << 22;
+    std::vector<float> f(std::min(count, kChunk));
+    std::vector<uint16_t> b(f.size());
+    for (size_t off = 0; off < count; off += kChunk) {
+      const size_t m = std::min(kChunk, count - off);
+      const char* src = static_cast<const char*>(host.data) + off * dtype_size(host.dtype);
+      cpu::load_row_f32(src, host.dtype, static_cast<int64_t>(m), f.data());
+      for (size_t i = 0; i < m; ++i) b[i] = f32_to_bf16(f[i]);
+      CUDA_CHECK(cudaMemcpyAsync(d + off, b.data(), m * 2, cudaMemcpyHostToDevice, s));
+      CUDA_CHECK(cudaStreamSynchronize(s));  // b is reused by the next chunk
+    }
+  }
+  CUDA_CHECK(cudaStreamSynchronize(s));
+  w.format = WeightFormat::Dense;
+  w.dtype = DType::BF16;
+  w.data = d;
+  w.scales = nullptr;
+  return w;
+}
+
+Tensor CudaBackend::upload_tensor(const Tensor& host) {
+  std::vector<float> f(static_cast<size_t>(host.numel()));
+  cpu::load_row_f32(host.data, host.dtype, host.numel(), f.data());
+  uploads_.push_back(alloc(f.size() * 4));
+  Tensor t = host;
+  t.data = uploads_.back().data();
+  t.dtype = DType::F32;
+  CUDA_CHECK(cudaMemcpyAsync(t.data, f.data(), f.size() * 4, cudaMemcpyHostToDevice, ctx_->stream()));
+  CUDA_CHECK(cudaStreamSynchronize(ctx_->stream()));
+  return t;
+}
+
+void CudaBackend::copy_to_host(const Tensor& src, std::span<float> dst) {
+  NIBBLE_ASSERT(static_cast<int64_t>(dst.size()) == src.numel());
+  cudaStream_t s = ctx_->stream();
+  if (src.dtype == DType::F32) {
+    CUDA_CHECK(cudaMemcpyAsync(dst.data(), src.data, dst.size() * 4, cudaMemcpyDeviceToHost, s));
+    CUDA_CHECK(cudaStreamSynchronize(s));
+    return;
+  }
+  require(src.dtype == DType::BF16, "copy_to_host: F32 or BF16 expected", src);
+  std::vector<uint16_t> b(dst.size());
+  CUDA_CHECK(cudaMemcpyAsync(b.data(), src.data, b.size() * 2, cudaMemcpyDeviceToHost, s));
+  CUDA_CHECK(cudaStreamSynchronize(s));
+  for (size_t i = 0; i < b.size(); ++i) dst[i] = bf16_to_f32(b[i]);
+}
+
+void CudaBackend::copy_from_host(std::span<const float> src, const Tensor& dst) {
+  NIBBLE_ASSERT(static_cast<int64_t>(src.size()) == dst.numel());
+  cudaStream_t s = ctx_->stream();
+  if (dst.dtype == DType::F32) {
+    CUDA_CHECK(cudaMemcpyAsync(dst.data, src.data(), src.size() * 4, cudaMemcpyHostToDevice, s));
+  } else {
+    require(dst.dtype == DType::BF16, "copy_from_host: F32 or BF16 expected", dst);
+    std::vector<uint16_t> b(src.size());
+    for (size_t i = 0; i < b.size(); ++i) b[i] = f32_to_bf16(src[i]);
+    CUDA_CHECK(cudaMemcpyAsync(dst.data, b.data(), b.size() * 2, cudaMemcpyHostToDevice, s));
+    CUDA_CHECK(cudaStreamSynchronize(s));  // before b goes
+    return;
+  }
+  CUDA_CHECK(cudaStreamSynchronize(s));
+}
+
+void CudaBackend::synchronize() { ctx_->synchronize(); }
+
+// ---- ops --------------------------------------------------------------------------------------
+
+void CudaBackend::embedding_forward(const Weight& table, std::span<const int32_t> tokens, const Tensor& out) {
+  if (table.is_nvfp4() || table.dtype != DType::BF16)
+    fail("cuda backend: the embedding table must be dense BF16");
+  require(
+      out.dtype == DType::BF16 && out.rows() == static_cast<int64_t>(tokens.size()) && out.cols() == table.in,
+      "embedding_forward: out must be (n, dim) BF16", out);
+  ensure_ids(std::max<size_t>(tokens.size(), 1));
+  CUDA_CHECK(cudaMemcpyAsync(ids_, tokens.data(), tokens.size() * 4, cudaMemcpyHostToDevice, ctx_->stream()));
+  cuda::embedding_forward(*ctx_, ids_, static_cast<int64_t>(tokens.size()),
+                          static_cast<const bf16*>(table.data), table.out, table.in, out.as<bf16>());
+}
+
+void CudaBackend::rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, const Tensor& out,
+                                  const Tensor& rstd) {
+  const int64_t rows = x.rows(), dim = x.cols();
+  require(x.dtype == DType::BF16 && out.dtype == DType::BF16 && out.rows() == rows && out.cols() == dim,
+          "rmsnorm_forward: x and out must be (rows, dim) BF16", x);
+  require(w.numel() == dim, "rmsnorm_forward: weight size", w);
+  require(rstd.empty() || (rstd.dtype == DType::F32 && rstd.numel() == rows), "rmsnorm_forward: rstd", rstd);
+  cuda::rmsnorm_forward(*ctx_, x.as<const bf16>(), dim, rows, 1, dim, opt_f32(w), eps, out.as<bf16>(), dim,
+                        rstd.empty() ? nullptr : rstd.as<float>());
+}
+
+void CudaBackend::linear_forward(const Tensor& x, const Weight& w, const Tensor& bias, const Tensor& out) {
+  const int64_t n = x.rows();
+  require(x.dtype == DType::BF16 && x.cols() == w.in, "linear_forward: x must be (n, in) BF16", x);
+  require((out.dtype == DType::BF16 || out.dtype == DType::F32) && out.rows() == n && out.cols() == w.out,
+          "linear_forward: out must be (n, out) BF16 or F32", out);
+  require(bias.empty() || bias.numel() == w.out, "linear_forward: bias size", bias);
+  const size_t need = cuda::linear_scratch_bytes(w, n);
+  ensure_workspace(need);
+  cuda::linear_forward(*ctx_, x.as<const bf16>(), w.in, n, w, opt_f32(bias), out.data, out.dtype, w.out,
+                       {scratch_, scratch_bytes_});
+}
+
+void CudaBackend::rope_forward(const Tensor& x, int64_t pos0, const RopeTable& rope) {
+  require(x.dtype == DType::BF16 && x.rank == 3, "rope_forward: x must be (n, heads, hd) BF16", x);
+  const int64_t n = x.dim(0), heads = x.dim(1), hd = x.dim(2);
+  require(rope.inv_freq.numel() == hd / 2, "rope_forward: inv_freq size", rope.inv_freq);
+  cuda::rope_forward(*ctx_, x.as<bf16>(), heads * hd, n, heads, hd, pos0, nullptr, opt_f32(rope.inv_freq),
+                     rope.attention_scaling);
+}
+
+void CudaBackend::attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, KvCache& cache,
+                                    int64_t layer, int64_t pos0, float scale, const Tensor& out) {
+  require(q.rank == 3 && k.rank == 3 && v.rank == 3 && out.rank == 3 && q.dtype == DType::BF16 &&
+              k.dtype == DType::BF16 && v.dtype == DType::BF16 && out.dtype == DType::BF16,
+          "attention_forward: q, k, v, out must be rank-3 BF16", q);
+  require(cache.dtype == DType::BF16, "attention_forward: BF16 KV cache expected", q);
+  const int64_t n = q.dim(0), hq = q.dim(1), hd = q.dim(2), hkv = k.dim(1);
+  const cuda::AttentionShape s{hq, hkv, hd, cache.capacity};
+  require(cache.kv_heads == hkv && cache.head_dim == hd && k.dim(0) == n && v.dim(0) == n && out.dim(1) == hq,
+          "attention_forward: shapes disagree with the cache", q);
+  const size_t need = cuda::attention_scratch_bytes(s, n);
+  ensure_workspace(need);
+  bf16* kc = cache.k_layer(layer).as<bf16>();
+  bf16* vc = cache.v_layer(layer).as<bf16>();
+  cuda::kv_cache_write(*ctx_, k.as<const bf16>(), hkv * hd, v.as<const bf16>(), hkv * hd, n, pos0, kc, vc, s);
+  cuda::attention_forward(*ctx_, q.as<const bf16>(), hq * hd, n, pos0, kc, vc, s, scale, out.as<bf16>(),
+                          hq * hd, {scratch_, scratch_bytes_});
+}
+
+void CudaBackend::swiglu_forward(const Tensor& gate, const Tensor& up, const Tensor& out) {
+  require(gate.dtype == DType::BF16 && up.dtype == DType::BF16 && out.dtype == DType::BF16 &&
+              gate.numel() == up.numel() && gate.numel() == out.numel(),
+          "swiglu_forward: gate, up, out must be BF16 of one shape", gate);
+  const int64_t d = gate.cols();
+  cuda::swiglu_forward(*ctx_, gate.as<const bf16>(), d, up.as<const bf16>(), d, gate.rows(), d,
+                       out.as<bf16>(), d);
+}
+
+void CudaBackend::add_forward(const Tensor& a, const Tensor& b, const Tensor& out) {
+  require(a.dtype == DType::BF16 && b.dtype == DType::BF16 && out.dtype == DType::BF16 &&
+              a.numel() == b.numel() && a.numel() == out.numel(),
+          "add_forward: a, b, out must be BF16 of one shape", a);
+  cuda::add_forward(*ctx_, a.as<const bf16>(), b.as<const bf16>(), a.numel(), out.as<bf16>());
+}
+
+// ---- sampling ---------------------------------------------------------------------------------
+
+int32_t CudaBackend::sample(const Tensor& logits, const SamplerParams& params, std::span<const int32_t> seen,
+                            double uniform) {
+  require(logits.dtype == DType::F32 || logits.dtype == DType::BF16, "sample: F32 or BF16 logits", logits);
+  const int64_t V = logits.numel();
+  ensure_workspace(cuda::sampling_scratch_bytes(V));
+  cuda::SamplingConfig cfg;
+  cfg.temperature = params.temperature;
+  cfg.top_k = params.top_k;
+  cfg.top_p = params.top_p;
+  cfg.min_p = params.min_p;
+  cfg.repetition_penalty = params.repetition_penalty;
+  cudaStream_t s = ctx_->stream();
+  const int32_t* seen_d = nullptr;
+  if (cfg.repetition_penalty != 1.0f && !seen.empty()) {
+    ensure_ids(seen.size());
+    CUDA_CHECK(cudaMemcpyAsync(ids_, seen.data(), seen.size() * 4, cudaMemcpyHostToDevice, s));
+    seen_d = ids_;
+  }
+  const float u = static_cast<float>(std::clamp(uniform, 0.0, 1.0 - 1e-7));
+  CUDA_CHECK(cudaMemcpyAsync(sample_out_ + 1, &u, 4, cudaMemcpyHostToDevice, s));
+  cuda::sample_enqueue(*ctx_, logits.data, logits.dtype == DType::BF16, V, cfg, seen_d,
+                       static_cast<int64_t>(seen.size()), reinterpret_cast<const float*>(sample_out_ + 1),
+                       sample_out_, {scratch_, scratch_bytes_});
+  CUDA_CHECK(cudaMemcpyAsync(host_id_, sample_out_, 4, cudaMemcpyDeviceToHost, s));
+  CUDA_CHECK(cudaStreamSynchronize(s));
+  return *host_id_;
+}
+
+std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& opts) {
+  return std::make_unique<CudaBackend>(opts);
+}
+
+}  // namespace nibble

@@ -1,0 +1,113 @@
+// defines: CudaBackend (the Backend on one NVIDIA GPU: BF16 activations and KV cache, weights
+// uploaded as BF16 or kept NVFP4, every op a kernel of backend/cuda/<family>.cu on the context's
+// stream), make_cuda_backend, plan_model_memory, and on-device sampling.
+//
+// Memory (issue 5, "planned memory"): prepare_model() computes weights + KV cache + activations +
+// workspaces for a model and context, refuses a plan over the budget or the free memory, and
+// allocates it as one arena. Uploads and the model's buffers are then carved from the arena and
+// nothing is allocated while generating. Without prepare_model() each buffer is its own cudaMalloc.
+//
+// Plain C++ header: CUDA types stay behind forward declarations.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+#include "format/hf_config.h"
+
+namespace nibble {
+
+struct ModelWeights;
+struct SamplerParams;
+
+namespace cuda {
+class Context;
+class MemoryPlan;
+class DeviceBuffer;
+}  // namespace cuda
+
+struct CudaBackendOptions {
+  int device = 0;
+  std::optional<double> mem_budget_gb;  // --gpu-mem-budget: refuse a plan larger than this
+};
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(const CudaBackendOptions& opts);
+  ~CudaBackend() override;
+
+  std::string name() const override;
+  DType activation_dtype() const override { return DType::BF16; }
+  DType kv_dtype() const override { return DType::BF16; }
+
+  Weight upload_weight(const Weight& host) override;
+  Tensor upload_tensor(const Tensor& host) override;
+  void copy_to_host(const Tensor& src, std::span<float> dst) override;
+  void copy_from_host(std::span<const float> src, const Tensor& dst) override;
+  void synchronize() override;
+
+  void embedding_forward(const Weight& table, std::span<const int32_t> tokens, const Tensor& out) override;
+  void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, const Tensor& out,
+                       const Tensor& rstd) override;
+  void linear_forward(const Tensor& x, const Weight& w, const Tensor& bias, const Tensor& out) override;
+  void rope_forward(const Tensor& x, int64_t pos0, const RopeTable& rope) override;
+  void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, KvCache& cache, int64_t layer,
+                         int64_t pos0, float scale, const Tensor& out) override;
+  void swiglu_forward(const Tensor& gate, const Tensor& up, const Tensor& out) override;
+  void add_forward(const Tensor& a, const Tensor& b, const Tensor& out) override;
+
+  // ---- CUDA only
+  // Plans the memory of `config` with these host weights, a KV cache of `context` tokens and
+  // forwards of up to `max_tokens` tokens; throws Error showing the plan when it exceeds the
+  // budget or the free device memory; else allocates it at once. Returns the plan as text.
+  std::string prepare_model(const ModelConfig& config, const ModelWeights& host, int64_t context,
+                            int64_t max_tokens);
+
+  // Picks the next token from logits (V) on the device (F32 or BF16): only the id is copied back.
+  // `seen`: prompt and output ids (the repetition penalty's input); `uniform` in [0, 1) drives the
+  // draw (ignored when greedy).
+  int32_t sample(const Tensor& logits, const SamplerParams& params, std::span<const int32_t> seen,
+                 double uniform);
+
+  cuda::Context& context() { return *ctx_; }
+  int64_t device_alloc_count() const;  // cudaMalloc calls so far (constant while generating)
+  size_t arena_bytes() const;          // planned arena size (0 without prepare_model)
+  size_t arena_used() const;           // bytes carved from it so far
+
+ protected:
+  void* raw_alloc(size_t bytes) override;
+  void raw_free(void* p) override;
+
+ private:
+  void* carve(size_t bytes, const char* what);  // arena or a cudaMalloc of its own
+  void ensure_workspace(size_t scratch_bytes);  // without a plan: grow the op scratch on demand
+  void ensure_ids(size_t count);
+
+  std::unique_ptr<cuda::Context> ctx_;
+  CudaBackendOptions opts_;
+  std::unique_ptr<cuda::DeviceBuffer> arena_;
+  size_t arena_used_ = 0;
+  std::vector<std::pair<void*, size_t>> own_allocs_;  // cudaMalloc'd when there is no arena
+  std::vector<Buffer> uploads_;                       // weights and tensors uploaded
+  void* scratch_ = nullptr;  // op scratch (NVFP4 tiles, split-KV partials, sampling), one stream
+  size_t scratch_bytes_ = 0;
+  void* blas_ws_ = nullptr;
+  int32_t* ids_ = nullptr;  // device staging for token ids / seen ids
+  size_t ids_capacity_ = 0;
+  int32_t* sample_out_ = nullptr;  // device: the chosen id, then the uniform (as float) at [1]
+  int32_t* host_id_ = nullptr;     // pinned
+};
+
+// The plan prepare_model() allocates (exposed for `nibble bench` and the tests).
+cuda::MemoryPlan plan_model_memory(const ModelConfig& config, const ModelWeights& host, int64_t context,
+                                   int64_t max_tokens);
+
+std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& opts);
+
+}  // namespace nibble

@@ -1,0 +1,367 @@
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+
+#include <algorithm>
+
+#include "backend/cuda/check.cuh"
+#include "backend/cuda/common.cuh"
+#include "backend/cuda/linear.cuh"
+
+namespace nibble::cuda {
+namespace {
+
+// ---- NVFP4 decoding (DESIGN.md "NVFP4") -------------------------------------------------------
+// E2M1 code c (bit 3 sign, bits 2..0 = e1 e0 m) placed at fp16 bits 15 and 11..9 is an fp16 whose
+// value is e2m1(c) * 2^-14: exponent field e, mantissa m<<9 gives 2^(e-15) (1 + m/2) for e >= 1 and
+// the subnormal m * 2^-15 for e = 0 (0 or 0.5 after scaling). The 2^14 is folded into the scales.
+constexpr float kE2m1HalfScale = 16384.0f;
+
+// Byte b = hi << 4 | lo (even element in the low nibble) -> half2 {e2m1(lo), e2m1(hi)} * 2^-14.
+__device__ __forceinline__ float2 e2m1x2_to_float2(uint32_t b) {
+  const uint32_t h = ((b & 0x7u) << 9) | ((b & 0x8u) << 12) | ((b & 0x70u) << 21) | ((b & 0x80u) << 24);
+  return __half22float2(*reinterpret_cast<const __half2*>(&h));
+}
+
+// Two fp8 e4m3 scales (low byte first) -> float2, exact (cvt.rn.f16x2.e4m3x2, PTX ISA 8.x).
+__device__ __forceinline__ float2 fp8x2_to_float2(uint16_t s) {
+  const __half2_raw r = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(s), __NV_E4M3);
+  return __half22float2(*reinterpret_cast<const __half2*>(&r));
+}
+__device__ __forceinline__ float fp8_to_float(uint8_t s) {
+  const __half_raw r = __nv_cvt_fp8_to_halfraw(static_cast<__nv_fp8_storage_t>(s), __NV_E4M3);
+  return __half2float(*reinterpret_cast<const __half*>(&r));
+}
+
+__device__ __forceinline__ uint4 load_stream16(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+// Dot of one 16-element NVFP4 block (two 32-bit words of codes) with x[k0..k0+16) of NT tokens.
+template <int NT>
+__device__ __forceinline__ void block_dot(uint32_t w0, uint32_t w1, const bf16* x, int64_t ldx, int64_t k0,
+                                          float (&inner)[NT]) {
+#pragma unroll
+  for (int t = 0; t < NT; ++t) {
+    const Bf16x8* xp = reinterpret_cast<const Bf16x8*>(x + t * ldx + k0);
+    float xf[16];
+    {
+      float a[8], b[8];
+      bf16x8_to_float(xp[0], a);
+      bf16x8_to_float(xp[1], b);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) xf[i] = a[i], xf[8 + i] = b[i];
+    }
+    float s = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const float2 lo = e2m1x2_to_float2(w0 >> (8 * j));
+      const float2 hi = e2m1x2_to_float2(w1 >> (8 * j));
+      s = fmaf(lo.x, xf[2 * j], s);
+      s = fmaf(lo.y, xf[2 * j + 1], s);
+      s = fmaf(hi.x, xf[8 + 2 * j], s);
+      s = fmaf(hi.y, xf[8 + 2 * j + 1], s);
+    }
+    inner[t] = s;
+  }
+}
+
+// GEMV over NVFP4 rows for NT <= 8 tokens. Each group of kLanesPerRow lanes owns one row of W and
+// walks it in chunks of BPC blocks (BPC=2: 16-byte loads of 32 codes; BPC=1: 8-byte loads, for K
+// not a multiple of 32); partial sums meet through shuffles. Weights are read once, bypassing L1;
+// x (n, K) is small and re-read through the caches.
+//   x (NT, K) bf16, ldx;  wq (N, K/2) u8;  ws (N, K/16) fp8;  y (NT, N) with ldy.
+constexpr int kLanesPerRow = 8;
+constexpr int kGemvWarps = 2;
+constexpr int kGemvRowsPerBlock = kGemvWarps * (kWarp / kLanesPerRow);
+constexpr int kGemvUnroll = 4;
+
+template <int NT, int BPC, typename OutT>
+__global__ void __launch_bounds__(kGemvWarps* kWarp)
+    nvfp4_gemv_kernel(const bf16* __restrict__ x, int64_t ldx, const uint8_t* __restrict__ wq,
+                      const uint8_t* __restrict__ ws, float out_scale, const float* __restrict__ bias,
+                      int64_t N, int64_t K, OutT* __restrict__ y, int64_t ldy) {
+  const int lane = threadIdx.x % kWarp;
+  const int sub = lane % kLanesPerRow;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kGemvRowsPerBlock + threadIdx.x / kLanesPerRow;
+  const int64_t chunks = K / (16 * BPC);
+  float acc[NT];
+#pragma unroll
+  for (int t = 0; t < NT; ++t) acc[t] = 0.0f;
+
+  if (row < N) {
+    const uint8_t* wrow = wq + row * (K / 2);
+    const uint8_t* srow = ws + row * (K / 16);
+    for (int64_t c0 = sub; c0 < chunks; c0 += kLanesPerRow * kGemvUnroll) {
+      uint4 wv[kGemvUnroll];
+      uint16_t sv[kGemvUnroll];
+#pragma unroll
+      for (int u = 0; u < kGemvUnroll; ++u) {  // all loads first: kGemvUnroll in flight per lane
+        const int64_t c = c0 + u * kLanesPerRow;
+        if (c < chunks) {
+          if constexpr (BPC == 2) {
+            wv[u] = load_stream16(wrow + c * 16);
+            sv[u] = *reinterpret_cast<const uint16_t*>(srow + 2 * c);
+          } else {
+            const uint2 v = *reinterpret_cast<const uint2*>(wrow + c * 8);
+            wv[u] = make_uint4(v.x, v.y, 0, 0);
+            sv[u] = srow[c];
+          }
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kGemvUnroll; ++u) {
+        const int64_t c = c0 + u * kLanesPerRow;
+        if (c < chunks) {
+          float inner[NT];
+          if constexpr (BPC == 2) {
+            const float2 s = fp8x2_to_float2(sv[u]);
+            block_dot<NT>(wv[u].x, wv[u].y, x, ldx, c * 32, inner);
+#pragma unroll
+            for (int t = 0; t < NT; ++t) acc[t] = fmaf(inner[t], s.x, acc[t]);
+            block_dot<NT>(wv[u].z, wv[u].w, x, ldx, c * 32 + 16, inner);
+#pragma unroll
+            for (int t = 0; t < NT; ++t) acc[t] = fmaf(inner[t], s.y, acc[t]);
+          } else {
+            const float s = fp8_to_float(static_cast<uint8_t>(sv[u]));
+            block_dot<NT>(wv[u].x, wv[u].y, x, ldx, c * 16, inner);
+#pragma unroll
+            for (int t = 0; t < NT; ++t) acc[t] = fmaf(inner[t], s, acc[t]);
+          }
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < NT; ++t) {
+#pragma unroll
+    for (int o = kLanesPerRow / 2; o > 0; o >>= 1) acc[t] += __shfl_xor_sync(0xffffffffu, acc[t], o);
+  }
+  if (row < N && sub == 0) {
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      const float v = acc[t] * out_scale + (bias ? bias[row] : 0.0f);
+      if constexpr (sizeof(OutT) == 4)
+        y[t * ldy + row] = v;
+      else
+        y[t * ldy + row] = __float2bfloat16_rn(v);
+    }
+  }
+}
+
+// Rows [0, rows) of an NVFP4 weight -> bf16 (rows, K) without the global scale (exact, see top).
+// One thread per 16-element block: 8 bytes of codes and one scale in, 32 bytes out.
+__global__ void nvfp4_dequant_kernel(const uint8_t* __restrict__ wq, const uint8_t* __restrict__ ws,
+                                     int64_t rows, int64_t K, bf16* __restrict__ out) {
+  const int64_t blocks_per_row = K / 16;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= rows * blocks_per_row) return;
+  const uint2 codes = *reinterpret_cast<const uint2*>(wq + i * 8);
+  const float s = fp8_to_float(ws[i]) * kE2m1HalfScale;
+  float f[16];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const float2 lo = e2m1x2_to_float2(codes.x >> (8 * j));
+    const float2 hi = e2m1x2_to_float2(codes.y >> (8 * j));
+    f[2 * j] = lo.x * s, f[2 * j + 1] = lo.y * s;
+    f[8 + 2 * j] = hi.x * s, f[8 + 2 * j + 1] = hi.y * s;
+  }
+  Bf16x8* o = reinterpret_cast<Bf16x8*>(out + i * 16);
+  float a[8], b[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) a[j] = f[j], b[j] = f[8 + j];
+  o[0] = float_to_bf16x8(a);
+  o[1] = float_to_bf16x8(b);
+}
+
+template <int NT, int BPC, typename OutT>
+void launch_gemv(Context& ctx, const bf16* x, int64_t ldx, const Weight& w, const float* bias, OutT* y,
+                 int64_t ldy) {
+  const dim3 grid(static_cast<unsigned>(ceil_div(w.out, kGemvRowsPerBlock)));
+  nvfp4_gemv_kernel<NT, BPC, OutT><<<grid, kGemvWarps * kWarp, 0, ctx.stream()>>>(
+      x, ldx, static_cast<const uint8_t*>(w.data), w.scales, w.global_scale * kE2m1HalfScale, bias, w.out,
+      w.in, y, ldy);
+  CUDA_CHECK_LAUNCH();
+}
+
+template <int BPC, typename OutT>
+void dispatch_gemv_tokens(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const Weight& w,
+                          const float* bias, OutT* y, int64_t ldy) {
+  switch (n) {
+    case 1:
+      return launch_gemv<1, BPC>(ctx, x, ldx, w, bias, y, ldy);
+    case 2:
+      return launch_gemv<2, BPC>(ctx, x, ldx, w, bias, y, ldy);
+    case 3:
+      return launch_gemv<3, BPC>(ctx, x, ldx, w, bias, y, ldy);
+    case 4:
+      return launch_gemv<4, BPC>(ctx, x, ldx, w, bias, y, ldy);
+    case 5:
+      return launch_gemv<5, BPC>(ctx, x, ldx, w, bias, y, ldy);
+    case 6:
+      return launch_gemv<6, BPC>(ctx, x, ldx, w, bias, y, ldy);
+    case 7:
+      return launch_gemv<7, BPC>(ctx, x, ldx, w, bias, y, ldy);
+    case 8:
+      return launch_gemv<8, BPC>(ctx, x, ldx, w, bias, y, ldy);
+    default:
+      fail("nvfp4 GEMV: {} tokens (at most {})", n, kGemvMaxTokens);
+  }
+}
+
+template <typename OutT>
+void nvfp4_gemv(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const Weight& w, const float* bias,
+                OutT* y, int64_t ldy) {
+  if (w.in % 32 == 0)
+    dispatch_gemv_tokens<2>(ctx, x, ldx, n, w, bias, y, ldy);
+  else
+    dispatch_gemv_tokens<1>(ctx, x, ldx, n, w, bias, y, ldy);
+}
+
+// y (n, m) row stride ldy += bias (m), after a cuBLASLt product.
+template <typename OutT>
+__global__ void bias_add_kernel(OutT* y, int64_t ldy, int64_t n, int64_t m, const float* __restrict__ bias) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= n * m) return;
+  OutT* p = y + (idx / m) * ldy + idx % m;
+  if constexpr (sizeof(OutT) == 4)
+    *p += bias[idx % m];
+  else
+    *p = __float2bfloat16_rn(__bfloat162float(*p) + bias[idx % m]);
+}
+
+void bias_add(Context& ctx, void* y, DType y_dtype, int64_t ldy, int64_t n, int64_t m, const float* bias) {
+  const unsigned grid = static_cast<unsigned>(ceil_div(n * m, 256));
+  if (y_dtype == DType::F32)
+    bias_add_kernel<<<grid, 256, 0, ctx.stream()>>>(static_cast<float*>(y), ldy, n, m, bias);
+  else
+    bias_add_kernel<<<grid, 256, 0, ctx.stream()>>>(static_cast<bf16*>(y), ldy, n, m, bias);
+  CUDA_CHECK_LAUNCH();
+}
+
+constexpr size_t kMaxDequantScratch = size_t{32} << 20;  // bf16 rows of W per cuBLASLt call
+constexpr int64_t kDequantRowAlign = 16;
+
+int64_t dequant_rows_per_chunk(const Weight& w, size_t scratch_bytes) {
+  int64_t rows = static_cast<int64_t>(scratch_bytes / (static_cast<size_t>(w.in) * 2));
+  if (rows >= w.out) return w.out;
+  return rows / kDequantRowAlign * kDequantRowAlign;
+}
+
+bool is_aligned(const void* p, size_t a) { return reinterpret_cast<uintptr_t>(p) % a == 0; }
+
+}  // namespace
+
+// ---- cuBLASLt ---------------------------------------------------------------------------------
+
+MatmulCache::~MatmulCache() {
+  for (auto& [key, p] : plans_) {
+    cublasLtMatrixLayoutDestroy(p.a);
+    cublasLtMatrixLayoutDestroy(p.b);
+    cublasLtMatrixLayoutDestroy(p.c);
+    cublasLtMatmulDescDestroy(p.desc);
+  }
+}
+
+const MatmulCache::Plan& MatmulCache::get(cublasLtHandle_t handle, const Key& key) {
+  if (auto it = plans_.find(key); it != plans_.end()) return it->second;
+  const auto [m, n, k, lda, ldb, ldc, c_type, ws_bytes] = key;
+  Plan p;
+  CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  const cublasOperation_t trans_a = CUBLAS_OP_T, trans_b = CUBLAS_OP_N;
+  CUBLAS_CHECK(
+      cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &trans_a, sizeof(trans_a)));
+  CUBLAS_CHECK(
+      cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &trans_b, sizeof(trans_b)));
+  // Column-major view: A = W stored (k, m) ld lda, used transposed; B = x stored (k, n) ld ldb;
+  // C = y stored (m, n) ld ldc, i.e. y row-major (n, m).
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_16BF, k, m, lda));
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_16BF, k, n, ldb));
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, static_cast<cudaDataType_t>(c_type), m, n, ldc));
+  cublasLtMatmulPreference_t pref;
+  CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  size_t ws = ws_bytes;
+  CUBLAS_CHECK(
+      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+  cublasLtMatmulHeuristicResult_t result{};
+  int found = 0;
+  const cublasStatus_t st =
+      cublasLtMatmulAlgoGetHeuristic(handle, p.desc, p.a, p.b, p.c, p.c, pref, 1, &result, &found);
+  cublasLtMatmulPreferenceDestroy(pref);
+  if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
+    cublasLtMatrixLayoutDestroy(p.a);
+    cublasLtMatrixLayoutDestroy(p.b);
+    cublasLtMatrixLayoutDestroy(p.c);
+    cublasLtMatmulDescDestroy(p.desc);
+    fail("cuBLASLt has no algorithm for bf16 GEMM m={} n={} k={} (lda {}, ldb {}, ldc {}): {}", m, n, k, lda,
+         ldb, ldc, cublasLtGetStatusString(st));
+  }
+  p.algo = result.algo;
+  return plans_.emplace(key, p).first->second;
+}
+
+void gemm_bf16_nt(Context& ctx, const bf16* x, int64_t ldx, const bf16* w, int64_t ldw, void* y,
+                  DType y_dtype, int64_t ldy, int64_t n, int64_t m, int64_t k, float alpha) {
+  if (n == 0 || m == 0) return;
+  const int c_type = y_dtype == DType::F32 ? CUDA_R_32F : CUDA_R_16BF;
+  const MatmulCache::Plan& p =
+      ctx.matmul_cache().get(ctx.blaslt(), {m, n, k, ldw, ldx, ldy, c_type, ctx.blas_workspace_bytes()});
+  const float beta = 0.0f;
+  CUBLAS_CHECK(cublasLtMatmul(ctx.blaslt(), p.desc, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c, &p.algo,
+                              ctx.blas_workspace(), ctx.blas_workspace_bytes(), ctx.stream()));
+}
+
+// ---- linear -----------------------------------------------------------------------------------
+
+size_t linear_scratch_bytes(const Weight& w, int64_t n) {
+  if (!w.is_nvfp4() || n <= kGemvMaxTokens) return 0;
+  const size_t row_bytes = static_cast<size_t>(w.in) * 2;
+  const size_t all = row_bytes * static_cast<size_t>(w.out);
+  return std::min(all, std::max(kMaxDequantScratch / row_bytes, size_t{kDequantRowAlign}) * row_bytes);
+}
+
+void linear_forward(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const Weight& w, const float* bias,
+                    void* y, DType y_dtype, int64_t ldy, Scratch scratch) {
+  if (n == 0) return;
+  if (y_dtype != DType::BF16 && y_dtype != DType::F32)
+    fail("linear_forward: output dtype {} (expected BF16 or F32)", dtype_name(y_dtype));
+  if (!is_aligned(x, 16) || ldx % 8 != 0) fail("linear_forward: x must be 16-byte aligned with ldx % 8 == 0");
+  if (!w.is_nvfp4()) {
+    if (w.dtype != DType::BF16)
+      fail("linear_forward: dense weight of dtype {} on the GPU (upload converts to BF16)",
+           dtype_name(w.dtype));
+    gemm_bf16_nt(ctx, x, ldx, static_cast<const bf16*>(w.data), w.in, y, y_dtype, ldy, n, w.out, w.in, 1.0f);
+    if (bias) bias_add(ctx, y, y_dtype, ldy, n, w.out, bias);
+    return;
+  }
+  if (w.in % 16 != 0) fail("linear_forward: NVFP4 weight with K={} (a multiple of 16 expected)", w.in);
+  if (n <= kGemvMaxTokens) {
+    if (y_dtype == DType::F32)
+      nvfp4_gemv(ctx, x, ldx, n, w, bias, static_cast<float*>(y), ldy);
+    else
+      nvfp4_gemv(ctx, x, ldx, n, w, bias, static_cast<bf16*>(y), ldy);
+    return;
+  }
+  const int64_t rows = dequant_rows_per_chunk(w, scratch.bytes);
+  if (rows <= 0 || !is_aligned(scratch.ptr, 16))
+    fail("linear_forward: NVFP4 scratch of {} bytes is too small for K={} (need {})", scratch.bytes, w.in,
+         linear_scratch_bytes(w, n));
+  const size_t ysize = y_dtype == DType::F32 ? 4 : 2;
+  bf16* tile = static_cast<bf16*>(scratch.ptr);
+  const auto* wq = static_cast<const uint8_t*>(w.data);
+  for (int64_t r0 = 0; r0 < w.out; r0 += rows) {
+    const int64_t r = std::min(rows, w.out - r0);
+    const int64_t nblocks = r * (w.in / 16);
+    nvfp4_dequant_kernel<<<static_cast<unsigned>(ceil_div(nblocks, 256)), 256, 0, ctx.stream()>>>(
+        wq + r0 * (w.in / 2), w.scales + r0 * (w.in / 16), r, w.in, tile);
+    CUDA_CHECK_LAUNCH();
+    gemm_bf16_nt(ctx, x, ldx, tile, w.in, static_cast<char*>(y) + r0 * ysize, y_dtype, ldy, n, r, w.in,
+                 w.global_scale);
+  }
+  if (bias) bias_add(ctx, y, y_dtype, ldy, n, w.out, bias);
+}
+
+}  // namespace nibble::cuda

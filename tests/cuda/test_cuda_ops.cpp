@@ -1,0 +1,263 @@
+// Every forward op of the CUDA backend against the CPU backend (the reference), in the style of
+// ggml's test-backend-ops: random inputs (rounded to bf16 so both backends see the same values),
+// several shapes including odd ones, NaN/inf and unwritten-element checks, sentinels after each
+// output, and an NMSE bound per op with its reason. Skips without a GPU.
+//
+// Bounds. The CUDA backend keeps activations in bf16: every op's output is rounded once to bf16
+// (relative error <= 2^-9, uniform -> NMSE ~ 2^-18 / 3 ~ 1.3e-6). kBf16Out = 5e-6 allows that plus
+// fp32 reordering; a wrong index or a missed term gives NMSE > 1e-3. F32 outputs (logits) only
+// differ by the fp32 summation order: kF32Out = 1e-8.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <tuple>
+#include <vector>
+
+#include "backend/cpu/cpu_backend.h"
+#include "cuda/cuda_test_util.h"
+#include "quant/nvfp4.h"
+#include "runtime/sampler.h"
+
+namespace nibble {
+namespace {
+
+using test::DevTensor;
+using test::nmse;
+using test::randn_bf16;
+
+constexpr double kBf16Out = 5e-6;
+constexpr double kF32Out = 1e-8;
+
+class CudaOps : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    NIBBLE_REQUIRE_GPU();
+    gpu = std::make_unique<CudaBackend>(CudaBackendOptions{});
+    cpu = make_backend("cpu", BackendOptions{4});
+  }
+  std::unique_ptr<CudaBackend> gpu;
+  std::unique_ptr<Backend> cpu;
+  std::mt19937 rng{20240601};
+};
+
+TEST_F(CudaOps, Embedding) {
+  for (auto [vocab, dim] :
+       {std::pair<int64_t, int64_t>{1, 8}, {50, 7}, {512, 64}, {37, 130}, {151936, 2560}}) {
+    const auto table = randn_bf16(static_cast<size_t>(vocab * dim), rng);
+    const auto bits = test::to_bf16_bits(table);
+    const Weight host{WeightFormat::Dense, DType::BF16, vocab, dim, bits.data()};
+    const Weight w = gpu->upload_weight(host);
+    std::vector<int32_t> ids;
+    std::uniform_int_distribution<int32_t> pick(0, static_cast<int32_t>(vocab - 1));
+    for (int i = 0; i < 11; ++i) ids.push_back(i == 0 ? static_cast<int32_t>(vocab - 1) : pick(rng));
+    DevTensor out(*gpu, {11, dim});
+    gpu->embedding_forward(w, ids, out.t);
+    const auto got = out.read(*gpu, "embedding");
+    for (size_t i = 0; i < ids.size(); ++i)
+      for (int64_t j = 0; j < dim; ++j)
+        ASSERT_EQ(got[i * dim + j], table[ids[i] * dim + j]) << vocab << "x" << dim << " token " << i;
+  }
+}
+
+TEST_F(CudaOps, RmsNorm) {
+  for (auto [rows, dim] :
+       {std::pair<int64_t, int64_t>{1, 8}, {3, 64}, {7, 129}, {4, 2560}, {33, 16}, {256, 128}}) {
+    const auto x = randn_bf16(static_cast<size_t>(rows * dim), rng, 3.0f);
+    const auto w = randn_bf16(static_cast<size_t>(dim), rng);
+    const Tensor wh(const_cast<float*>(w.data()), DType::F32, {dim});
+    const Tensor wg = gpu->upload_tensor(wh), wc = cpu->upload_tensor(wh);
+    DevTensor xg(*gpu, {rows, dim}, &x), og(*gpu, {rows, dim}), rg(*gpu, DType::F32, {rows});
+    DevTensor xc(*cpu, {rows, dim}, &x), oc(*cpu, {rows, dim}), rc(*cpu, DType::F32, {rows});
+    gpu->rmsnorm_forward(xg.t, wg, 1e-6f, og.t, rg.t);
+    cpu->rmsnorm_forward(xc.t, wc, 1e-6f, oc.t, rc.t);
+    EXPECT_LT(nmse(og.read(*gpu, "rmsnorm"), oc.read(*cpu, "cpu")), kBf16Out) << rows << "x" << dim;
+    // rstd in fp32 (rsqrtf: a few ulp).
+    EXPECT_LT(nmse(rg.read(*gpu, "rstd"), rc.read(*cpu, "cpu")), 1e-10) << rows << "x" << dim;
+    EXPECT_EQ(xg.read(*gpu, "rmsnorm input"), x);  // input untouched
+  }
+}
+
+// One linear on both backends; returns {gpu, cpu} outputs.
+void check_linear(Backend& gpu, Backend& cpu, const Weight& host, int64_t n, bool with_bias, DType out_dtype,
+                  std::mt19937& rng, const std::string& label) {
+  const auto x = randn_bf16(static_cast<size_t>(n * host.in), rng);
+  const auto bias = randn_bf16(static_cast<size_t>(host.out), rng);
+  const Tensor bh(const_cast<float*>(bias.data()), DType::F32, {host.out});
+  const Weight wg = gpu.upload_weight(host), wc = cpu.upload_weight(host);
+  const Tensor bg = with_bias ? gpu.upload_tensor(bh) : Tensor(),
+               bc = with_bias ? cpu.upload_tensor(bh) : Tensor();
+  DevTensor xg(gpu, {n, host.in}, &x), yg(gpu, out_dtype, {n, host.out});
+  DevTensor xc(cpu, {n, host.in}, &x), yc(cpu, {n, host.out});
+  gpu.linear_forward(xg.t, wg, bg, yg.t);
+  cpu.linear_forward(xc.t, wc, bc, yc.t);
+  const double e = nmse(yg.read(gpu, label), yc.read(cpu, "cpu"));
+  EXPECT_LT(e, out_dtype == DType::F32 ? kF32Out : kBf16Out) << label << (with_bias ? " bias" : "");
+}
+
+TEST_F(CudaOps, LinearDenseBf16) {
+  for (auto [n, in, out] : {std::tuple<int64_t, int64_t, int64_t>{1, 64, 7},
+                            {3, 8, 4},
+                            {17, 136, 65},
+                            {2, 2560, 9},
+                            {64, 128, 512},
+                            {300, 256, 96}}) {
+    for (DType src : {DType::BF16, DType::F32}) {  // F32 checkpoints are uploaded as BF16
+      auto w = randn_bf16(static_cast<size_t>(out * in), rng, 0.1f);
+      const Weight host{WeightFormat::Dense, DType::F32, out, in, w.data()};
+      auto bits = test::to_bf16_bits(w);
+      const Weight hb{WeightFormat::Dense, DType::BF16, out, in, bits.data()};
+      for (bool bias : {false, true})
+        for (DType od : {DType::BF16, DType::F32})
+          check_linear(*gpu, *cpu, src == DType::BF16 ? hb : host, n, bias, od, rng,
+                       fmt::format("dense {}x{}->{} {} out {}", n, in, out, dtype_name(src), dtype_name(od)));
+    }
+  }
+}
+
+// NVFP4: the GEMV path (n <= 8, 16- and 8-byte code loads) and the dequantise + cuBLASLt path
+// (n > 8; 16 x 2560 x 9728 spans two scratch chunks). Weights are exact on both sides.
+TEST_F(CudaOps, LinearNvfp4) {
+  for (auto [n, in, out] : {std::tuple<int64_t, int64_t, int64_t>{1, 64, 33},
+                            {1, 80, 16},
+                            {3, 2560, 1024},
+                            {8, 48, 100},
+                            {1, 9728, 2560},
+                            {9, 64, 33},
+                            {40, 80, 70},
+                            {16, 2560, 9728}}) {
+    const auto w = randn_bf16(static_cast<size_t>(out * in), rng, 0.05f);
+    const Nvfp4Tensor q = quantize_nvfp4(w.data(), out, in);
+    for (bool bias : {false, true})
+      for (DType od : {DType::BF16, DType::F32})
+        check_linear(*gpu, *cpu, q.view(), n, bias, od, rng,
+                     fmt::format("nvfp4 {}x{}->{} out {}", n, in, out, dtype_name(od)));
+  }
+}
+
+TEST_F(CudaOps, Rope) {
+  for (auto [n, heads, hd, pos0, att] :
+       {std::tuple<int64_t, int64_t, int64_t, int64_t, float>{1, 1, 8, 0, 1.0f},
+        {5, 3, 16, 0, 1.0f},
+        {4, 2, 32, 100, 1.1386f},
+        {1, 32, 128, 40000, 1.0f},
+        {9, 8, 128, 7, 1.0f},
+        {3, 1, 6, 5, 1.0f}}) {
+    const auto x = randn_bf16(static_cast<size_t>(n * heads * hd), rng);
+    std::vector<float> inv_freq(static_cast<size_t>(hd / 2));
+    for (int64_t j = 0; j < hd / 2; ++j) inv_freq[j] = static_cast<float>(std::pow(1e6, -2.0 * j / hd));
+    DevTensor xg(*gpu, {n, heads, hd}, &x), fg(*gpu, DType::F32, {hd / 2}, &inv_freq);
+    DevTensor xc(*cpu, {n, heads, hd}, &x), fc(*cpu, DType::F32, {hd / 2}, &inv_freq);
+    gpu->rope_forward(xg.t, pos0, RopeTable{fg.t, att});
+    cpu->rope_forward(xc.t, pos0, RopeTable{fc.t, att});
+    EXPECT_LT(nmse(xg.read(*gpu, "rope"), xc.read(*cpu, "cpu")), kBf16Out)
+        << n << "x" << heads << "x" << hd << " @" << pos0;
+  }
+}
+
+// Causal GQA: a prefill, a second chunk, then single-token decode steps; the last shape runs a
+// decode at position 3000 so that split-KV (several partitions and the combine) is exercised.
+TEST_F(CudaOps, Attention) {
+  struct Case {
+    int64_t hq, hkv, hd, cap;
+    std::vector<std::pair<int64_t, int64_t>> calls;  // (pos0, n)
+  };
+  const std::vector<Case> cases = {
+      {4, 4, 16, 64, {{0, 5}, {5, 1}, {6, 1}}}, {8, 2, 32, 64, {{0, 7}, {7, 6}, {13, 1}}},
+      {4, 2, 40, 64, {{0, 33}, {33, 2}}},       {32, 8, 128, 4096, {{0, 100}, {100, 3}, {103, 1}}},
+      {2, 1, 256, 64, {{0, 9}, {9, 1}}},        {16, 8, 64, 3100, {{0, 3000}, {3000, 1}, {3001, 4}}},
+  };
+  for (const Case& c : cases) {
+    KvCache kg = gpu->alloc_kv_cache(2, c.hkv, c.cap, c.hd), kc = cpu->alloc_kv_cache(2, c.hkv, c.cap, c.hd);
+    for (auto [pos0, n] : c.calls) {
+      const auto q = randn_bf16(static_cast<size_t>(n * c.hq * c.hd), rng);
+      const auto k = randn_bf16(static_cast<size_t>(n * c.hkv * c.hd), rng);
+      const auto v = randn_bf16(static_cast<size_t>(n * c.hkv * c.hd), rng);
+      const float scale = 1.0f / std::sqrt(static_cast<float>(c.hd));
+      DevTensor qg(*gpu, {n, c.hq, c.hd}, &q), kg_(*gpu, {n, c.hkv, c.hd}, &k),
+          vg(*gpu, {n, c.hkv, c.hd}, &v), og(*gpu, {n, c.hq, c.hd});
+      DevTensor qc(*cpu, {n, c.hq, c.hd}, &q), kc_(*cpu, {n, c.hkv, c.hd}, &k),
+          vc(*cpu, {n, c.hkv, c.hd}, &v), oc(*cpu, {n, c.hq, c.hd});
+      gpu->attention_forward(qg.t, kg_.t, vg.t, kg, 1, pos0, scale, og.t);
+      cpu->attention_forward(qc.t, kc_.t, vc.t, kc, 1, pos0, scale, oc.t);
+      EXPECT_LT(nmse(og.read(*gpu, "attention"), oc.read(*cpu, "cpu")), kBf16Out)
+          << "hq " << c.hq << " hkv " << c.hkv << " hd " << c.hd << " pos0 " << pos0 << " n " << n;
+    }
+    // The cache layout (layer, head, position, hd) holds the appended keys exactly.
+    std::vector<float> a(static_cast<size_t>(kg.k_layer(1).numel())), b(a.size());
+    gpu->copy_to_host(kg.k_layer(1), a);
+    cpu->copy_to_host(kc.k_layer(1), b);
+    EXPECT_EQ(a, b) << "k cache, hd " << c.hd;
+  }
+}
+
+TEST_F(CudaOps, SwiGluAndAdd) {
+  for (auto [n, d] : {std::pair<int64_t, int64_t>{1, 1}, {7, 172}, {64, 9728}, {3, 40001}}) {
+    const auto g = randn_bf16(static_cast<size_t>(n * d), rng, 4.0f),
+               u = randn_bf16(static_cast<size_t>(n * d), rng);
+    DevTensor gg(*gpu, {n, d}, &g), ug(*gpu, {n, d}, &u), yg(*gpu, {n, d}), sg(*gpu, {n, d});
+    DevTensor gc(*cpu, {n, d}, &g), uc(*cpu, {n, d}, &u), yc(*cpu, {n, d}), sc(*cpu, {n, d});
+    gpu->swiglu_forward(gg.t, ug.t, yg.t);
+    cpu->swiglu_forward(gc.t, uc.t, yc.t);
+    gpu->add_forward(gg.t, ug.t, sg.t);
+    cpu->add_forward(gc.t, uc.t, sc.t);
+    EXPECT_LT(nmse(yg.read(*gpu, "swiglu"), yc.read(*cpu, "cpu")), kBf16Out) << n << "x" << d;
+    EXPECT_LT(nmse(sg.read(*gpu, "add"), sc.read(*cpu, "cpu")), kBf16Out) << n << "x" << d;
+  }
+}
+
+// The GPU draw inverts the kept distribution's CDF in id order at u; the CPU Sampler gives that
+// distribution (runtime/sampler.h). Draws whose u falls within 1e-4 of a CDF step are skipped:
+// fp32 sums on the GPU and double on the CPU may put such a u on either side.
+TEST_F(CudaOps, Sampling) {
+  for (int64_t vocab : {37, 1000, 151936}) {
+    std::vector<float> logits = randn_bf16(static_cast<size_t>(vocab), rng, 3.0f);
+    std::vector<int32_t> seen;
+    for (int i = 0; i < 20; ++i) seen.push_back(static_cast<int32_t>(rng() % vocab));
+    DevTensor lg(*gpu, DType::F32, {vocab}, &logits);
+    std::vector<SamplerParams> configs;
+    configs.push_back({});  // greedy
+    SamplerParams p;
+    p.temperature = 0.7f;
+    configs.push_back(p);
+    p.top_k = 20;
+    configs.push_back(p);
+    p.top_p = 0.8f;
+    configs.push_back(p);
+    p.top_k = 0;
+    p.min_p = 0.05f;
+    configs.push_back(p);
+    p.repetition_penalty = 1.3f;
+    p.top_k = 50;
+    p.top_p = 0.95f;
+    p.min_p = 0.0f;
+    configs.push_back(p);
+    for (const SamplerParams& sp : configs) {
+      Sampler ref(sp);
+      const std::vector<double> prob = ref.probabilities(logits, seen);
+      std::vector<double> cdf(prob.size());
+      double run = 0;
+      for (size_t i = 0; i < prob.size(); ++i) cdf[i] = (run += prob[i]);
+      int checked = 0;
+      for (int t = 0; t < 64; ++t) {
+        const double u = (t + 0.5) / 64;
+        const auto it = std::upper_bound(cdf.begin(), cdf.end(), u);
+        const int64_t want = std::min<int64_t>(it - cdf.begin(), vocab - 1);
+        const double lo = want > 0 ? cdf[want - 1] : 0.0;
+        if (std::abs(u - lo) < 1e-4 || std::abs(cdf[want] - u) < 1e-4) continue;
+        const int32_t got = gpu->sample(lg.t, sp, seen, u);
+        ASSERT_EQ(got, want) << "vocab " << vocab << " T " << sp.temperature << " top_k " << sp.top_k
+                             << " top_p " << sp.top_p << " min_p " << sp.min_p << " penalty "
+                             << sp.repetition_penalty << " u " << u << " (p[got] "
+                             << (got >= 0 && got < vocab ? prob[got] : -1) << ")";
+        ++checked;
+        if (sp.greedy()) break;
+      }
+      EXPECT_GT(checked, 0);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace nibble
