@@ -301,7 +301,8 @@ class Evaluator {
       case ExprKind::Tuple: {
         List items;
         for (const ExprPtr& c : e.children) items.push_back(eval(*c, scope));
-        return Value::from_list(std::move(items));
+        return e.kind == ExprKind::Tuple ? Value::from_tuple(std::move(items))
+                                         : Value::from_list(std::move(items));
       }
       case ExprKind::Dict: {
         Dict d;

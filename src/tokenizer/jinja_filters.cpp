@@ -135,8 +135,8 @@ List python_split(const std::string& s, const std::optional<std::string>& sep, i
       parts.insert(parts.begin(), s.substr(0, end));
     }
   } else {
-    // Words are runs of non-whitespace code points; maxsplit leaves the rest (left-stripped,
-    // or right-stripped for rsplit) as the last item.
+    // Words are runs of non-whitespace code points; past maxsplit the rest of the string, from
+    // the start of the next word, is the last item (trailing whitespace kept, as Python does).
     std::vector<std::pair<size_t, size_t>> words;
     size_t len = 0;
     for (size_t pos = 0; pos < s.size();) {
@@ -154,9 +154,9 @@ List python_split(const std::string& s, const std::optional<std::string>& sep, i
     } else if (!from_right) {
       for (size_t i = 0; i + 1 < limit; ++i)
         parts.push_back(s.substr(words[i].first, words[i].second - words[i].first));
-      parts.push_back(python_strip(s.substr(words[limit - 1].first), std::nullopt, false, true));
+      parts.push_back(s.substr(words[limit - 1].first));
     } else {
-      parts.push_back(python_strip(s.substr(0, words[n - limit].second), std::nullopt, true, false));
+      parts.push_back(s.substr(0, words[n - limit].second));
       for (size_t i = n - limit + 1; i < n; ++i)
         parts.push_back(s.substr(words[i].first, words[i].second - words[i].first));
     }

@@ -1,6 +1,7 @@
 #include "tokenizer/jinja_lexer.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstdlib>
 
@@ -307,6 +308,26 @@ class Lexer {
 
   void lex_number() {
     size_t start = pos_;
+    if (src_[start] == '0' && start + 2 < src_.size()) {  // 0x.. 0o.. 0b.. (underscores allowed)
+      const char base_char = static_cast<char>(std::tolower(static_cast<unsigned char>(src_[start + 1])));
+      const int base = base_char == 'x' ? 16 : base_char == 'o' ? 8 : base_char == 'b' ? 2 : 0;
+      auto digit_ok = [&](char c) { return hex_value(c) >= 0 && hex_value(c) < base; };
+      if (base != 0 && digit_ok(src_[start + 2])) {
+        std::string digits;
+        size_t e = start + 2;
+        for (; e < src_.size() &&
+               (digit_ok(src_[e]) || (src_[e] == '_' && e + 1 < src_.size() && digit_ok(src_[e + 1])));
+             ++e) {
+          if (src_[e] != '_') digits += src_[e];
+        }
+        Token& t = push(Tok::Int, start);
+        errno = 0;
+        t.integer = std::strtoll(digits.c_str(), nullptr, base);
+        if (errno == ERANGE) fail("line {}: integer literal is too large", t.line);
+        pos_ = e;
+        return;
+      }
+    }
     size_t e = scan_digits(start);
     size_t f = e;
     // jinja2's float: digits then `.digits` and/or an exponent; never right after a '.', so

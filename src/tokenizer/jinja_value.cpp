@@ -35,6 +35,12 @@ Value Value::from_list(List items) {
   return v;
 }
 
+Value Value::from_tuple(List items) {
+  Value v = from_list(std::move(items));
+  v.tuple = true;
+  return v;
+}
+
 Value Value::from_dict(Dict d) {
   Value v;
   v.kind = Kind::Dict;
@@ -357,12 +363,13 @@ std::string to_str(const Value& v) {
     case Kind::String:
       return v.text;
     case Kind::List: {
-      std::string out = "[";
+      std::string out = v.tuple ? "(" : "[";
       for (size_t i = 0; i < v.list->size(); ++i) {
         if (i) out += ", ";
         out += repr((*v.list)[i]);
       }
-      return out + "]";
+      if (v.tuple && v.list->size() == 1) out += ",";
+      return out + (v.tuple ? ")" : "]");
     }
     case Kind::Dict:
     case Kind::Namespace: {
@@ -404,7 +411,7 @@ bool equals(const Value& a, const Value& b) {
     case Kind::String:
       return a.text == b.text;
     case Kind::List:
-      if (a.list->size() != b.list->size()) return false;
+      if (a.tuple != b.tuple || a.list->size() != b.list->size()) return false;
       for (size_t i = 0; i < a.list->size(); ++i) {
         if (!equals((*a.list)[i], (*b.list)[i])) return false;
       }

@@ -41,6 +41,7 @@ struct Value {
   double number = 0.0;
   std::string text;  // String: the UTF-8 text. Undefined: the name that was looked up (for errors).
   std::shared_ptr<List> list;
+  bool tuple = false;          // a List made by a tuple expression: shown as (a, b), unequal to a list
   std::shared_ptr<Dict> dict;  // Dict and Namespace
   std::shared_ptr<const Function> function;
 
@@ -63,6 +64,7 @@ struct Value {
   }
   static Value from_string(std::string s) { return with_text(Kind::String, std::move(s)); }
   static Value from_list(List items);
+  static Value from_tuple(List items);
   static Value from_dict(Dict d);
   static Value new_namespace(Dict d);
   static Value from_function(Function f);
