@@ -172,7 +172,10 @@ Qwen3Model::Qwen3Model(Backend& backend, const ModelConfig& config, ModelWeights
   // The head runs over a few rows at a time: (rows, V) logits for a 151936 vocabulary are large.
   logit_chunk_ = std::min<int64_t>(n, 16);
   final_norm_ = make({logit_chunk_, dim});
-  logits_ = make({logit_chunk_, config_.vocab_size});
+  // Logits are F32 on every backend (CUDA activations are BF16): rounding them to bf16 (2^-9
+  // relative, ~0.08 at |40|) would turn near-ties of greedy decoding into coin flips.
+  storage_.emplace_back();
+  logits_ = backend_.alloc_tensor(storage_.back(), DType::F32, {logit_chunk_, config_.vocab_size});
 }
 
 KvCache Qwen3Model::make_kv_cache(int64_t capacity) {
