@@ -9,6 +9,7 @@
 
 namespace nibble::app {
 
+void add_guard_command(CLI::App& app);
 void add_inspect_command(CLI::App& app);
 void add_tokenize_command(CLI::App& app);
 
