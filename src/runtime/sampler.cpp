@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <queue>
 
 #include "core/error.h"
 #include "format/hf_config.h"
@@ -17,86 +18,101 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 // HF's default for top_k when sampling and generation_config.json does not set it.
 constexpr int64_t kHfDefaultTopK = 50;
 
-// The surviving tokens of one step and their normalized probabilities (same order).
-struct Dist {
-  std::vector<int32_t> ids;
-  std::vector<double> p;
-};
+// One surviving token: (probability, id).
+using Cand = std::pair<double, int32_t>;
 
-void softmax_over(const std::vector<float>& x, Dist& d) {
-  float mx = kNegInf;
-  for (int32_t i : d.ids) mx = std::max(mx, x[i]);
-  d.p.resize(d.ids.size());
+// Descending probability, ties: lower id first. A strict total order, so the selections below
+// are deterministic.
+bool before(const Cand& a, const Cand& b) {
+  return a.first != b.first ? a.first > b.first : a.second < b.second;
+}
+
+void normalize(std::vector<Cand>& c) {
   double sum = 0;
-  for (size_t j = 0; j < d.ids.size(); ++j) {
-    d.p[j] = std::exp(static_cast<double>(x[d.ids[j]]) - mx);
-    sum += d.p[j];
-  }
-  for (double& v : d.p) v /= sum;
+  for (const Cand& e : c) sum += e.first;
+  for (Cand& e : c) e.first /= sum;
 }
 
-void keep_if(Dist& d, const std::vector<char>& keep) {
-  size_t w = 0;
-  for (size_t j = 0; j < d.ids.size(); ++j) {
-    if (keep[j]) {
-      d.ids[w] = d.ids[j];
-      d.p[w] = d.p[j];
-      ++w;
+// HF TopPLogitsWarper sorts ascending and removes tokens whose ascending cumulative probability is
+// <= 1 - top_p. In descending order that keeps a token while the mass strictly above it is
+// < top_p: the token that crosses top_p stays, and at least one token always does.
+// A full sort of a 150k vocabulary costs ~10 ms, so this finds the kept count by quickselect on
+// the mass instead (expected linear time): the kept tokens end up first, in no particular order.
+size_t nucleus_size(std::vector<Cand>& c, double top_p) {
+  size_t lo = 0, hi = c.size();  // [0, lo) kept, [hi, n) dropped, [lo, hi) undecided
+  double need = top_p;           // mass still to reach with the undecided tokens
+  while (hi - lo > 32) {
+    const size_t mid = lo + (hi - lo) / 2;
+    std::nth_element(c.begin() + lo, c.begin() + mid, c.begin() + hi, before);
+    double upper = 0;
+    for (size_t j = lo; j < mid; ++j) upper += c[j].first;
+    if (upper >= need) {
+      hi = mid;  // the token at mid already has >= top_p above it
+    } else {
+      need -= upper;
+      lo = mid;
     }
   }
-  d.ids.resize(w);
-  d.p.resize(w);
-  const double sum = std::accumulate(d.p.begin(), d.p.end(), 0.0);
-  for (double& v : d.p) v /= sum;
-}
-
-// Sorts `d` by descending probability (ties: lower id first), only as far as needed: the first
-// `m` entries are ordered after the call.
-void sort_prefix(Dist& d, size_t m) {
-  std::vector<size_t> order(d.ids.size());
-  std::iota(order.begin(), order.end(), 0);
-  m = std::min(m, order.size());
-  std::partial_sort(
-      order.begin(), order.begin() + static_cast<std::ptrdiff_t>(m), order.end(),
-      [&](size_t a, size_t b) { return d.p[a] != d.p[b] ? d.p[a] > d.p[b] : d.ids[a] < d.ids[b]; });
-  Dist s;
-  s.ids.reserve(order.size());
-  s.p.reserve(order.size());
-  for (size_t j : order) {
-    s.ids.push_back(d.ids[j]);
-    s.p.push_back(d.p[j]);
+  std::sort(c.begin() + lo, c.begin() + hi, before);
+  for (size_t j = lo; j < hi; ++j) {
+    if (need <= 0 && j > 0) return j;
+    need -= c[j].first;
   }
-  d = std::move(s);
-}
-
-// HF TopPLogitsWarper: sorts ascending, removes tokens whose ascending cumulative probability is
-// <= 1 - top_p. In descending order that keeps a token while the mass strictly above it is < top_p,
-// so the token that crosses top_p is kept. At least one token always stays.
-void apply_top_p(Dist& d, double top_p) {
-  size_t sorted = std::min<size_t>(64, d.ids.size());
-  sort_prefix(d, sorted);
-  double above = 0;
-  size_t keep = 0;
-  while (keep < d.ids.size() && (keep == 0 || above < top_p)) {
-    if (keep == sorted) {  // need more of the order: sort a longer prefix
-      sorted = std::min(d.ids.size(), sorted * 4);
-      sort_prefix(d, sorted);
-    }
-    above += d.p[keep];
-    ++keep;
-  }
-  d.ids.resize(keep);
-  d.p.resize(keep);
-  const double sum = std::accumulate(d.p.begin(), d.p.end(), 0.0);
-  for (double& v : d.p) v /= sum;
+  return hi;
 }
 
 // HF MinPLogitsWarper: removes tokens whose probability is below min_p times the top probability.
-void apply_min_p(Dist& d, double min_p) {
-  const double top = *std::max_element(d.p.begin(), d.p.end());
-  std::vector<char> keep(d.ids.size());
-  for (size_t j = 0; j < d.ids.size(); ++j) keep[j] = !(d.p[j] < min_p * top);
-  keep_if(d, keep);
+void apply_min_p(std::vector<Cand>& c, double min_p) {
+  double top = 0;
+  for (const Cand& e : c) top = std::max(top, e.first);
+  std::erase_if(c, [&](const Cand& e) { return e.first < min_p * top; });
+  normalize(c);
+}
+
+// The k-th largest finite value of x (1 <= k < number of finite values): a min-heap of size k in
+// one pass; most values fail the first comparison, so it costs about one read per entry.
+float kth_largest(const std::vector<float>& x, int64_t k) {
+  std::priority_queue<float, std::vector<float>, std::greater<float>> heap;
+  for (float v : x) {
+    if (std::isnan(v) || v == kNegInf) continue;
+    if (static_cast<int64_t>(heap.size()) < k) {
+      heap.push(v);
+    } else if (v > heap.top()) {
+      heap.pop();
+      heap.push(v);
+    }
+  }
+  return heap.top();
+}
+
+// Temperature, top-k, top-p and min-p over the penalized logits `x`: the candidates and their
+// probabilities, in `out`.
+void distribution(const std::vector<float>& x, const SamplerParams& params, std::vector<Cand>& out) {
+  int64_t finite = 0;
+  float mx = kNegInf;
+  for (float v : x) {
+    if (std::isnan(v) || v == kNegInf) continue;
+    ++finite;
+    mx = std::max(mx, v);
+  }
+  if (finite == 0) fail("the model returned no finite logit to sample from ({} entries)", x.size());
+  // HF TopKLogitsWarper removes scores below the k-th largest (ties with it stay). Temperature
+  // keeps the order, so the threshold can be taken before it.
+  float threshold = kNegInf;
+  if (params.top_k > 0 && params.top_k < finite) threshold = kth_largest(x, params.top_k);
+  // TemperatureLogitsWarper and the softmax; exp in fp32 (as torch does), the sum in fp64.
+  const float inv_t = 1.0f / params.temperature;
+  out.clear();
+  for (size_t i = 0; i < x.size(); ++i) {
+    if (std::isnan(x[i]) || x[i] == kNegInf || x[i] < threshold) continue;
+    out.emplace_back(std::exp((x[i] - mx) * inv_t), static_cast<int32_t>(i));
+  }
+  normalize(out);
+  if (params.top_p < 1.0f) {
+    out.resize(nucleus_size(out, params.top_p));
+    normalize(out);
+  }
+  if (params.min_p > 0.0f) apply_min_p(out, params.min_p);
 }
 
 int32_t argmax(const std::vector<float>& x) {
@@ -150,75 +166,54 @@ SamplerParams resolve_sampler_params(const GenerationConfig& gen, const SamplerO
 
 Sampler::Sampler(const SamplerParams& params) : params_(params), rng_(params.seed) { params_.validate(); }
 
-std::vector<float> Sampler::process(std::span<const float> logits, std::span<const int32_t> seen) const {
-  std::vector<float> x(logits.begin(), logits.end());
-  const int64_t vocab = static_cast<int64_t>(x.size());
-  if (params_.repetition_penalty != 1.0f) {
-    // HF gathers the seen ids' scores and scatters the penalized values back: each id once.
-    std::vector<char> done(x.size(), 0);
-    const float pen = params_.repetition_penalty;
-    for (int32_t id : seen) {
-      if (id < 0 || id >= vocab || done[id]) continue;
-      done[id] = 1;
-      x[id] = x[id] < 0 ? x[id] * pen : x[id] / pen;
-    }
+void Sampler::process(std::span<const float> logits, std::span<const int32_t> seen,
+                      std::vector<float>& x) const {
+  x.assign(logits.begin(), logits.end());
+  if (params_.repetition_penalty == 1.0f) return;
+  // HF gathers the seen ids' scores and scatters the penalized values back: each id once.
+  std::vector<int32_t> ids(seen.begin(), seen.end());
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  const float pen = params_.repetition_penalty;
+  for (int32_t id : ids) {
+    if (id < 0 || static_cast<size_t>(id) >= x.size()) continue;
+    x[id] = x[id] < 0 ? x[id] * pen : x[id] / pen;
   }
-  return x;
 }
 
 std::vector<double> Sampler::probabilities(std::span<const float> logits,
                                            std::span<const int32_t> seen) const {
-  std::vector<float> x = process(logits, seen);
+  std::vector<float> x;
+  process(logits, seen, x);
   std::vector<double> out(x.size(), 0.0);
   if (params_.greedy()) {
     const int32_t i = argmax(x);
     if (i >= 0) out[i] = 1.0;
     return out;
   }
-  for (float& v : x) v /= params_.temperature;
-
-  Dist d;
-  d.ids.reserve(x.size());
-  for (size_t i = 0; i < x.size(); ++i)
-    if (!std::isnan(x[i]) && x[i] != kNegInf) d.ids.push_back(static_cast<int32_t>(i));
-  if (d.ids.empty()) fail("the model returned no finite logit to sample from ({} entries)", x.size());
-
-  // HF TopKLogitsWarper: removes scores below the k-th largest (ties with it stay).
-  if (params_.top_k > 0 && params_.top_k < static_cast<int64_t>(d.ids.size())) {
-    std::vector<float> vals;
-    vals.reserve(d.ids.size());
-    for (int32_t i : d.ids) vals.push_back(x[i]);
-    auto kth = vals.begin() + (params_.top_k - 1);
-    std::nth_element(vals.begin(), kth, vals.end(), std::greater<float>());
-    const float threshold = *kth;
-    std::erase_if(d.ids, [&](int32_t i) { return x[i] < threshold; });
-  }
-  softmax_over(x, d);
-  if (params_.top_p < 1.0f) apply_top_p(d, params_.top_p);
-  if (params_.min_p > 0.0f) apply_min_p(d, params_.min_p);
-  for (size_t j = 0; j < d.ids.size(); ++j) out[d.ids[j]] = d.p[j];
+  std::vector<Cand> c;
+  distribution(x, params_, c);
+  for (const auto& [p, id] : c) out[id] = p;
   return out;
 }
 
 int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> seen) {
+  process(logits, seen, x_);
   if (params_.greedy()) {
-    const int32_t i = argmax(process(logits, seen));
+    const int32_t i = argmax(x_);
     if (i < 0) fail("the model returned only NaN logits ({} entries)", logits.size());
     return i;
   }
-  const std::vector<double> p = probabilities(logits, seen);
+  distribution(x_, params_, cands_);
   // A 53-bit uniform in [0, 1) from the raw engine output, so that a seed gives the same draws on
   // every standard library (std::uniform_real_distribution is implementation-defined).
   const double u = static_cast<double>(rng_() >> 11) * 0x1.0p-53;
   double cum = 0;
-  int32_t last = -1;
-  for (size_t i = 0; i < p.size(); ++i) {
-    if (p[i] <= 0) continue;
-    last = static_cast<int32_t>(i);
-    cum += p[i];
-    if (u < cum) return last;
+  for (const auto& [p, id] : cands_) {
+    cum += p;
+    if (u < cum) return id;
   }
-  return last;  // rounding left u >= the total: the last candidate
+  return cands_.back().second;  // rounding left u >= the total: the last candidate
 }
 
 std::vector<std::pair<int32_t, float>> top_logits(std::span<const float> logits, int64_t k) {

@@ -11,6 +11,7 @@
 #include <optional>
 #include <random>
 #include <span>
+#include <utility>
 #include <vector>
 
 namespace nibble {
@@ -56,11 +57,14 @@ class Sampler {
   const SamplerParams& params() const { return params_; }
 
  private:
-  // Processed logits (penalty, temperature, top-k, top-p, min-p); -inf marks filtered tokens.
-  std::vector<float> process(std::span<const float> logits, std::span<const int32_t> seen) const;
+  // x = logits after the repetition penalty.
+  void process(std::span<const float> logits, std::span<const int32_t> seen, std::vector<float>& x) const;
 
   SamplerParams params_;
   std::mt19937_64 rng_;  // per sampler: no global state, reproducible from params_.seed
+  // Buffers reused across steps: a vocab-sized allocation per token costs page faults.
+  std::vector<float> x_;
+  std::vector<std::pair<double, int32_t>> cands_;
 };
 
 // The k largest logits of one step as (id, logit), highest first (ties: lower id first).
