@@ -1,12 +1,15 @@
 // Linear layer: out (n, out) = x (n, in) · W^T (+ bias), W (out, in) row-major as in nn.Linear.
 //
 // Dense W (F32 / BF16 / F16): threads take blocks of 4 rows of W; a block is converted to fp32
-// once (BF16 / F16 rows on the fly into per-thread scratch, no full copy of W) and then dotted
-// with every row of x, so each weight byte is read once per call whatever n is. The dot products
+// to fp32 once (F16, or BF16 when x has many rows: into per-thread scratch, never a full copy of
+// W) and dotted with every row of x, so each weight byte is read once per call whatever n is;
+// BF16 with few rows of x (decode) is widened inside the dot product instead. The dot products
 // keep 8 independent fp32 partial sums per row, which compilers turn into SIMD and which make the
 // result independent of the thread split. NVFP4 W goes to nvfp4_matmul_rows (dequantised inside
 // the dot product, backend/cpu/nvfp4_matmul.h).
 #include <algorithm>
+#include <bit>
+#include <cstring>
 #include <vector>
 
 #include "backend/cpu/convert.h"
@@ -19,57 +22,110 @@ namespace {
 
 constexpr int64_t kRowBlock = 4;  // rows of W per block (4 dot products share each load of x)
 
-// y[0..R) += dot(x, w_r) for R (<= 4) rows w_r of length k.
-template <int R>
-void dot_rows(const float* x, const float* const* w, int64_t k, float* y) {
-  float acc[R][8] = {};
+// The dot-product kernels are compiled twice, for AVX2 and for the baseline, and picked at load
+// time (GCC/Clang function multiversioning), so one portable binary uses the wide registers where
+// they exist. Both clones do the same fp32 multiplies and adds in the same order (8 partial sums
+// per row, no FMA contraction in ISO C++ mode), so results are identical on every x86-64.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define NIBBLE_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define NIBBLE_SIMD_CLONES
+#endif
+
+// The vector helpers below are inlined into each clone; GCC's note that a 32-byte vector return
+// would change the (never used) out-of-line ABI without AVX does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+// 8 fp32 lanes as a GCC/Clang vector: the AVX2 clone keeps one in a ymm register, the baseline
+// splits it into two xmm registers. Lane u accumulates elements u, u+8, u+16, ...
+typedef float v8f __attribute__((vector_size(32)));
+typedef uint32_t v8u __attribute__((vector_size(32)));
+typedef uint16_t v8h __attribute__((vector_size(16)));
+
+inline v8f load8(const float* p) {
+  v8f v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline v8f load8(const uint16_t* p) {  // BF16: the top half of an fp32
+  v8h h;
+  std::memcpy(&h, p, sizeof h);
+  return reinterpret_cast<v8f>(__builtin_convertvector(h, v8u) << 16);
+}
+inline float widen(float v) { return v; }
+inline float widen(uint16_t h) { return std::bit_cast<float>(static_cast<uint32_t>(h) << 16); }
+
+// y[r] = dot(x, w_r) for 4 rows of length k (W is float or BF16 bits); fixed summation order.
+template <typename T>
+inline void dot4(const float* x, const T* w0, const T* w1, const T* w2, const T* w3, int64_t k, float* y) {
+  v8f a0 = {}, a1 = {}, a2 = {}, a3 = {};
   int64_t i = 0;
   for (; i + 8 <= k; i += 8) {
-    for (int r = 0; r < R; ++r) {
-      for (int u = 0; u < 8; ++u) acc[r][u] += x[i + u] * w[r][i + u];
-    }
+    const v8f xv = load8(x + i);
+    a0 += xv * load8(w0 + i);
+    a1 += xv * load8(w1 + i);
+    a2 += xv * load8(w2 + i);
+    a3 += xv * load8(w3 + i);
   }
-  for (int r = 0; r < R; ++r) {
-    float s = 0.0f;
-    for (int64_t j = i; j < k; ++j) s += x[j] * w[r][j];
-    for (int u = 0; u < 8; ++u) s += acc[r][u];
-    y[r] = s;
+  float s[4] = {};
+  for (; i < k; ++i) {
+    s[0] += x[i] * widen(w0[i]);
+    s[1] += x[i] * widen(w1[i]);
+    s[2] += x[i] * widen(w2[i]);
+    s[3] += x[i] * widen(w3[i]);
   }
+  for (int u = 0; u < 8; ++u) {
+    s[0] += a0[u];
+    s[1] += a1[u];
+    s[2] += a2[u];
+    s[3] += a3[u];
+  }
+  for (int r = 0; r < 4; ++r) y[r] = s[r];
 }
 
+NIBBLE_SIMD_CLONES void dot4_f32(const float* x, const float* w0, const float* w1, const float* w2,
+                                 const float* w3, int64_t k, float* y) {
+  dot4(x, w0, w1, w2, w3, k, y);
+}
+
+// BF16 rows widened in registers (decode: every weight is read once, so a conversion pass
+// through memory would double the traffic).
+NIBBLE_SIMD_CLONES void dot4_bf16(const float* x, const uint16_t* w0, const uint16_t* w1, const uint16_t* w2,
+                                  const uint16_t* w3, int64_t k, float* y) {
+  dot4(x, w0, w1, w2, w3, k, y);
+}
+
+// Rows [row_begin, row_end) of y (n, out). Rows past the end of a partial block point at the
+// block's first row and their results are dropped.
 void dense_rows(const float* x, int64_t n, const Weight& w, int64_t row_begin, int64_t row_end, float* y,
                 std::vector<float>& scratch) {
   const int64_t k = w.in, out = w.out;
   const size_t row_bytes = static_cast<size_t>(k) * dtype_size(w.dtype);
-  if (w.dtype != DType::F32) scratch.resize(static_cast<size_t>(kRowBlock * k));
+  const auto* base = static_cast<const char*>(w.data);
+  // BF16 with few rows of x: widen inside the dot product. Otherwise (F16, or BF16 with many
+  // rows of x) widen the block once into scratch and reuse it for every row of x.
+  const bool direct_bf16 = w.dtype == DType::BF16 && n <= 4;
+  if (w.dtype != DType::F32 && !direct_bf16) scratch.resize(static_cast<size_t>(kRowBlock * k));
   for (int64_t j0 = row_begin; j0 < row_end; j0 += kRowBlock) {
     const int64_t rows = std::min(kRowBlock, row_end - j0);
-    const float* wr[kRowBlock];
-    for (int64_t r = 0; r < rows; ++r) {
-      const void* src = static_cast<const char*>(w.data) + static_cast<size_t>(j0 + r) * row_bytes;
-      if (w.dtype == DType::F32) {
-        wr[r] = static_cast<const float*>(src);
-      } else {
-        load_row_f32(src, w.dtype, k, scratch.data() + r * k);
-        wr[r] = scratch.data() + r * k;
-      }
+    const void* src[kRowBlock];
+    for (int64_t r = 0; r < kRowBlock; ++r)
+      src[r] = base + static_cast<size_t>(j0 + (r < rows ? r : 0)) * row_bytes;
+    const float* wf[kRowBlock];
+    if (w.dtype == DType::F32) {
+      for (int64_t r = 0; r < kRowBlock; ++r) wf[r] = static_cast<const float*>(src[r]);
+    } else if (!direct_bf16) {
+      for (int64_t r = 0; r < rows; ++r) load_row_f32(src[r], w.dtype, k, scratch.data() + r * k);
+      for (int64_t r = 0; r < kRowBlock; ++r) wf[r] = scratch.data() + (r < rows ? r : 0) * k;
     }
     float res[kRowBlock];
     for (int64_t i = 0; i < n; ++i) {
       const float* xi = x + i * k;
-      switch (rows) {
-        case 4:
-          dot_rows<4>(xi, wr, k, res);
-          break;
-        case 3:
-          dot_rows<3>(xi, wr, k, res);
-          break;
-        case 2:
-          dot_rows<2>(xi, wr, k, res);
-          break;
-        default:
-          dot_rows<1>(xi, wr, k, res);
-          break;
+      if (direct_bf16) {
+        const auto* h = reinterpret_cast<const uint16_t* const*>(src);
+        dot4_bf16(xi, h[0], h[1], h[2], h[3], k, res);
+      } else {
+        dot4_f32(xi, wf[0], wf[1], wf[2], wf[3], k, res);
       }
       for (int64_t r = 0; r < rows; ++r) y[i * out + j0 + r] = res[r];
     }
