@@ -257,5 +257,76 @@ TEST(MessagesJson, BadShapesAreErrors) {
   }
 }
 
+// ---- nibble template ----
+
+TEST(TemplateCommand, PrintsExactlyTheRenderedPrompt) {
+  test::ScratchDir dir("cmd_template");
+  const std::string messages =
+      R"([{"role": "system", "content": "  sys\n"}, {"role": "user", "content": "héllo"}])";
+  write_file(dir / "m.json", messages);
+  const std::string model = (data_dir() / "qwen3_tokenizer").string();
+  const std::vector<ChatMessage> parsed = parse_messages_json(messages, "m.json");
+
+  auto r = test::run_nibble({"template", "--model", model, "--messages", (dir / "m.json").string()});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(
+      r.out,
+      "<|im_start|>system\n  sys\n<|im_end|>\n<|im_start|>user\nhéllo<|im_end|>\n<|im_start|>assistant\n");
+  EXPECT_EQ(r.err, "");
+
+  r = test::run_nibble(
+      {"template", "--model", model, "--messages", (dir / "m.json").string(), "--thinking", "off"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, qwen3_hybrid().render(parsed, opts(true, false)));
+  EXPECT_TRUE(r.out.ends_with("<think>\n\n</think>\n\n"));
+
+  r = test::run_nibble(
+      {"template", "--model", model, "--messages", (dir / "m.json").string(), "--no-generation-prompt"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "<|im_start|>system\n  sys\n<|im_end|>\n<|im_start|>user\nhéllo<|im_end|>\n");
+
+  r = test::run_nibble({"template", "--model", (data_dir() / "qwen3_4b_instruct_2507").string(), "--messages",
+                        "-", "--chat-template", "chatml"},
+                       R"([{"role": "user", "content": "x"}])");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "<|im_start|>user\nx<|im_end|>\n<|im_start|>assistant\n");
+}
+
+TEST(TemplateCommand, BadInputsFailClearly) {
+  test::ScratchDir dir("cmd_template_bad");
+  write_file(dir / "bad.json", "[{\"role\": \"user\", \"content\": ");
+  write_file(dir / "ok.json", R"([{"role": "user", "content": "x"}])");
+  const std::string model = (data_dir() / "qwen3_tokenizer").string();
+
+  auto r = test::run_nibble({"template", "--model", model, "--messages", (dir / "bad.json").string()});
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_EQ(r.out, "");
+  EXPECT_NE(r.err.find("bad.json"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("not valid JSON"), std::string::npos) << r.err;
+
+  r = test::run_nibble({"template", "--model", model, "--messages", (dir / "absent.json").string()});
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("absent.json"), std::string::npos) << r.err;
+
+  // A model directory without tokenizer_config.json (and no chat_template.jinja).
+  r = test::run_nibble(
+      {"template", "--model", dir.path().string(), "--messages", (dir / "ok.json").string()});
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_EQ(r.out, "");
+  EXPECT_NE(r.err.find("tokenizer_config.json"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("--chat-template"), std::string::npos) << r.err;
+
+  r = test::run_nibble(
+      {"template", "--model", model, "--messages", (dir / "ok.json").string(), "--thinking", "maybe"});
+  EXPECT_NE(r.exit_code, 0);
+
+  write_file(dir / "tmpl.jinja", "{{ messages | shuffle }}");
+  r = test::run_nibble({"template", "--model", model, "--messages", (dir / "ok.json").string(),
+                        "--chat-template", (dir / "tmpl.jinja").string()});
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("shuffle"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("--chat-template chatml"), std::string::npos) << r.err;
+}
+
 }  // namespace
 }  // namespace nibble

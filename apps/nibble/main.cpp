@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
   nibble::app::add_guard_command(app);
   nibble::app::add_tokenize_command(app);
   nibble::app::add_inspect_command(app);
+  nibble::app::add_template_command(app);
   nibble::app::add_generate_command(app);
   nibble::app::add_chat_command(app);
 

@@ -12,6 +12,9 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
+// What to do when the model's template is missing or beyond the interpreter.
+constexpr const char* kUseAnother =
+    "pass --chat-template chatml (a built-in template) or --chat-template FILE.jinja to use another one";
 constexpr const char* kOverrideHint =
     "nibble cannot render this chat template; pass --chat-template chatml (a built-in template) or "
     "--chat-template FILE.jinja to use another one";
@@ -53,7 +56,7 @@ std::string template_from_config(const json& cfg, const fs::path& path) {
   auto it = cfg.find("chat_template");
   if (it == cfg.end() || it->is_null()) {
     fail("{}: no \"chat_template\" entry (and no chat_template.jinja beside it); {}", path.string(),
-         kOverrideHint);
+         kUseAnother);
   }
   if (it->is_string()) return it->get<std::string>();
   if (it->is_array()) {
@@ -66,7 +69,7 @@ std::string template_from_config(const json& cfg, const fs::path& path) {
       }
     }
     fail("{}: \"chat_template\" is a list without a \"default\" template (names: {}); {}", path.string(),
-         fmt::join(names, ", "), kOverrideHint);
+         fmt::join(names, ", "), kUseAnother);
   }
   fail("{}: \"chat_template\" must be a string or a list of {{name, template}}, found {}", path.string(),
        it->type_name());
@@ -139,9 +142,9 @@ ChatTemplate ChatTemplate::from_model_dir(const fs::path& dir, const std::string
     if (!have_config) {
       fail(
           "{}: not found; the model's chat template is read from tokenizer_config.json or "
-          "chat_template.jinja "
-          "in the model directory ({})",
-          config_path.string(), kOverrideHint);
+          "chat_template.jinja in "
+          "the model directory; {}",
+          config_path.string(), kUseAnother);
     }
     t = load(template_from_config(cfg, config_path), config_path.string());
   }
