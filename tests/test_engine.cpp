@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
@@ -17,6 +18,7 @@
 #include "core/error.h"
 #include "core/file.h"
 #include "format/safetensors.h"
+#include "quant/nvfp4.h"
 #include "runtime/engine.h"
 #include "support/test_support.h"
 
@@ -201,6 +203,55 @@ TEST(Engine, UnknownDeviceIsAnError) {
   opts.device = "tpu";
   EXPECT_NE(error_of([&] { Engine::load(llama_dir(), opts); }).find("unknown device \"tpu\""),
             std::string::npos);
+}
+
+// An NVFP4 checkpoint (ModelOpt layout, written here with the codec) runs through the Engine and
+// gives the logits of the same model with those weights dequantised and stored dense: the CPU
+// linear dequantises inside the dot product (nvfp4_matmul_rows). down_proj (K = 172, not a
+// multiple of 16) stays dense, as `nibble quantize` leaves it. Tolerance: both sides are fp32
+// with fp32 accumulation over the same values in a different order, ~1e-6 relative.
+TEST(Engine, Nvfp4CheckpointMatchesItsDequantisedTwin) {
+  test::ScratchDir tmp("engine-nvfp4");
+  std::vector<std::shared_ptr<Nvfp4Tensor>> keep_alive;
+  auto quantizable = [](const std::string& name) {
+    return name.find("_proj.weight") != std::string::npos && name.find("down_proj") == std::string::npos;
+  };
+  copy_llama(tmp / "nvfp4", [&](const TensorInfo& t, SafetensorsWriter& w) {
+    if (!quantizable(t.name)) return keep(t, w);
+    auto q = std::make_shared<Nvfp4Tensor>(
+        quantize_nvfp4(reinterpret_cast<const float*>(t.data), t.shape[0], t.shape[1]));
+    const std::string prefix = t.name.substr(0, t.name.size() - 7);  // drop ".weight"
+    w.add(t.name, DType::U8, {q->out, q->in / 2}, q->packed);
+    w.add(prefix + ".weight_scale", DType::F8_E4M3, {q->out, q->in / 16}, q->scales);
+    w.add(prefix + ".weight_scale_2", DType::F32, {},
+          std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(&q->global_scale), 4));
+    keep_alive.push_back(q);
+  });
+  std::vector<std::vector<float>> dense_copies;
+  copy_llama(tmp / "dense", [&](const TensorInfo& t, SafetensorsWriter& w) {
+    if (!quantizable(t.name)) return keep(t, w);
+    const Nvfp4Tensor q = quantize_nvfp4(reinterpret_cast<const float*>(t.data), t.shape[0], t.shape[1]);
+    dense_copies.push_back(dequantize_nvfp4(q.view()));
+    const auto& d = dense_copies.back();
+    w.add(t.name, DType::F32, t.shape,
+          std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(d.data()), d.size() * 4));
+  });
+  ASSERT_EQ(keep_alive.size(), 4u * 6u);  // q, k, v, o, gate, up in 4 layers
+
+  auto nvfp4 = Engine::load(tmp / "nvfp4", EngineOptions{});
+  auto dense = Engine::load(tmp / "dense", EngineOptions{});
+  std::vector<int32_t> prompt{1, 319, 459, 355, 260, 275, 429, 339};
+  const std::vector<float> a = nvfp4->forward_all(prompt), b = dense->forward_all(prompt);
+  ASSERT_EQ(a.size(), b.size());
+  double worst = 0;
+  for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, double(std::abs(a[i] - b[i])));
+  EXPECT_LT(worst, 1e-4);
+  // And it is a different model from the original: quantisation moved the logits.
+  auto original = Engine::load(llama_dir(), EngineOptions{});
+  const std::vector<float> o = original->forward_all(prompt);
+  double moved = 0;
+  for (size_t i = 0; i < a.size(); ++i) moved = std::max(moved, double(std::abs(a[i] - o[i])));
+  EXPECT_GT(moved, 1e-2);
 }
 
 }  // namespace
