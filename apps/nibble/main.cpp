@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
   // One line per subcommand (apps/nibble/cmd_<name>.cpp).
   nibble::app::add_guard_command(app);
   nibble::app::add_tokenize_command(app);
+  nibble::app::add_quantize_command(app);
   nibble::app::add_inspect_command(app);
   nibble::app::add_template_command(app);
   nibble::app::add_generate_command(app);
