@@ -203,6 +203,21 @@ TEST(GuardPolicy, UnobservablePerProcessMemoryFallsBackToTheDeviceTotal) {
   EXPECT_EQ(r.result.exit_code, kGuardStoppedExitCode);
 }
 
+TEST(GuardPolicy, SaysSoWhenNvmlPidsAreFromAnotherPidNamespace) {
+  const GuardRun r = guard(
+      {"sh", "-c", "sleep 0.3"},
+      [](double) {
+        MemorySample s = gpu(0, kGiB / 2);
+        s.unmatched_gpu_pids = {4194000};
+        return s;
+      },
+      0, 0.05, 1.0);
+  EXPECT_EQ(r.result.exit_code, 0);
+  EXPECT_TRUE(contains(r.log, "NVML lists GPU processes this PID namespace does not show (pid 4194000"))
+      << r.log;
+  EXPECT_TRUE(contains(r.log, "the device's total used memory is still guarded")) << r.log;
+}
+
 TEST(GuardPolicy, NoGpuNumbersFallsBackToResidentMemory) {
   const GuardRun r = guard(
       {"sleep", "30"},

@@ -287,7 +287,15 @@ GuardResult run_guard(const GuardOptions& options, MemorySource& source, const G
 
   std::string reported_process_note;
   bool reported_device_note = false;
+  int unmatched_samples = 0;  // consecutive: a process may exit between NVML's list and /proc
   auto report_observability = [&](const MemorySample& s) {
+    unmatched_samples = s.unmatched_gpu_pids.empty() ? 0 : unmatched_samples + 1;
+    if (unmatched_samples == 2 && s.device_used_bytes) {
+      log(
+          fmt::format("NVML lists GPU processes this PID namespace does not show (pid {}; a container?): the "
+                      "command's own GPU memory may read 0; the device's total used memory is still guarded",
+                      s.unmatched_gpu_pids.front()));
+    }
     if (!s.process_gpu_observable && s.process_gpu_note != reported_process_note) {
       reported_process_note = s.process_gpu_note;
       log(fmt::format("per-process GPU memory is not observable ({}); guarding {} instead",

@@ -1,8 +1,10 @@
 #include "tools/memory_source.h"
 
 #include <fmt/format.h>
+#include <signal.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <map>
 
 #include "core/error.h"
@@ -94,6 +96,8 @@ MemorySample NvmlMemorySource::sample(pid_t root, bool with_descendants) {
       }
       if (auto it = by_pid.find(usage.pid); it != by_pid.end()) {
         it->second->gpu_bytes = it->second->gpu_bytes.value_or(0) + *usage.used_bytes;
+      } else if (::kill(usage.pid, 0) != 0 && errno == ESRCH) {
+        s.unmatched_gpu_pids.push_back(usage.pid);
       }
     }
   }

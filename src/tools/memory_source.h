@@ -37,6 +37,10 @@ struct MemorySample {
   std::optional<uint64_t> device_total_bytes;
   std::string device_note;  // why device_used_bytes is unset
 
+  // GPU processes NVML lists that this PID namespace does not show. In a container NVML reports
+  // host pids, so the command's own memory cannot be matched and only the device total guards it.
+  std::vector<pid_t> unmatched_gpu_pids;
+
   // Sums over `processes` (the GPU sum is meaningful only when process_gpu_observable).
   uint64_t tree_gpu_bytes() const;
   std::optional<uint64_t> tree_rss_bytes() const;  // unset when no process's RSS could be read
