@@ -28,25 +28,25 @@ TEST(CudaMemory, PlanAllocatedOnceAndFlatOverFiftyTurns) {
   const int64_t context = 1200, max_tokens = 64;
 
   CudaBackend gpu(CudaBackendOptions{});
+  // Qwen3Model keeps its logits to itself, so this test samples on the GPU from a copy: each step's
+  // logits go to the host (as the Engine does today) and back into this row for gpu.sample().
+  // Allocated before the plan, it is a separate allocation.
+  Buffer logits_storage;
+  const Tensor logits_dev = gpu.alloc_tensor(logits_storage, DType::F32, {config.vocab_size});
+  ASSERT_EQ(gpu.device_alloc_count(), 1);
+
   const std::string plan = gpu.prepare_model(config, host, context, max_tokens);
   std::printf("%s", plan.c_str());
   EXPECT_NE(plan.find("kv cache"), std::string::npos);
-  EXPECT_EQ(gpu.device_alloc_count(), 1) << "the plan is one allocation";
+  EXPECT_EQ(gpu.device_alloc_count(), 2) << "the plan is one allocation";
 
   Qwen3Model model(gpu, config, upload_model_weights(gpu, host), max_tokens);
   KvCache cache = model.make_kv_cache(context);
-  const int64_t allocs = gpu.device_alloc_count();
-  EXPECT_EQ(allocs, 1) << "weights, activations and the KV cache come from the arena";
+  const int64_t allocs_after_setup = gpu.device_alloc_count();
+  EXPECT_EQ(allocs_after_setup, 2) << "weights, activations and the KV cache come from the arena";
   EXPECT_LE(gpu.arena_used(), gpu.arena_bytes());
   EXPECT_GE(gpu.arena_used(), gpu.arena_bytes() * 9 / 10) << "the plan overestimates by more than 10%";
   std::printf("  arena %zu bytes, used %zu after load\n", gpu.arena_bytes(), gpu.arena_used());
-
-  // Logits of the last token stay on the device for sampling: a (1, V) F32 tensor of the arena is
-  // not available through Qwen3Model, so each step copies logits to the host (as the Engine does)
-  // and re-uploads them into a preallocated device row for gpu.sample().
-  Buffer logits_storage;
-  const Tensor logits_dev = gpu.alloc_tensor(logits_storage, DType::F32, {config.vocab_size});
-  const int64_t allocs_after_setup = gpu.device_alloc_count();
 
   std::mt19937 rng(5);
   SamplerParams sp;
@@ -73,12 +73,19 @@ TEST(CudaMemory, PlanAllocatedOnceAndFlatOverFiftyTurns) {
     }
     gpu.synchronize();
     const size_t free_now = gpu.context().mem_info().first;
-    if (turn == 0) free_first = free_now;
     ASSERT_EQ(gpu.device_alloc_count(), allocs_after_setup) << "turn " << turn << " allocated device memory";
+    // The first turns load kernel modules lazily (CUDA_MODULE_LOADING=LAZY, the default: code
+    // memory for each new kernel or cuBLASLt shape); every shape has run by turn 5.
+    if (turn < 5) {
+      std::printf("  warm-up turn %d: free %.6f GB\n", turn, free_now / 1e9);
+      free_first = free_now;
+      continue;
+    }
     ASSERT_EQ(free_now, free_first) << "turn " << turn << ": free device memory moved";
   }
   std::printf("  50 turns, %lld tokens: %lld device allocations, free memory flat at %.3f GB\n",
-              static_cast<long long>(pos), static_cast<long long>(gpu.device_alloc_count()), free_first / 1e9);
+              static_cast<long long>(pos), static_cast<long long>(gpu.device_alloc_count()),
+              free_first / 1e9);
 }
 
 TEST(CudaMemory, BudgetTooSmallIsRefusedWithThePlan) {

@@ -27,8 +27,8 @@
 #include "cuda/cuda_test_util.h"
 #include "format/safetensors.h"
 #include "model/qwen3.h"
-#include "quant/nvfp4_checkpoint.h"
 #include "quant/nvfp4.h"
+#include "quant/nvfp4_checkpoint.h"
 #include "support/test_support.h"
 
 namespace nibble {
@@ -75,7 +75,9 @@ std::vector<std::filesystem::path> model_dirs() {
   return dirs;
 }
 
-int32_t argmax(std::span<const float> v) { return static_cast<int32_t>(std::max_element(v.begin(), v.end()) - v.begin()); }
+int32_t argmax(std::span<const float> v) {
+  return static_cast<int32_t>(std::max_element(v.begin(), v.end()) - v.begin());
+}
 
 double margin(std::span<const double> row) {  // top-1 minus top-2
   double a = -INFINITY, b = -INFINITY;
@@ -109,7 +111,8 @@ struct Runner {
   Runner(std::unique_ptr<Backend> b, const ModelConfig& config, const ModelWeights& host, int64_t context)
       : backend(std::move(b)), vocab(config.vocab_size) {
     const int64_t max_tokens = std::min<int64_t>(context, 512);
-    if (auto* g = dynamic_cast<CudaBackend*>(backend.get())) plan = g->prepare_model(config, host, context, max_tokens);
+    if (auto* g = dynamic_cast<CudaBackend*>(backend.get()))
+      plan = g->prepare_model(config, host, context, max_tokens);
     model = std::make_unique<Qwen3Model>(*backend, config, upload_model_weights(*backend, host), max_tokens);
     cache = model->make_kv_cache(context);
   }
@@ -141,8 +144,9 @@ void report_greedy_mismatch(const std::vector<int32_t>& got, const std::vector<i
     if (got[s] == want[s]) continue;
     std::string m;
     if (ref_logits)
-      m = fmt::format(", reference top-2 margin there {:.4g}",
-                      margin(std::span<const double>(ref_logits->data() + s * vocab, static_cast<size_t>(vocab))));
+      m = fmt::format(
+          ", reference top-2 margin there {:.4g}",
+          margin(std::span<const double>(ref_logits->data() + s * vocab, static_cast<size_t>(vocab))));
     ADD_FAILURE() << "greedy ids diverge at step " << s << ": got " << got[s] << ", want " << want[s] << m;
     return;
   }
@@ -164,7 +168,8 @@ TEST(CudaModel, HfFixturesBf16) {
     const std::vector<float> prompt = gpu.forward(ref.prompt, 0, static_cast<int64_t>(ref.prompt.size()));
     const double e_prompt = nmse_vs(std::span<const float>(prompt), ref.prompt_logits);
     double worst = 0;
-    for (size_t i = 0; i < prompt.size(); ++i) worst = std::max(worst, std::abs(prompt[i] - ref.prompt_logits[i]));
+    for (size_t i = 0; i < prompt.size(); ++i)
+      worst = std::max(worst, std::abs(prompt[i] - ref.prompt_logits[i]));
     EXPECT_LT(e_prompt, kLogitNmse);
 
     Runner gpu2(gpu_backend(), config, host, 128);
@@ -257,8 +262,9 @@ TEST(CudaModel, Nvfp4MatchesCpuBackend) {
     const auto [ig, rg] = gpu2.greedy(ref.prompt, kGreedy);
     EXPECT_EQ(ig, ic);
     report_greedy_mismatch(ig, ic, nullptr, config.vocab_size);
-    std::printf("  %-24s NVFP4 GPU vs CPU: prompt NMSE %.2e, greedy NMSE %.2e, ids %s\n", dir.filename().c_str(), e,
-                nmse_vs(std::span<const float>(rg), rc), ig == ic ? "equal" : "DIFFER");
+    std::printf("  %-24s NVFP4 GPU vs CPU: prompt NMSE %.2e, greedy NMSE %.2e, ids %s\n",
+                dir.filename().c_str(), e, nmse_vs(std::span<const float>(rg), rc),
+                ig == ic ? "equal" : "DIFFER");
   }
 }
 

@@ -98,9 +98,8 @@ void* CudaBackend::raw_alloc(size_t bytes) {
 }
 
 void CudaBackend::raw_free(void* p) {
-  if (arena_) return;  // arena memory lives as long as the backend
   auto it = std::find_if(own_allocs_.begin(), own_allocs_.end(), [&](const auto& a) { return a.first == p; });
-  if (it == own_allocs_.end()) return;
+  if (it == own_allocs_.end()) return;  // arena memory lives as long as the backend
   ctx_->device_free(it->first, it->second);
   own_allocs_.erase(it);
 }
@@ -194,7 +193,7 @@ cuda::MemoryPlan plan_model_memory(const ModelConfig& c, const ModelWeights& hos
 std::string CudaBackend::prepare_model(const ModelConfig& config, const ModelWeights& host, int64_t context,
                                        int64_t max_tokens) {
   if (arena_) fail("cuda backend: prepare_model called twice");
-  if (!own_allocs_.empty()) fail("cuda backend: prepare_model must come before any allocation");
+  if (blas_ws_ || scratch_ || ids_) fail("cuda backend: prepare_model must come before the first op");
   const cuda::MemoryPlan plan = plan_model_memory(config, host, context, max_tokens);
   std::optional<size_t> budget;
   if (opts_.mem_budget_gb) budget = static_cast<size_t>(*opts_.mem_budget_gb * 1e9);

@@ -66,6 +66,7 @@ class CudaBackend final : public Backend {
   // Plans the memory of `config` with these host weights, a KV cache of `context` tokens and
   // forwards of up to `max_tokens` tokens; throws Error showing the plan when it exceeds the
   // budget or the free device memory; else allocates it at once. Returns the plan as text.
+  // Call it before the first op; buffers allocated before it stay separate allocations.
   std::string prepare_model(const ModelConfig& config, const ModelWeights& host, int64_t context,
                             int64_t max_tokens);
 

@@ -1,0 +1,346 @@
+// nibble bench (--model DIR | --preset qwen3-4b --random-weights) [--json]: the card's copy
+// bandwidth, then prefill tok/s at 512 and 2048 tokens, decode tok/s at contexts 0, 4K and 32K with
+// the bytes each decoded token reads, the achieved GB/s and its share of the measured copy
+// bandwidth, and peak memory. A benchmark, not a test: warm-up, several runs, the median.
+//
+// Random weights are real NVFP4 data: each linear's codes and FP8 scales come from quantising
+// N(0, 0.02) rows with the ModelOpt codec (quant/nvfp4.h); rows are cycled from a 64-row template
+// with random sign flips, so no two neighbouring rows are equal and nothing is zero. The KV cache
+// is filled with random bf16 before the decode runs (never timed on zeros).
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "commands.h"
+#include "core/error.h"
+#include "format/hf_config.h"
+#include "format/safetensors.h"
+#include "model/qwen3.h"
+#include "quant/nvfp4.h"
+#include "quant/nvfp4_checkpoint.h"
+
+#ifdef NIBBLE_HAVE_CUDA
+#include <cuda_runtime_api.h>
+
+#include "backend/cuda/check.cuh"
+#include "backend/cuda/context.cuh"
+#include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/fill.cuh"
+#endif
+
+namespace nibble::app {
+namespace {
+
+struct BenchOptions {
+  std::string model;
+  std::string preset;
+  bool random_weights = false;
+  bool json = false;
+  int device = 0;
+};
+
+// Qwen3-4B-Instruct-2507's config.json (tests/fixtures/qwen3_4b_instruct_2507/config.json).
+ModelConfig preset_config(const std::string& name) {
+  if (name != "qwen3-4b") fail("unknown preset '{}' (known: qwen3-4b)", name);
+  const nlohmann::json j = {{"architectures", {"Qwen3ForCausalLM"}},
+                            {"model_type", "qwen3"},
+                            {"head_dim", 128},
+                            {"hidden_size", 2560},
+                            {"intermediate_size", 9728},
+                            {"max_position_embeddings", 262144},
+                            {"num_attention_heads", 32},
+                            {"num_hidden_layers", 36},
+                            {"num_key_value_heads", 8},
+                            {"rms_norm_eps", 1e-6},
+                            {"rope_theta", 5000000},
+                            {"tie_word_embeddings", true},
+                            {"torch_dtype", "bfloat16"},
+                            {"vocab_size", 151936},
+                            {"bos_token_id", 151643},
+                            {"eos_token_id", 151645}};
+  return ModelConfig::from_json(j, "preset qwen3-4b");
+}
+
+uint64_t mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+// Approximately N(0, 1) from a counter hash (sum of four uniforms, variance-corrected).
+float hash_normal(uint64_t seed, uint64_t i) {
+  const uint64_t h = mix64(seed * 0x9e3779b97f4a7c15ull + i);
+  float s = 0;
+  for (int k = 0; k < 4; ++k) s += static_cast<float>((h >> (16 * k)) & 0xffff) / 65536.0f;
+  return (s - 2.0f) * 1.7320508f;
+}
+
+template <typename F>
+void parallel_rows(int64_t rows, F&& f) {
+  const int64_t t = std::max(1u, std::thread::hardware_concurrency());
+  std::vector<std::thread> pool;
+  for (int64_t w = 0; w < t; ++w)
+    pool.emplace_back([&, w] {
+      for (int64_t r = rows * w / t; r < rows * (w + 1) / t; ++r) f(r);
+    });
+  for (auto& th : pool) th.join();
+}
+
+// Host weights of a random Qwen3 model with NVFP4 linears and a BF16 embedding (tied head).
+struct RandomModel {
+  std::vector<std::vector<uint8_t>> bytes;  // owns everything the views point to
+  ModelWeights w;
+
+  const uint8_t* keep(std::vector<uint8_t> v) {
+    bytes.push_back(std::move(v));
+    return bytes.back().data();
+  }
+  Tensor norm(int64_t n, uint64_t seed) {
+    std::vector<uint8_t> b(static_cast<size_t>(n) * 4);
+    for (int64_t i = 0; i < n; ++i) {
+      const float v = 1.0f + 0.1f * hash_normal(seed, static_cast<uint64_t>(i));
+      std::memcpy(b.data() + 4 * i, &v, 4);
+    }
+    return Tensor(const_cast<uint8_t*>(keep(std::move(b))), DType::F32, {n});
+  }
+  Weight nvfp4(int64_t out, int64_t in, uint64_t seed) {
+    constexpr int64_t kTemplateRows = 64;
+    std::vector<float> t(static_cast<size_t>(kTemplateRows * in));
+    for (size_t i = 0; i < t.size(); ++i) t[i] = 0.02f * hash_normal(seed, i);
+    const Nvfp4Tensor q = quantize_nvfp4(t.data(), kTemplateRows, in);
+    std::vector<uint8_t> codes(static_cast<size_t>(out * in / 2)), scales(static_cast<size_t>(out * in / 16));
+    parallel_rows(out, [&](int64_t r) {
+      const int64_t src = r % kTemplateRows;
+      uint8_t* dst = codes.data() + r * in / 2;
+      std::memcpy(dst, q.packed.data() + src * in / 2, static_cast<size_t>(in / 2));
+      for (int64_t i = 0; i < in / 2; i += 8) {  // random sign flips (bit 3 of each nibble)
+        uint64_t m = mix64(seed ^ static_cast<uint64_t>(r * in + i)) & 0x8888888888888888ull;
+        for (int64_t j = 0; j < 8 && i + j < in / 2; ++j) dst[i + j] ^= static_cast<uint8_t>(m >> (8 * j));
+      }
+      std::memcpy(scales.data() + r * in / 16, q.scales.data() + src * in / 16, static_cast<size_t>(in / 16));
+    });
+    Weight w;
+    w.format = WeightFormat::NVFP4;
+    w.dtype = DType::U8;
+    w.out = out;
+    w.in = in;
+    w.data = keep(std::move(codes));
+    w.scales = keep(std::move(scales));
+    w.global_scale = q.global_scale;
+    return w;
+  }
+
+  explicit RandomModel(const ModelConfig& c) {
+    bytes.reserve(16 + c.num_layers * 20);
+    const int64_t dim = c.hidden_size, hd = c.head_dim, ffn = c.intermediate_size;
+    std::vector<uint8_t> emb(static_cast<size_t>(c.vocab_size * dim) * 2);
+    parallel_rows(c.vocab_size, [&](int64_t r) {
+      for (int64_t j = 0; j < dim; ++j) {
+        const float v = 0.02f * hash_normal(7, static_cast<uint64_t>(r * dim + j));
+        uint32_t u;
+        std::memcpy(&u, &v, 4);
+        const uint16_t h = static_cast<uint16_t>((u + 0x7fff + ((u >> 16) & 1)) >> 16);
+        std::memcpy(emb.data() + 2 * (r * dim + j), &h, 2);
+      }
+    });
+    w.embed_tokens = Weight{WeightFormat::Dense, DType::BF16, c.vocab_size, dim, keep(std::move(emb))};
+    uint64_t seed = 100;
+    for (int64_t l = 0; l < c.num_layers; ++l) {
+      LayerWeights L;
+      L.input_norm = norm(dim, ++seed);
+      L.q_proj = nvfp4(c.num_heads * hd, dim, ++seed);
+      L.k_proj = nvfp4(c.num_kv_heads * hd, dim, ++seed);
+      L.v_proj = nvfp4(c.num_kv_heads * hd, dim, ++seed);
+      L.q_norm = norm(hd, ++seed);
+      L.k_norm = norm(hd, ++seed);
+      L.o_proj = nvfp4(dim, c.num_heads * hd, ++seed);
+      L.post_attention_norm = norm(dim, ++seed);
+      L.gate_proj = nvfp4(ffn, dim, ++seed);
+      L.up_proj = nvfp4(ffn, dim, ++seed);
+      L.down_proj = nvfp4(dim, ffn, ++seed);
+      w.layers.push_back(L);
+    }
+    w.final_norm = norm(dim, ++seed);
+    w.lm_head = w.embed_tokens;
+  }
+};
+
+size_t weight_bytes(const Weight& w) {
+  return w.is_nvfp4() ? static_cast<size_t>(w.out * w.in / 2 + w.out * w.in / 16)
+                      : static_cast<size_t>(w.out * w.in) * 2;  // BF16 on the GPU
+}
+
+// Bytes one decoded token reads from weights (every linear and the head once; norms are noise).
+size_t decode_weight_bytes(const ModelWeights& w) {
+  size_t s = weight_bytes(w.lm_head);
+  for (const LayerWeights& L : w.layers)
+    for (const Weight* p :
+         {&L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.gate_proj, &L.up_proj, &L.down_proj})
+      s += weight_bytes(*p);
+  return s;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+#ifdef NIBBLE_HAVE_CUDA
+// Device-to-device copy of 1 GiB, bytes read + written, median of 10 after 2 warm-ups.
+double copy_bandwidth_gbps(cuda::Context& ctx) {
+  const size_t bytes = size_t{1} << 30;
+  cuda::DeviceBuffer a(ctx, bytes, "bandwidth source"), b(ctx, bytes, "bandwidth destination");
+  cuda::fill_random_bf16(ctx, a.get<__nv_bfloat16>(), static_cast<int64_t>(bytes / 2), 1, 1.0f);
+  cudaEvent_t e0, e1;
+  CUDA_CHECK(cudaEventCreate(&e0));
+  CUDA_CHECK(cudaEventCreate(&e1));
+  std::vector<double> gbps;
+  for (int i = 0; i < 12; ++i) {
+    CUDA_CHECK(cudaEventRecord(e0, ctx.stream()));
+    CUDA_CHECK(cudaMemcpyAsync(b.get(), a.get(), bytes, cudaMemcpyDeviceToDevice, ctx.stream()));
+    CUDA_CHECK(cudaEventRecord(e1, ctx.stream()));
+    CUDA_CHECK(cudaEventSynchronize(e1));
+    float ms = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+    if (i >= 2) gbps.push_back(2.0 * bytes / (ms * 1e-3) / 1e9);
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  return median(gbps);
+}
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+void run_bench(const BenchOptions& o) {
+  CudaBackendOptions bo;
+  bo.device = o.device;
+  CudaBackend gpu(bo);  // first: no GPU fails before minutes of weight generation
+  cuda::Context& ctx = gpu.context();
+  const double copy_gbps = copy_bandwidth_gbps(ctx);
+
+  ModelConfig config;
+  WeightStore store;
+  std::unique_ptr<RandomModel> random;
+  ModelWeights host;
+  std::string source;
+  if (!o.model.empty()) {
+    config = ModelConfig::load(o.model);
+    store = WeightStore::open_dir(o.model);
+    host = load_model_weights(store, config, read_quant_config(o.model, config));
+    source = o.model;
+  } else {
+    if (o.preset.empty()) fail("bench needs --model DIR or --preset qwen3-4b --random-weights");
+    if (!o.random_weights) fail("--preset needs --random-weights (a preset has no checkpoint)");
+    config = preset_config(o.preset);
+    random = std::make_unique<RandomModel>(config);
+    host = random->w;
+    source = fmt::format("preset {} (random NVFP4 weights)", o.preset);
+  }
+
+  const std::vector<int64_t> prefill_sizes = {512, 2048}, decode_contexts = {0, 4096, 32768};
+  const int64_t decode_steps = 32, context = 32768 + 2 * decode_steps, max_tokens = 2048;
+
+  const std::string plan = gpu.prepare_model(config, host, context, max_tokens);
+  if (!o.json) fmt::print(stderr, "{}", plan);
+  Qwen3Model model(gpu, config, upload_model_weights(gpu, host), max_tokens);
+  KvCache cache = model.make_kv_cache(context);
+  const int64_t kv_elems = cache.layers * cache.kv_heads * cache.capacity * cache.head_dim;
+  cuda::fill_random_bf16(ctx, static_cast<__nv_bfloat16*>(cache.k.data()), kv_elems, 11, 1.0f);
+  cuda::fill_random_bf16(ctx, static_cast<__nv_bfloat16*>(cache.v.data()), kv_elems, 12, 1.0f);
+  gpu.synchronize();
+
+  std::vector<int32_t> tokens(static_cast<size_t>(max_tokens));
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<int32_t>(mix64(i) % config.vocab_size);
+  std::vector<float> logits(static_cast<size_t>(config.vocab_size));
+
+  nlohmann::json out;
+  out["device"] = gpu.name();
+  out["model"] = source;
+  out["copy_gbps"] = copy_gbps;
+  for (int64_t n : prefill_sizes) {
+    std::vector<double> t;
+    for (int rep = 0; rep < 4; ++rep) {
+      const auto t0 = Clock::now();
+      model.forward(std::span<const int32_t>(tokens.data(), static_cast<size_t>(n)), 0, cache, 1, logits);
+      if (rep > 0) t.push_back(seconds_since(t0));
+    }
+    const double s = median(t);
+    out["prefill"].push_back({{"tokens", n}, {"seconds", s}, {"tok_s", n / s}});
+  }
+  const size_t wbytes = decode_weight_bytes(host);
+  const size_t kv_per_token =
+      static_cast<size_t>(2 * config.num_layers * config.num_kv_heads * config.head_dim) * 2;
+  for (int64_t c : decode_contexts) {
+    std::vector<double> t;
+    for (int rep = 0; rep < 4; ++rep) {
+      const auto t0 = Clock::now();
+      for (int64_t s = 0; s < decode_steps; ++s)
+        model.forward(std::span<const int32_t>(&tokens[static_cast<size_t>(s)], 1), c + s, cache, 1, logits);
+      if (rep > 0) t.push_back(seconds_since(t0) / decode_steps);
+    }
+    const double s = median(t);
+    const double bytes =
+        static_cast<double>(wbytes) + static_cast<double>(kv_per_token) * (c + decode_steps / 2);
+    out["decode"].push_back({{"context", c},
+                             {"ms_per_token", s * 1e3},
+                             {"tok_s", 1.0 / s},
+                             {"bytes_per_token", bytes},
+                             {"gbps", bytes / s / 1e9},
+                             {"pct_of_copy", 100.0 * bytes / s / 1e9 / copy_gbps}});
+  }
+  const auto [free_b, total_b] = ctx.mem_info();
+  out["peak_bytes_model"] = gpu.arena_bytes();  // the plan: one arena, nothing allocated after load
+  out["device_used_bytes"] = total_b - free_b;
+  out["plan_bytes"] = gpu.arena_bytes();
+  out["weight_bytes_per_token"] = wbytes;
+
+  if (o.json) {
+    fmt::print("{}\n", out.dump(2));
+    return;
+  }
+  fmt::print("nibble bench on {}\nmodel: {}\n", gpu.name(), source);
+  fmt::print("copy bandwidth (device-to-device, read+write): {:.0f} GB/s\n", copy_gbps);
+  for (const auto& p : out["prefill"])
+    fmt::print("prefill {:>5} tokens: {:>9.0f} tok/s ({:.1f} ms)\n", p["tokens"].get<int64_t>(),
+               p["tok_s"].get<double>(), p["seconds"].get<double>() * 1e3);
+  for (const auto& d : out["decode"])
+    fmt::print(
+        "decode at context {:>5}: {:>7.1f} tok/s ({:.3f} ms/token), {:.2f} GB/token, {:.0f} GB/s = {:.1f}% "
+        "of copy\n",
+        d["context"].get<int64_t>(), d["tok_s"].get<double>(), d["ms_per_token"].get<double>(),
+        d["bytes_per_token"].get<double>() / 1e9, d["gbps"].get<double>(), d["pct_of_copy"].get<double>());
+  fmt::print(
+      "peak memory: {:.3f} GB planned and allocated once for the model, {:.3f} GB used on the device\n",
+      gpu.arena_bytes() / 1e9, (total_b - free_b) / 1e9);
+}
+#endif
+
+}  // namespace
+
+void add_bench_command(CLI::App& app) {
+  auto opts = std::make_shared<BenchOptions>();
+  CLI::App* cmd = app.add_subcommand("bench", "Measure copy bandwidth, prefill and decode speed on the GPU");
+  cmd->add_option("--model", opts->model, "HF model directory (BF16 or NVFP4)");
+  cmd->add_option("--preset", opts->preset, "A model shape without a checkpoint: qwen3-4b");
+  cmd->add_flag("--random-weights", opts->random_weights, "With --preset: random NVFP4 weights");
+  cmd->add_flag("--json", opts->json, "Print the results as JSON");
+  cmd->add_option("--device-index", opts->device, "CUDA device index (default 0)");
+  cmd->callback([opts] {
+#ifdef NIBBLE_HAVE_CUDA
+    run_bench(*opts);
+#else
+    fail(
+        "nibble bench measures the GPU; this build has no CUDA backend (nvcc was not found at configure "
+        "time)");
+#endif
+  });
+}
+
+}  // namespace nibble::app
