@@ -40,6 +40,12 @@ void check_cases(const JinjaCase (&cases)[N]) {
   }
 }
 
+std::string repeat(const std::string& s, int n) {
+  std::string out;
+  for (int i = 0; i < n; ++i) out += s;
+  return out;
+}
+
 std::string error_of(const std::string& source, const std::string& variables_json = "{}") {
   try {
     render(source, variables_json);
@@ -247,6 +253,7 @@ TEST(Jinja, RuntimeErrorsNameTheProblemAndLine) {
       {"{{ [1, 2][::0] }}", "slice step cannot be zero"},
       {"{{ 'x'.zfill(3) }}", "unsupported Jinja construct: the str method 'zfill()'"},
       {"{{ x|tojson }}", "not JSON serializable"},
+      {"{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "recursed deeper than"},
       {"{% for a, b in [[1, 2, 3]] %}{% endfor %}", "cannot unpack"},
   };
   for (const auto& c : cases) {
@@ -257,7 +264,7 @@ TEST(Jinja, RuntimeErrorsNameTheProblemAndLine) {
 
 TEST(Jinja, ParseErrorsNameTheConstructAndLine) {
   const struct {
-    const char* source;
+    std::string source;
     const char* needle;
   } cases[] = {
       {"{{ x | nosuchfilter }}", "unsupported Jinja construct: the filter 'nosuchfilter'"},
@@ -273,6 +280,12 @@ TEST(Jinja, ParseErrorsNameTheConstructAndLine) {
       {"{{ 'a\\x4' }}", "truncated \\x escape"},
       {"{{ x $ y }}", "unexpected character '$'"},
       {"{% raw %}never ends", "endraw"},
+      {"{{ " + repeat("(", 5000) + "1" + repeat(")", 5000) + " }}", "nests deeper than"},
+      {"{{ " + repeat("-", 5000) + "1 }}", "nests deeper than"},
+      {"{{ 1" + repeat(" + 1", 5000) + " }}", "nests deeper than"},
+      {"{{ y" + repeat(".a", 5000) + " }}", "nests deeper than"},
+      {"{{ y" + repeat("|trim", 5000) + " }}", "nests deeper than"},
+      {repeat("{% if x %}", 5000), "nests deeper than"},
       {"{{ a is divisibleby is odd }}", "cannot chain multiple tests"},
   };
   for (const auto& c : cases) {
@@ -282,7 +295,7 @@ TEST(Jinja, ParseErrorsNameTheConstructAndLine) {
     } catch (const Error& e) {
       err = e.what();
     }
-    EXPECT_NE(err.find(c.needle), std::string::npos) << c.source << "\n  error: " << err;
+    EXPECT_NE(err.find(c.needle), std::string::npos) << c.source.substr(0, 80) << "\n  error: " << err;
   }
 }
 

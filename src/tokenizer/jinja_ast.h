@@ -46,6 +46,7 @@ using ExprPtr = std::unique_ptr<Expr>;
 struct Expr {
   ExprKind kind = ExprKind::Const;
   int line = 0;
+  int depth = 1;  // height of this subtree (bounded by the parser)
   Value value;
   std::string name;
   std::vector<ExprPtr> children;

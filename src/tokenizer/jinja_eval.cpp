@@ -87,6 +87,8 @@ Value fn_strftime_now(CallArgs& a) {
   return Value::from_string(std::string(buf, n));
 }
 
+constexpr int kMaxMacroDepth = 100;
+
 class Evaluator {
  public:
   std::string render(const Template& tmpl, const Dict& variables) {
@@ -104,6 +106,8 @@ class Evaluator {
 
  private:
   enum class Flow { Normal, Break, Continue };
+
+  int macro_depth_ = 0;
 
   Flow exec(const Body& body, const ScopePtr& scope, std::string& out) {
     for (const StmtPtr& s : body) {
@@ -221,6 +225,15 @@ class Evaluator {
 
   Value make_macro(const Stmt& s, const ScopePtr& defining) {
     return Value::from_function([this, &s, defining](CallArgs& a) {
+      // Python stops runaway recursion with RecursionError; so do we, before the stack does.
+      if (macro_depth_ >= kMaxMacroDepth) {
+        fail("line {}: macro '{}' recursed deeper than {} calls", a.line, s.text, kMaxMacroDepth);
+      }
+      ++macro_depth_;
+      struct Leave {
+        int& depth;
+        ~Leave() { --depth; }
+      } leave{macro_depth_};
       if (a.positional.size() > s.params.size()) {
         fail("line {}: macro '{}' takes not more than {} argument(s)", a.line, s.text, s.params.size());
       }

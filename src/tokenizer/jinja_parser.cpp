@@ -1,6 +1,7 @@
 // A recursive-descent parser that mirrors jinja2's parser.py for the supported subset, with
 // the same operator precedence: condexpr < or < and < not < compare < + - < ~ < * / // % < **
 // < unary - + < primary with postfix (.a [i] (...)) and filters/tests (| f, is t).
+#include <algorithm>
 #include <initializer_list>
 
 #include "core/error.h"
@@ -16,6 +17,21 @@ void unsupported(int line, std::string_view what) {
 
 namespace {
 
+// Nesting deeper than this (brackets, unary operators, blocks, chains like a+a+...+a) is refused
+// rather than risking the stack on a hostile template; real templates nest a handful of levels.
+constexpr int kMaxDepth = 200;
+
+// Adds `child` (may be null) to `parent`, tracking the tree's depth: the evaluator recurses
+// over the tree, so its depth is what must stay bounded.
+void attach(Expr& parent, ExprPtr child) {
+  if (child) {
+    parent.depth = std::max(parent.depth, child->depth + 1);
+    if (parent.depth > kMaxDepth)
+      fail("line {}: the template nests deeper than {} levels", parent.line, kMaxDepth);
+  }
+  parent.children.push_back(std::move(child));
+}
+
 ExprPtr make(ExprKind kind, int line) {
   auto e = std::make_unique<Expr>();
   e->kind = kind;
@@ -25,15 +41,15 @@ ExprPtr make(ExprKind kind, int line) {
 
 ExprPtr make_unary(ExprKind kind, int line, ExprPtr operand) {
   ExprPtr e = make(kind, line);
-  e->children.push_back(std::move(operand));
+  attach(*e, std::move(operand));
   return e;
 }
 
 ExprPtr make_binary(ExprKind kind, int line, std::string op, ExprPtr a, ExprPtr b) {
   ExprPtr e = make(kind, line);
   e->name = std::move(op);
-  e->children.push_back(std::move(a));
-  e->children.push_back(std::move(b));
+  attach(*e, std::move(a));
+  attach(*e, std::move(b));
   return e;
 }
 
@@ -76,6 +92,21 @@ class Parser {
   }
 
  private:
+  // Counts the recursion of the parse functions that can nest without bound.
+  class DepthGuard {
+   public:
+    explicit DepthGuard(Parser& p) : p_(p) {
+      if (++p_.depth_ > kMaxDepth)
+        fail("line {}: the template nests deeper than {} levels", p_.cur().line, kMaxDepth);
+    }
+    ~DepthGuard() { --p_.depth_; }
+    DepthGuard(const DepthGuard&) = delete;
+    DepthGuard& operator=(const DepthGuard&) = delete;
+
+   private:
+    Parser& p_;
+  };
+
   // ---- token helpers ----
   const Token& cur() const { return toks_[i_]; }
   const Token& peek() const { return toks_[i_ + 1 < toks_.size() ? i_ + 1 : i_]; }
@@ -157,6 +188,7 @@ class Parser {
   }
 
   void parse_statement(Body& body) {
+    DepthGuard guard(*this);
     const int line = cur().line;
     const std::string keyword = expect_name();
     auto s = std::make_unique<Stmt>();
@@ -253,10 +285,10 @@ class Parser {
     ExprPtr first = parse_expression(with_condexpr);
     if (!is_op(",")) return first;
     ExprPtr t = make(ExprKind::Tuple, line);
-    t->children.push_back(std::move(first));
+    attach(*t, std::move(first));
     while (skip_op(",")) {
       if (tuple_ends()) break;
-      t->children.push_back(parse_expression(with_condexpr));
+      attach(*t, parse_expression(with_condexpr));
     }
     return t;
   }
@@ -265,7 +297,10 @@ class Parser {
     return cur().kind == Tok::VarEnd || cur().kind == Tok::BlockEnd || is_op(")") || is_name("if");
   }
 
-  ExprPtr parse_expression(bool with_condexpr) { return with_condexpr ? parse_condexpr() : parse_or(); }
+  ExprPtr parse_expression(bool with_condexpr) {
+    DepthGuard guard(*this);
+    return with_condexpr ? parse_condexpr() : parse_or();
+  }
 
   ExprPtr parse_condexpr() {
     const int line = cur().line;
@@ -274,9 +309,9 @@ class Parser {
       ExprPtr cond = parse_or();
       ExprPtr other = skip_name("else") ? parse_condexpr() : nullptr;
       ExprPtr e = make(ExprKind::CondExpr, line);
-      e->children.push_back(std::move(cond));
-      e->children.push_back(std::move(expr));
-      e->children.push_back(std::move(other));
+      attach(*e, std::move(cond));
+      attach(*e, std::move(expr));
+      attach(*e, std::move(other));
       expr = std::move(e);
     }
     return expr;
@@ -303,6 +338,7 @@ class Parser {
   }
 
   ExprPtr parse_not() {
+    DepthGuard guard(*this);
     if (is_name("not")) {
       const int line = cur().line;
       next();
@@ -333,10 +369,10 @@ class Parser {
       }
       if (!cmp) {
         cmp = make(ExprKind::Compare, line);
-        cmp->children.push_back(std::move(first));
+        attach(*cmp, std::move(first));
       }
       cmp->ops.push_back(op);
-      cmp->children.push_back(parse_math1());
+      attach(*cmp, parse_math1());
     }
     return cmp ? std::move(cmp) : std::move(first);
   }
@@ -357,8 +393,8 @@ class Parser {
     ExprPtr first = parse_math2();
     if (!is_op("~")) return first;
     ExprPtr e = make(ExprKind::Concat, line);
-    e->children.push_back(std::move(first));
-    while (skip_op("~")) e->children.push_back(parse_math2());
+    attach(*e, std::move(first));
+    while (skip_op("~")) attach(*e, parse_math2());
     return e;
   }
 
@@ -384,6 +420,7 @@ class Parser {
   }
 
   ExprPtr parse_unary(bool with_filter) {
+    DepthGuard guard(*this);
     const int line = cur().line;
     ExprPtr node;
     if (skip_op("-")) {
@@ -442,7 +479,7 @@ class Parser {
           expect_op(",");
           if (skip_op("]")) break;
         }
-        e->children.push_back(parse_expression(true));
+        attach(*e, parse_expression(true));
       }
     } else if (is_op("{")) {
       e = make(ExprKind::Dict, t.line);
@@ -452,9 +489,9 @@ class Parser {
           expect_op(",");
           if (skip_op("}")) break;
         }
-        e->children.push_back(parse_expression(true));
+        attach(*e, parse_expression(true));
         expect_op(":");
-        e->children.push_back(parse_expression(true));
+        attach(*e, parse_expression(true));
       }
     } else {
       error_expected("an expression");
@@ -498,13 +535,13 @@ class Parser {
     }
     expect_op(":");
     ExprPtr e = make_unary(ExprKind::Slice, line, std::move(object));
-    e->children.push_back(std::move(start));
+    attach(*e, std::move(start));
     ExprPtr stop = (is_op(":") || is_op("]")) ? nullptr : parse_expression(true);
     ExprPtr step;
     if (skip_op(":") && !is_op("]")) step = parse_expression(true);
     expect_op("]");
-    e->children.push_back(std::move(stop));
-    e->children.push_back(std::move(step));
+    attach(*e, std::move(stop));
+    attach(*e, std::move(step));
     return e;
   }
 
@@ -526,7 +563,7 @@ class Parser {
         call->kwargs.emplace_back(std::move(key), parse_expression(true));
       } else {
         if (!call->kwargs.empty()) fail("line {}: positional argument after a keyword argument", cur().line);
-        call->children.push_back(parse_expression(true));
+        attach(*call, parse_expression(true));
       }
     }
     return call;
@@ -553,7 +590,7 @@ class Parser {
                    !is_name("else") && !is_name("or") && !is_name("and")) {
           // jinja2 takes one argument without parentheses: `x is divisibleby 3`.
           if (is_name("is")) fail("line {}: you cannot chain multiple tests with 'is'", cur().line);
-          t->children.push_back(parse_postfix(parse_primary()));
+          attach(*t, parse_postfix(parse_primary()));
         }
         node = negated ? make_unary(ExprKind::Not, line, std::move(t)) : std::move(t);
       } else if (is_op("(")) {
@@ -572,6 +609,7 @@ class Parser {
 
   std::vector<Token> toks_;
   size_t i_ = 0;
+  int depth_ = 0;
 };
 
 }  // namespace
