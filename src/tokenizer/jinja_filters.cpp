@@ -1,5 +1,5 @@
-// Filters and tests from jinja2's defaults (plus transformers' tojson, which keeps non-ASCII
-// text as is), and the Python str / dict methods that chat templates call.
+// Filters and tests from jinja2's defaults, plus transformers' tojson (which keeps non-ASCII
+// text as is).
 #include <algorithm>
 #include <cctype>
 #include <cmath>
@@ -12,41 +12,6 @@
 namespace nibble::jinja {
 namespace {
 
-// ---- argument helpers ----
-
-// An argument index no call reaches: the argument can only be passed by keyword.
-constexpr size_t kKeywordOnly = static_cast<size_t>(-1);
-
-std::optional<std::string> opt_string(const CallArgs& args, size_t index, std::string_view name) {
-  std::optional<Value> v = args.get(index, name);
-  if (!v || v->is_none() || v->is_undefined()) return std::nullopt;
-  if (!v->is_string()) {
-    fail("line {}: {}() argument '{}' must be a string, not {}", args.line, args.callee, name,
-         kind_name(v->kind));
-  }
-  return v->text;
-}
-
-std::string req_string(const CallArgs& args, size_t index, std::string_view name) {
-  std::optional<std::string> s = opt_string(args, index, name);
-  if (!s) fail("line {}: {}() is missing the string argument '{}'", args.line, args.callee, name);
-  return *s;
-}
-
-int64_t opt_int(const CallArgs& args, size_t index, std::string_view name, int64_t def) {
-  std::optional<Value> v = args.get(index, name);
-  if (!v || v->is_none()) return def;
-  if (v->kind == Kind::Int) return v->integer;
-  if (v->kind == Kind::Bool) return v->boolean;
-  fail("line {}: {}() argument '{}' must be an integer, not {}", args.line, args.callee, name,
-       kind_name(v->kind));
-}
-
-bool opt_bool(const CallArgs& args, size_t index, std::string_view name, bool def) {
-  std::optional<Value> v = args.get(index, name);
-  return v ? truthy(*v) : def;
-}
-
 // Arguments after the first `skip` positional ones, for filters that forward to a test/filter.
 CallArgs rest_args(const CallArgs& args, size_t skip, std::string callee) {
   CallArgs rest;
@@ -56,206 +21,6 @@ CallArgs rest_args(const CallArgs& args, size_t skip, std::string callee) {
     rest.positional.assign(args.positional.begin() + skip, args.positional.end());
   rest.keyword = args.keyword;
   return rest;
-}
-
-// ---- strings ----
-
-std::string ascii_map(std::string s, int (*f)(int)) {
-  for (char& c : s) {
-    if (static_cast<unsigned char>(c) < 0x80) c = static_cast<char>(f(static_cast<unsigned char>(c)));
-  }
-  return s;
-}
-
-std::string capitalize(const std::string& s) {
-  std::string out = ascii_map(s, [](int c) { return std::tolower(c); });
-  if (!out.empty() && static_cast<unsigned char>(out[0]) < 0x80)
-    out[0] = static_cast<char>(std::toupper(out[0]));
-  return out;
-}
-
-// str.title(): a letter after a non-letter is upper-cased, every other letter lower-cased.
-std::string python_title(const std::string& s) {
-  std::string out;
-  bool prev_letter = false;
-  for (char c : s) {
-    bool letter = std::isalpha(static_cast<unsigned char>(c)) != 0;
-    out += letter ? static_cast<char>(prev_letter ? std::tolower(c) : std::toupper(c)) : c;
-    prev_letter = letter || static_cast<unsigned char>(c) >= 0x80;
-  }
-  return out;
-}
-
-std::string replace_all(const std::string& s, const std::string& from, const std::string& to, int64_t count) {
-  std::string out;
-  if (from.empty()) {  // Python inserts `to` before every code point and at the end
-    std::vector<size_t> offsets = code_point_offsets(s);
-    int64_t done = 0;
-    for (size_t i = 0; i + 1 < offsets.size(); ++i) {
-      if (count < 0 || done < count) out += to, ++done;
-      out += s.substr(offsets[i], offsets[i + 1] - offsets[i]);
-    }
-    if (count < 0 || done < count) out += to;
-    return out;
-  }
-  size_t pos = 0;
-  for (int64_t done = 0; count < 0 || done < count; ++done) {
-    size_t hit = s.find(from, pos);
-    if (hit == std::string::npos) break;
-    out += s.substr(pos, hit - pos) + to;
-    pos = hit + from.size();
-  }
-  return out + s.substr(pos);
-}
-
-// str.split(sep, maxsplit) / rsplit; sep unset splits on runs of whitespace.
-List python_split(const std::string& s, const std::optional<std::string>& sep, int64_t maxsplit,
-                  bool from_right, int line) {
-  std::vector<std::string> parts;
-  if (sep) {
-    if (sep->empty()) fail("line {}: split(): empty separator", line);
-    if (!from_right) {
-      size_t pos = 0;
-      for (int64_t n = 0; maxsplit < 0 || n < maxsplit; ++n) {
-        size_t hit = s.find(*sep, pos);
-        if (hit == std::string::npos) break;
-        parts.push_back(s.substr(pos, hit - pos));
-        pos = hit + sep->size();
-      }
-      parts.push_back(s.substr(pos));
-    } else {
-      size_t end = s.size();
-      for (int64_t n = 0; maxsplit < 0 || n < maxsplit; ++n) {
-        if (end < sep->size()) break;
-        size_t hit = s.rfind(*sep, end - sep->size());
-        if (hit == std::string::npos) break;
-        parts.insert(parts.begin(), s.substr(hit + sep->size(), end - hit - sep->size()));
-        end = hit;
-      }
-      parts.insert(parts.begin(), s.substr(0, end));
-    }
-  } else {
-    // Words are runs of non-whitespace code points; past maxsplit the rest of the string, from
-    // the start of the next word, is the last item (trailing whitespace kept, as Python does).
-    std::vector<std::pair<size_t, size_t>> words;
-    size_t len = 0;
-    for (size_t pos = 0; pos < s.size();) {
-      bool space = is_python_space(decode_code_point(s, pos, &len));
-      if (!space && (words.empty() || words.back().second != pos))
-        words.emplace_back(pos, pos + len);
-      else if (!space)
-        words.back().second = pos + len;
-      pos += len;
-    }
-    size_t n = words.size();
-    size_t limit = maxsplit < 0 ? n : std::min<size_t>(n, static_cast<size_t>(maxsplit) + 1);
-    if (limit == n) {
-      for (auto [b, e] : words) parts.push_back(s.substr(b, e - b));
-    } else if (!from_right) {
-      for (size_t i = 0; i + 1 < limit; ++i)
-        parts.push_back(s.substr(words[i].first, words[i].second - words[i].first));
-      parts.push_back(s.substr(words[limit - 1].first));
-    } else {
-      parts.push_back(s.substr(0, words[n - limit].second));
-      for (size_t i = n - limit + 1; i < n; ++i)
-        parts.push_back(s.substr(words[i].first, words[i].second - words[i].first));
-    }
-  }
-  List out;
-  for (auto& p : parts) out.push_back(Value::from_string(std::move(p)));
-  return out;
-}
-
-bool affix_match(const std::string& s, const Value& affix, bool prefix, int line) {
-  auto one = [&](const Value& a) {
-    if (!a.is_string())
-      fail("line {}: {}with() argument must be str or a tuple of str", line, prefix ? "starts" : "ends");
-    if (a.text.size() > s.size()) return false;
-    return prefix ? s.compare(0, a.text.size(), a.text) == 0
-                  : s.compare(s.size() - a.text.size(), a.text.size(), a.text) == 0;
-  };
-  if (affix.is_list()) return std::any_of(affix.list->begin(), affix.list->end(), one);
-  return one(affix);
-}
-
-Value string_method(const std::string& s, const std::string& name, CallArgs& args) {
-  const int line = args.line;
-  if (name == "startswith" || name == "endswith") {
-    args.check(1, {});
-    std::optional<Value> affix = args.get(0, "");
-    if (!affix) fail("line {}: {}() takes one argument", line, name);
-    return Value::from_bool(affix_match(s, *affix, name == "startswith", line));
-  }
-  if (name == "strip" || name == "lstrip" || name == "rstrip") {
-    args.check(1, {"chars"});
-    return Value::from_string(
-        python_strip(s, opt_string(args, 0, "chars"), name != "rstrip", name != "lstrip"));
-  }
-  if (name == "split" || name == "rsplit") {
-    args.check(2, {"sep", "maxsplit"});
-    return Value::from_list(python_split(s, opt_string(args, 0, "sep"), opt_int(args, 1, "maxsplit", -1),
-                                         name == "rsplit", line));
-  }
-  if (name == "replace") {
-    args.check(3, {"count"});
-    return Value::from_string(replace_all(s, req_string(args, 0, "old"), req_string(args, 1, "new"),
-                                          opt_int(args, 2, "count", -1)));
-  }
-  if (name == "upper" || name == "lower" || name == "title" || name == "capitalize") {
-    args.check(0, {});
-    if (name == "upper") return Value::from_string(ascii_map(s, [](int c) { return std::toupper(c); }));
-    if (name == "lower") return Value::from_string(ascii_map(s, [](int c) { return std::tolower(c); }));
-    return Value::from_string(name == "title" ? python_title(s) : capitalize(s));
-  }
-  if (name == "find" || name == "count") {
-    args.check(1, {});
-    std::string sub = req_string(args, 0, "sub");
-    if (name == "find") {
-      size_t hit = s.find(sub);
-      return Value::from_int(
-          hit == std::string::npos ? -1 : static_cast<int64_t>(code_point_count(s.substr(0, hit))));
-    }
-    if (sub.empty()) return Value::from_int(static_cast<int64_t>(code_point_count(s)) + 1);
-    int64_t n = 0;
-    for (size_t pos = s.find(sub); pos != std::string::npos; pos = s.find(sub, pos + sub.size())) ++n;
-    return Value::from_int(n);
-  }
-  if (name == "join") {
-    args.check(1, {});
-    std::string out;
-    std::optional<Value> items = args.get(0, "iterable");
-    bool first = true;
-    for (const Value& v : iterate(items ? *items : Value::undefined(), line)) {
-      if (!v.is_string()) fail("line {}: join(): expected str items, found {}", line, kind_name(v.kind));
-      if (!first) out += s;
-      out += v.text;
-      first = false;
-    }
-    return Value::from_string(std::move(out));
-  }
-  unsupported(line, fmt::format("the str method '{}()'", name));
-}
-
-Value dict_method(const Dict& d, const std::string& name, CallArgs& args) {
-  if (name == "items" || name == "keys" || name == "values") {
-    args.check(0, {});
-    List out;
-    for (const auto& [k, v] : d.entries) {
-      if (name == "items")
-        out.push_back(Value::from_list({Value::from_string(k), v}));
-      else
-        out.push_back(name == "keys" ? Value::from_string(k) : v);
-    }
-    return Value::from_list(std::move(out));
-  }
-  if (name == "get") {
-    args.check(2, {});
-    const Value* v = d.find(req_string(args, 0, "key"));
-    if (v) return *v;
-    std::optional<Value> def = args.get(1, "default");
-    return def ? *def : Value::none();
-  }
-  unsupported(args.line, fmt::format("the dict method '{}()'", name));
 }
 
 // ---- filters ----
@@ -268,17 +33,17 @@ Value first_or_last(const Value& v, bool first, int line) {
 
 Value map_filter(const Value& v, CallArgs& args) {
   List out;
-  std::optional<Value> attribute = args.get(kKeywordOnly, "attribute");
+  std::optional<Value> attribute = args.get(CallArgs::kKeywordOnly, "attribute");
   if (attribute) {
     args.check(0, {"attribute", "default"});
-    std::optional<Value> def = args.get(kKeywordOnly, "default");
+    std::optional<Value> def = args.get(CallArgs::kKeywordOnly, "default");
     for (const Value& item : iterate(v, args.line)) {
       Value x = attribute->is_string() ? get_attr(item, attribute->text, args.line)
                                        : get_item(item, *attribute, args.line);
       out.push_back(x.is_undefined() && def ? *def : x);
     }
   } else {
-    std::string filter = req_string(args, 0, "filter");
+    std::string filter = args.req_string(0, "filter");
     for (const Value& item : iterate(v, args.line)) {
       CallArgs rest = rest_args(args, 1, filter);
       out.push_back(apply_filter(filter, item, rest));
@@ -290,9 +55,9 @@ Value map_filter(const Value& v, CallArgs& args) {
 // select / reject (test on the item) and selectattr / rejectattr (test on item.attr).
 Value select_filter(const Value& v, CallArgs& args, bool keep, bool by_attr) {
   List out;
-  std::string attr = by_attr ? req_string(args, 0, "attribute") : "";
+  std::string attr = by_attr ? args.req_string(0, "attribute") : "";
   size_t test_at = by_attr ? 1 : 0;
-  std::optional<std::string> test = opt_string(args, test_at, "test");
+  std::optional<std::string> test = args.opt_string(test_at, "test");
   for (const Value& item : iterate(v, args.line)) {
     Value subject = by_attr ? get_attr(item, attr, args.line) : item;
     bool ok = truthy(subject);
@@ -334,18 +99,20 @@ const FilterEntry kFilters[] = {
     {"trim",
      [](const Value& v, CallArgs& a) {
        a.check(1, {"chars"});
-       return Value::from_string(python_strip(to_str(v), opt_string(a, 0, "chars"), true, true));
+       return Value::from_string(python_strip(to_str(v), a.opt_string(0, "chars"), true, true));
      }},
     {"tojson",
      [](const Value& v, CallArgs& a) {
        a.check(0, {"ensure_ascii", "indent", "separators", "sort_keys"});
-       if (a.get(kKeywordOnly, "separators") || opt_bool(a, kKeywordOnly, "ensure_ascii", false)) {
+       if (a.get(CallArgs::kKeywordOnly, "separators") ||
+           a.opt_bool(CallArgs::kKeywordOnly, "ensure_ascii", false)) {
          unsupported(a.line, "tojson(separators=...) / tojson(ensure_ascii=true)");
        }
-       std::optional<Value> indent = a.get(kKeywordOnly, "indent");
+       std::optional<Value> indent = a.get(CallArgs::kKeywordOnly, "indent");
        std::optional<int> ind;
-       if (indent && !indent->is_none()) ind = static_cast<int>(opt_int(a, kKeywordOnly, "indent", 0));
-       return Value::from_string(to_json(v, ind, opt_bool(a, kKeywordOnly, "sort_keys", false)));
+       if (indent && !indent->is_none())
+         ind = static_cast<int>(a.opt_int(CallArgs::kKeywordOnly, "indent", 0));
+       return Value::from_string(to_json(v, ind, a.opt_bool(CallArgs::kKeywordOnly, "sort_keys", false)));
      }},
     {"string",
      [](const Value& v, CallArgs& a) {
@@ -360,23 +127,23 @@ const FilterEntry kFilters[] = {
     {"lower",
      [](const Value& v, CallArgs& a) {
        a.check(0, {});
-       return Value::from_string(ascii_map(to_str(v), [](int c) { return std::tolower(c); }));
+       return Value::from_string(ascii_lower(to_str(v)));
      }},
     {"upper",
      [](const Value& v, CallArgs& a) {
        a.check(0, {});
-       return Value::from_string(ascii_map(to_str(v), [](int c) { return std::toupper(c); }));
+       return Value::from_string(ascii_upper(to_str(v)));
      }},
     {"capitalize",
      [](const Value& v, CallArgs& a) {
        a.check(0, {});
-       return Value::from_string(capitalize(to_str(v)));
+       return Value::from_string(python_capitalize(to_str(v)));
      }},
     {"default",
      [](const Value& v, CallArgs& a) {
        a.check(2, {"default_value", "boolean"});
        std::optional<Value> def = a.get(0, "default_value");
-       bool use_default = v.is_undefined() || (opt_bool(a, 1, "boolean", false) && !truthy(v));
+       bool use_default = v.is_undefined() || (a.opt_bool(1, "boolean", false) && !truthy(v));
        return use_default ? (def ? *def : Value::from_string("")) : v;
      }},
     {"first",
@@ -399,15 +166,13 @@ const FilterEntry kFilters[] = {
        a.check(0, {});
        if (v.is_undefined()) return Value::from_list({});
        if (!v.is_dict()) fail("line {}: items: expected a mapping, found {}", a.line, kind_name(v.kind));
-       CallArgs none;
-       none.line = a.line;
-       return dict_method(*v.dict, "items", none);
+       return dict_items(*v.dict);
      }},
     {"join",
      [](const Value& v, CallArgs& a) {
        a.check(2, {"d", "attribute"});
-       std::string sep = opt_string(a, 0, "d").value_or("");
-       std::optional<std::string> attr = opt_string(a, 1, "attribute");
+       std::string sep = a.opt_string(0, "d").value_or("");
+       std::optional<std::string> attr = a.opt_string(1, "attribute");
        std::string out;
        bool first = true;
        for (const Value& item : iterate(v, a.line)) {
@@ -420,8 +185,8 @@ const FilterEntry kFilters[] = {
     {"replace",
      [](const Value& v, CallArgs& a) {
        a.check(3, {"old", "new", "count"});
-       return Value::from_string(replace_all(to_str(v), req_string(a, 0, "old"), req_string(a, 1, "new"),
-                                             opt_int(a, 2, "count", -1)));
+       return Value::from_string(python_replace(to_str(v), a.req_string(0, "old"), a.req_string(1, "new"),
+                                                a.opt_int(2, "count", -1)));
      }},
     {"reverse",
      [](const Value& v, CallArgs& a) {
@@ -433,14 +198,14 @@ const FilterEntry kFilters[] = {
     {"int",
      [](const Value& v, CallArgs& a) {
        a.check(2, {"default", "base"});
-       int64_t def = opt_int(a, 0, "default", 0);
+       int64_t def = a.opt_int(0, "default", 0);
        if (v.kind == Kind::Int || v.kind == Kind::Bool)
          return Value::from_int(v.kind == Kind::Int ? v.integer : v.boolean);
        if (v.kind == Kind::Float) return Value::from_int(static_cast<int64_t>(v.number));
        if (v.is_string()) {
          std::string t = python_strip(v.text, std::nullopt, true, true);
          char* end = nullptr;
-         long long i = std::strtoll(t.c_str(), &end, static_cast<int>(opt_int(a, 1, "base", 10)));
+         long long i = std::strtoll(t.c_str(), &end, static_cast<int>(a.opt_int(1, "base", 10)));
          if (!t.empty() && *end == '\0') return Value::from_int(i);
          double d = std::strtod(t.c_str(), &end);
          if (!t.empty() && *end == '\0' && std::isfinite(d)) return Value::from_int(static_cast<int64_t>(d));
@@ -526,14 +291,8 @@ const TestEntry kTests[] = {
        Value d = arg0(a);
        return is_int(v) && is_int(d) && d.integer != 0 && v.integer % d.integer == 0;
      }},
-    {"lower",
-     [](const Value& v, CallArgs&) {
-       return v.is_string() && ascii_map(v.text, [](int c) { return std::tolower(c); }) == v.text;
-     }},
-    {"upper",
-     [](const Value& v, CallArgs&) {
-       return v.is_string() && ascii_map(v.text, [](int c) { return std::toupper(c); }) == v.text;
-     }},
+    {"lower", [](const Value& v, CallArgs&) { return v.is_string() && ascii_lower(v.text) == v.text; }},
+    {"upper", [](const Value& v, CallArgs&) { return v.is_string() && ascii_upper(v.text) == v.text; }},
     {"sameas",
      [](const Value& v, CallArgs& a) {
        // Python `is`: identity for shared objects, value for None / booleans / small values.
@@ -587,14 +346,6 @@ bool apply_test(const std::string& name, const Value& v, CallArgs& args) {
   if (!t) unsupported(args.line, fmt::format("the test '{}'", name));
   args.callee = name;
   return t->fn(v, args);
-}
-
-Value call_method(const Value& obj, const std::string& name, CallArgs& args) {
-  args.callee = name;
-  if (obj.is_undefined()) fail_undefined(obj, args.line);
-  if (obj.is_string()) return string_method(obj.text, name, args);
-  if (obj.is_dict()) return dict_method(*obj.dict, name, args);
-  unsupported(args.line, fmt::format("the {} method '{}()'", kind_name(obj.kind), name));
 }
 
 }  // namespace nibble::jinja

@@ -81,6 +81,34 @@ void CallArgs::check(size_t max_positional, std::initializer_list<std::string_vi
   }
 }
 
+std::optional<std::string> CallArgs::opt_string(size_t index, std::string_view name) const {
+  std::optional<Value> v = get(index, name);
+  if (!v || v->is_none() || v->is_undefined()) return std::nullopt;
+  if (!v->is_string()) {
+    fail("line {}: {}() argument '{}' must be a string, not {}", line, callee, name, kind_name(v->kind));
+  }
+  return v->text;
+}
+
+std::string CallArgs::req_string(size_t index, std::string_view name) const {
+  std::optional<std::string> s = opt_string(index, name);
+  if (!s) fail("line {}: {}() is missing the string argument '{}'", line, callee, name);
+  return *s;
+}
+
+int64_t CallArgs::opt_int(size_t index, std::string_view name, int64_t def) const {
+  std::optional<Value> v = get(index, name);
+  if (!v || v->is_none()) return def;
+  if (v->kind == Kind::Int) return v->integer;
+  if (v->kind == Kind::Bool) return v->boolean;
+  fail("line {}: {}() argument '{}' must be an integer, not {}", line, callee, name, kind_name(v->kind));
+}
+
+bool CallArgs::opt_bool(size_t index, std::string_view name, bool def) const {
+  std::optional<Value> v = get(index, name);
+  return v ? truthy(*v) : def;
+}
+
 const char* kind_name(Kind k) {
   switch (k) {
     case Kind::Undefined:

@@ -101,6 +101,14 @@ struct CallArgs {
   std::optional<Value> get(size_t index, std::string_view name) const;
   // Errors when more than `max_positional` positional or an unknown keyword was passed.
   void check(size_t max_positional, std::initializer_list<std::string_view> keywords) const;
+
+  // An index no call reaches, for arguments that can only be passed by keyword.
+  static constexpr size_t kKeywordOnly = static_cast<size_t>(-1);
+  // Typed accessors: None / absent give the default; a wrong type is an Error naming the callee.
+  std::optional<std::string> opt_string(size_t index, std::string_view name) const;
+  std::string req_string(size_t index, std::string_view name) const;
+  int64_t opt_int(size_t index, std::string_view name, int64_t def) const;
+  bool opt_bool(size_t index, std::string_view name, bool def) const;
 };
 
 const char* kind_name(Kind k);  // Python's type name: "str", "list", "NoneType", ...
