@@ -11,6 +11,7 @@
 #include "format/hf_config.h"
 #include "format/inspect.h"
 #include "format/safetensors.h"
+#include "quant/inspect_quant.h"
 
 namespace nibble::app {
 namespace {
@@ -25,7 +26,7 @@ void print_config_check(const std::filesystem::path& dir, const WeightStore& sto
   try {
     const auto config = ModelConfig::load(dir);
     fmt::print("config: {}\n", config.summary());
-    const auto problems = weight_problems(config, store);
+    const auto problems = weight_problems(config, store, check_nvfp4_linear);
     if (problems.empty()) {
       fmt::print("config check: ok, all {} tensors the config needs are present\n",
                  expected_tensors(config).size());
@@ -38,7 +39,7 @@ void print_config_check(const std::filesystem::path& dir, const WeightStore& sto
   }
 }
 
-void run_inspect(const std::string& model) {
+void run_inspect(const std::string& model, const std::string& error_ref) {
   const std::filesystem::path path(model);
   const WeightStore store = WeightStore::open(path);
   const auto report = inspect_weights(store);
@@ -47,6 +48,13 @@ void run_inspect(const std::string& model) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec)) print_config_check(path, store);
   fmt::print("\n{}", format_inspect_report(report));
+  // Logical weights (an NVFP4 linear's codes + scales as one) with bits per weight.
+  fmt::print("\n{}", format_weight_bits(inspect_weight_bits(store)));
+  if (!error_ref.empty()) {
+    const WeightStore ref = WeightStore::open(error_ref);
+    fmt::print("\nquantisation error against {} (worst first):\n{}", error_ref,
+               format_quantization_error(quantization_error(store, ref)));
+  }
 }
 
 }  // namespace
@@ -58,7 +66,11 @@ void add_inspect_command(CLI::App& app) {
   cmd->add_option("--model,-m", *model,
                   "Model directory (safetensors, sharded or not) or a .safetensors file")
       ->required();
-  cmd->callback([model] { run_inspect(*model); });
+  auto error_ref = std::make_shared<std::string>();
+  cmd->add_option("--error", *error_ref,
+                  "Reference model (the unquantised source): print each weight's quantisation error (NMSE), "
+                  "worst first");
+  cmd->callback([model, error_ref] { run_inspect(*model, *error_ref); });
 }
 
 }  // namespace nibble::app
