@@ -3,6 +3,7 @@
 // history falls back to the common prefix, and the context-overflow policies.
 #include <gtest/gtest.h>
 
+#include <set>
 #include <string>
 #include <vector>
 
@@ -66,24 +67,31 @@ const std::vector<std::string> kTurns = {"Hello!", "Who are you?", "Tell me a st
 TEST(ChatSession, LaterTurnsPrefillOnlyTheirNewTokens) {
   auto& q = qwen3();
   FakeEngine engine(kVocab, 4096, q.words(), q.im_end);
-  ChatSession s(engine, q.tok, q.instruct, options(false));
+  ChatSessionOptions o = options(false);
+  o.max_tokens = 6;  // about half the replies end at <|im_end|>, the others at max_tokens
+  ChatSession s(engine, q.tok, q.instruct, o);
+  auto turn = [](size_t i) { return i < kTurns.size() ? kTurns[i] : "And turn " + std::to_string(i) + "?"; };
   int64_t held = 0;  // tokens of the conversation before the turn
-  for (size_t i = 0; i < kTurns.size(); ++i) {
-    const TurnResult r = s.send(kTurns[i]);
+  StopReason last_stop = StopReason::eos;
+  std::set<StopReason> stops;
+  for (size_t i = 0; i < 12; ++i) {
+    const TurnResult r = s.send(turn(i));
     ASSERT_EQ(r.status, TurnResult::Status::replied);
     EXPECT_FALSE(r.stats.history_rewritten) << "turn " << i;
     if (i == 0) {
-      const std::vector<ChatMessage> first = {{"system", "You are a test."}, {"user", kTurns[0]}};
+      const std::vector<ChatMessage> first = {{"system", "You are a test."}, {"user", turn(0)}};
       ChatTemplateOptions t;
       EXPECT_EQ(r.stats.prefilled,
                 static_cast<int64_t>(q.tok.encode(q.instruct.render(first, t), true).size()));
       EXPECT_EQ(r.stats.reused, 0);
     } else {
-      // The glue + user message + generation prompt, whether the last reply ended with <|im_end|>
-      // (held back, forwarded now) or at max_tokens (then <|im_end|> is part of the glue).
-      const std::string glue =
-          "<|im_end|>\n<|im_start|>user\n" + kTurns[i] + "<|im_end|>\n<|im_start|>assistant\n";
-      EXPECT_EQ(r.stats.prefilled, static_cast<int64_t>(q.tok.encode(glue, true).size())) << "turn " << i;
+      // The last reply's final token (sampled, never forwarded), then the glue + user message +
+      // generation prompt. That token is <|im_end|> when the reply ended there; at max_tokens it is
+      // a reply token and <|im_end|> is part of the glue.
+      const std::string glue = "\n<|im_start|>user\n" + turn(i) + "<|im_end|>\n<|im_start|>assistant\n";
+      const int64_t im_end = last_stop == StopReason::eos ? 0 : 1;
+      EXPECT_EQ(r.stats.prefilled, 1 + im_end + static_cast<int64_t>(q.tok.encode(glue, true).size()))
+          << "turn " << i;
       // Everything held stays cached but the last reply's final token, which was never forwarded.
       EXPECT_EQ(r.stats.reused, held - 1) << "turn " << i;
     }
@@ -92,6 +100,8 @@ TEST(ChatSession, LaterTurnsPrefillOnlyTheirNewTokens) {
         r.stats.prefilled);
     held = static_cast<int64_t>(s.tokens().size());
     EXPECT_EQ(held, r.stats.reused + r.stats.prefilled + r.stats.generated);
+    last_stop = r.stop_reason;
+    stops.insert(r.stop_reason);
 
     // The cache holds the conversation's tokens (all but the last, not yet forwarded), and their
     // text is the template's rendering of the conversation.
@@ -102,8 +112,9 @@ TEST(ChatSession, LaterTurnsPrefillOnlyTheirNewTokens) {
     const std::string held_text = text_of(all);
     EXPECT_EQ(rendered.compare(0, held_text.size(), held_text), 0) << held_text << "\n---\n" << rendered;
   }
-  ASSERT_EQ(s.messages().size(), 1 + 2 * kTurns.size());
+  ASSERT_EQ(s.messages().size(), 1 + 2 * 12u);
   EXPECT_EQ(s.messages()[0].role, "system");
+  EXPECT_EQ(stops, (std::set<StopReason>{StopReason::eos, StopReason::max_tokens}));  // both cases seen
 }
 
 // Runs kTurns in one mode; returns the replies and the final token history.

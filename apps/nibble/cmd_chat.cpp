@@ -64,9 +64,10 @@ void run_chat(const ChatCmd& c) {
   // The "> " marker is for a person at a terminal; piped input gets replies only.
   const bool interactive = ::isatty(STDIN_FILENO) == 1;
   if (c.gen.timing) {
-    fmt::print(stderr, "[timing] context {} tokens, {}, seed {}\n", engine->context_length(),
-               so.sampling.greedy() ? "greedy" : fmt::format("temperature {}", so.sampling.temperature),
-               so.sampling.seed);
+    fmt::print(stderr, "[timing] context {} tokens, {}\n", engine->context_length(),
+               so.sampling.greedy()
+                   ? std::string("greedy")
+                   : fmt::format("temperature {}, seed {}", so.sampling.temperature, so.sampling.seed));
   }
   std::string line;
   int turn = 0;

@@ -122,11 +122,14 @@ void run_generate(const GenerateCmd& c) {
   }
   std::fflush(stdout);
   if (c.gen.timing) {
+    const std::string sampling =
+        params.greedy() ? std::string("greedy")
+                        : fmt::format("temperature {}, seed {}", params.temperature, params.seed);
     fmt::print(stderr,
-               "[timing] prefill {} tokens in {:.1f} ms; decode {} tokens in {:.1f} ms ({:.1f} tok/s); "
-               "stop: {}; seed {}\n",
+               "[timing] prefill {} tokens in {:.1f} ms; decode {} tokens in {:.1f} ms ({:.1f} tok/s); stop: "
+               "{}; {}\n",
                r.prefilled, r.prefill_ms, r.tokens.size(), r.decode_ms, r.decode_tokens_per_s(),
-               stop_reason_name(r.reason), params.seed);
+               stop_reason_name(r.reason), sampling);
   }
 }
 
