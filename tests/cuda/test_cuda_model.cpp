@@ -8,10 +8,15 @@
 //
 // Tolerance. Activations are bf16 on the GPU (HF's own bf16 inference rounds the same places):
 // each op's output carries a relative error up to 2^-9, a few dozen roundings over 2-3 layers.
-// Logits (computed and returned in fp32) are compared by NMSE against the reference: observed
-// values are printed; the bound kLogitNmse = 1e-3 is ~10x the bf16 expectation and far below a
-// real mistake (a wrong RoPE pair or a missing norm gives NMSE ~ 0.1-1). Greedy ids must match for
-// 32 tokens; on a mismatch the reference's top-2 margin at that step is printed.
+// Logits (computed and returned in fp32) are compared by NMSE against the reference: the bound
+// kLogitNmse = 1e-3 is far below a real mistake (a wrong RoPE pair or a missing norm gives NMSE
+// ~ 0.1-1); observed values are printed. Greedy decoding is judged against the reference's own
+// margins: with the GPU's noise tau = 8 x its largest |logit - reference| on the prompt,
+//   - teacher forcing (the GPU reads the reference's sequence): every step whose reference top-2
+//     margin exceeds tau must pick the reference's id;
+//   - free running: 32 greedy ids must equal the reference's whenever no step is a near-tie
+//     (margin <= tau); near-ties are counted and printed (bf16 cannot order them reliably, as an
+//     fp32 run cannot against a float64 reference at a margin below its own noise).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -79,17 +84,6 @@ int32_t argmax(std::span<const float> v) {
   return static_cast<int32_t>(std::max_element(v.begin(), v.end()) - v.begin());
 }
 
-double margin(std::span<const double> row) {  // top-1 minus top-2
-  double a = -INFINITY, b = -INFINITY;
-  for (double x : row) {
-    if (x > a)
-      b = a, a = x;
-    else if (x > b)
-      b = x;
-  }
-  return a - b;
-}
-
 template <typename R>
 double nmse_vs(std::span<const float> got, const R& ref) {
   double num = 0, den = 0;
@@ -138,18 +132,44 @@ struct Runner {
 
 std::unique_ptr<Backend> gpu_backend() { return std::make_unique<CudaBackend>(CudaBackendOptions{}); }
 
-void report_greedy_mismatch(const std::vector<int32_t>& got, const std::vector<int32_t>& want,
-                            const std::vector<double>* ref_logits, int64_t vocab) {
-  for (size_t s = 0; s < std::min(got.size(), want.size()); ++s) {
-    if (got[s] == want[s]) continue;
-    std::string m;
-    if (ref_logits)
-      m = fmt::format(
-          ", reference top-2 margin there {:.4g}",
-          margin(std::span<const double>(ref_logits->data() + s * vocab, static_cast<size_t>(vocab))));
-    ADD_FAILURE() << "greedy ids diverge at step " << s << ": got " << got[s] << ", want " << want[s] << m;
-    return;
+// Greedy agreement with a reference decoding `want` whose logits rows are `ref_rows` (G, V).
+// `noise` is the GPU's largest |logit - reference| on the prompt. Prints one line.
+template <typename T>
+void check_greedy(Runner& teacher, Runner& free_run, const std::vector<int32_t>& prompt,
+                  const std::vector<int32_t>& want, const std::vector<T>& ref_rows, double noise,
+                  const std::string& label) {
+  const int64_t V = teacher.vocab, G = static_cast<int64_t>(want.size());
+  const double tau = 8 * noise;
+  std::vector<int32_t> seq = prompt;
+  seq.insert(seq.end(), want.begin(), want.end() - 1);
+  const std::vector<float> rows = teacher.forward(seq, 0, G);
+  int near = 0;
+  double min_margin = INFINITY;
+  for (int64_t s = 0; s < G; ++s) {
+    double a = -INFINITY, b = -INFINITY;
+    for (int64_t j = 0; j < V; ++j) {
+      const double x = ref_rows[s * V + j];
+      if (x > a)
+        b = a, a = x;
+      else if (x > b)
+        b = x;
+    }
+    min_margin = std::min(min_margin, a - b);
+    if (a - b <= tau) {
+      ++near;
+      continue;
+    }
+    EXPECT_EQ(argmax(std::span<const float>(rows.data() + s * V, V)), want[s])
+        << label << ": teacher-forced step " << s << " (reference margin " << a - b << ", tau " << tau << ")";
   }
+  const auto greedy = free_run.greedy(prompt, static_cast<int>(G));
+  const std::vector<int32_t>& ids = greedy.first;
+  size_t same = 0;
+  while (same < ids.size() && ids[same] == want[same]) ++same;
+  if (near == 0) EXPECT_EQ(ids, want) << label << ": free-running greedy ids";
+  std::printf(
+      "  %-30s greedy: %zu/%lld ids equal free-running; near-ties %d (min ref margin %.3g, tau %.3g)\n",
+      label.c_str(), same, static_cast<long long>(G), near, min_margin, tau);
 }
 
 TEST(CudaModel, HfFixturesBf16) {
@@ -162,7 +182,6 @@ TEST(CudaModel, HfFixturesBf16) {
     const WeightStore store = WeightStore::open_dir(dir);
     const ModelWeights host = load_model_weights(store, config, read_quant_config(dir, config));
     const Reference ref = load_reference(dir);
-    const int64_t V = config.vocab_size;
 
     Runner gpu(gpu_backend(), config, host, 128);
     const std::vector<float> prompt = gpu.forward(ref.prompt, 0, static_cast<int64_t>(ref.prompt.size()));
@@ -171,19 +190,11 @@ TEST(CudaModel, HfFixturesBf16) {
     for (size_t i = 0; i < prompt.size(); ++i)
       worst = std::max(worst, std::abs(prompt[i] - ref.prompt_logits[i]));
     EXPECT_LT(e_prompt, kLogitNmse);
-
-    Runner gpu2(gpu_backend(), config, host, 128);
-    const auto [ids, rows] = gpu2.greedy(ref.prompt, kGreedy);
-    EXPECT_EQ(ids, ref.greedy_ids);
-    report_greedy_mismatch(ids, ref.greedy_ids, &ref.greedy_logits, V);
-    const size_t agree = std::min(rows.size(), ref.greedy_logits.size());
-    const double e_greedy = nmse_vs(std::span<const float>(rows.data(), agree), ref.greedy_logits);
-    double min_margin = INFINITY;
-    for (int s = 0; s < kGreedy; ++s)
-      min_margin = std::min(min_margin, margin(std::span<const double>(ref.greedy_logits.data() + s * V, V)));
-    std::printf("  %-24s prompt NMSE %.2e max|diff| %.3g | greedy NMSE %.2e, ids %s (min ref margin %.3g)\n",
-                dir.filename().c_str(), e_prompt, worst, e_greedy, ids == ref.greedy_ids ? "equal" : "DIFFER",
-                min_margin);
+    std::printf("  %-30s prompt logits NMSE %.2e, max|diff| %.3g\n",
+                (dir.filename().string() + " BF16 vs HF").c_str(), e_prompt, worst);
+    Runner teacher(gpu_backend(), config, host, 128), free_run(gpu_backend(), config, host, 128);
+    check_greedy(teacher, free_run, ref.prompt, ref.greedy_ids, ref.greedy_logits, worst,
+                 dir.filename().string() + " BF16");
   }
 }
 
@@ -254,17 +265,16 @@ TEST(CudaModel, Nvfp4MatchesCpuBackend) {
     Runner gpu(gpu_backend(), config, q.w, 128);
     const auto lc = cpu.forward(ref.prompt, 0, P), lg = gpu.forward(ref.prompt, 0, P);
     const double e = nmse_vs(std::span<const float>(lg), lc);
+    double worst = 0;
+    for (size_t i = 0; i < lg.size(); ++i) worst = std::max(worst, double(std::abs(lg[i] - lc[i])));
     EXPECT_LT(e, kLogitNmse);
-
+    std::printf("  %-30s prompt logits NMSE %.2e, max|diff| %.3g\n",
+                (dir.filename().string() + " NVFP4 vs CPU").c_str(), e, worst);
     Runner cpu2(make_backend("cpu", BackendOptions{4}), config, q.w, 128);
-    Runner gpu2(gpu_backend(), config, q.w, 128);
-    const auto [ic, rc] = cpu2.greedy(ref.prompt, kGreedy);
-    const auto [ig, rg] = gpu2.greedy(ref.prompt, kGreedy);
-    EXPECT_EQ(ig, ic);
-    report_greedy_mismatch(ig, ic, nullptr, config.vocab_size);
-    std::printf("  %-24s NVFP4 GPU vs CPU: prompt NMSE %.2e, greedy NMSE %.2e, ids %s\n",
-                dir.filename().c_str(), e, nmse_vs(std::span<const float>(rg), rc),
-                ig == ic ? "equal" : "DIFFER");
+    const auto cpu_greedy = cpu2.greedy(ref.prompt, kGreedy);
+    Runner teacher(gpu_backend(), config, q.w, 128), free_run(gpu_backend(), config, q.w, 128);
+    check_greedy(teacher, free_run, ref.prompt, cpu_greedy.first, cpu_greedy.second, worst,
+                 dir.filename().string() + " NVFP4");
   }
 }
 

@@ -4,9 +4,10 @@
 // output, and an NMSE bound per op with its reason. Skips without a GPU.
 //
 // Bounds. The CUDA backend keeps activations in bf16: every op's output is rounded once to bf16
-// (relative error <= 2^-9, uniform -> NMSE ~ 2^-18 / 3 ~ 1.3e-6). kBf16Out = 5e-6 allows that plus
-// fp32 reordering; a wrong index or a missed term gives NMSE > 1e-3. F32 outputs (logits) only
-// differ by the fp32 summation order: kF32Out = 1e-8.
+// (relative error <= 2^-9: NMSE <= 2^-18 = 3.8e-6 if every element hit the worst case, ~1.3e-6
+// typically). kBf16Out = 8e-6 allows that plus fp32 reordering on outputs of a few elements; a
+// wrong index or a missed term gives NMSE > 1e-3. F32 outputs (logits) only differ by the fp32
+// summation order: kF32Out = 1e-8.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -27,7 +28,7 @@ using test::DevTensor;
 using test::nmse;
 using test::randn_bf16;
 
-constexpr double kBf16Out = 5e-6;
+constexpr double kBf16Out = 8e-6;
 constexpr double kF32Out = 1e-8;
 
 class CudaOps : public ::testing::Test {
@@ -212,7 +213,11 @@ TEST_F(CudaOps, SwiGluAndAdd) {
 // fp32 sums on the GPU and double on the CPU may put such a u on either side.
 TEST_F(CudaOps, Sampling) {
   for (int64_t vocab : {37, 1000, 151936}) {
-    std::vector<float> logits = randn_bf16(static_cast<size_t>(vocab), rng, 3.0f);
+    // fp32 logits without ties: top-p over tied values may cut a tie group in the CPU's sort order
+    // while the GPU's threshold keeps the whole group (both are valid readings of HF's warper).
+    std::vector<float> logits(static_cast<size_t>(vocab));
+    std::normal_distribution<float> nd(0.0f, 3.0f);
+    for (auto& x : logits) x = nd(rng);
     std::vector<int32_t> seen;
     for (int i = 0; i < 20; ++i) seen.push_back(static_cast<int32_t>(rng() % vocab));
     DevTensor lg(*gpu, DType::F32, {vocab}, &logits);

@@ -177,12 +177,15 @@ cuda::MemoryPlan plan_model_memory(const ModelConfig& c, const ModelWeights& hos
 
   cuda::AttentionShape as{c.num_heads, c.num_kv_heads, hd, context};
   size_t scratch = std::max(cuda::attention_scratch_bytes(as, n), cuda::sampling_scratch_bytes(V));
-  auto each_weight = [&](const Weight& w) { scratch = std::max(scratch, cuda::linear_scratch_bytes(w, n)); };
-  each_weight(host.lm_head);
-  for (const LayerWeights& L : host.layers)
-    for (const Weight* w :
-         {&L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.gate_proj, &L.up_proj, &L.down_proj})
-      each_weight(*w);
+  auto each_weight = [&](const Weight& w, const Tensor& bias) {
+    scratch = std::max(scratch, cuda::linear_scratch_bytes(w, n, !bias.empty(), DType::BF16));
+  };
+  each_weight(host.lm_head, Tensor());
+  for (const LayerWeights& L : host.layers) {
+    each_weight(L.q_proj, L.q_bias), each_weight(L.k_proj, L.k_bias), each_weight(L.v_proj, L.v_bias);
+    each_weight(L.o_proj, L.o_bias);
+    for (const Weight* w : {&L.gate_proj, &L.up_proj, &L.down_proj}) each_weight(*w, Tensor());
+  }
   plan.add("workspace", "cuBLASLt", kBlasWorkspace);
   plan.add("workspace", "op scratch", scratch);
   plan.add("workspace", "token ids", static_cast<size_t>(std::max(n, context)) * 4);
@@ -355,7 +358,7 @@ void CudaBackend::linear_forward(const Tensor& x, const Weight& w, const Tensor&
   require((out.dtype == DType::BF16 || out.dtype == DType::F32) && out.rows() == n && out.cols() == w.out,
           "linear_forward: out must be (n, out) BF16 or F32", out);
   require(bias.empty() || bias.numel() == w.out, "linear_forward: bias size", bias);
-  const size_t need = cuda::linear_scratch_bytes(w, n);
+  const size_t need = cuda::linear_scratch_bytes(w, n, !bias.empty(), out.dtype);
   ensure_workspace(need);
   cuda::linear_forward(*ctx_, x.as<const bf16>(), w.in, n, w, opt_f32(bias), out.data, out.dtype, w.out,
                        {scratch_, scratch_bytes_});

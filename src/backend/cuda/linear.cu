@@ -233,6 +233,14 @@ __global__ void bias_add_kernel(OutT* y, int64_t ldy, int64_t n, int64_t m, cons
     *p = __float2bfloat16_rn(__bfloat162float(*p) + bias[idx % m]);
 }
 
+// y (n, m) bf16 = bf16(t (n, m) fp32 + bias): the one rounding of a biased GEMM with bf16 output.
+__global__ void bias_round_kernel(const float* __restrict__ t, int64_t n, int64_t m, const float* __restrict__ bias,
+                                  bf16* y, int64_t ldy) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= n * m) return;
+  y[(idx / m) * ldy + idx % m] = __float2bfloat16_rn(t[idx] + bias[idx % m]);
+}
+
 void bias_add(Context& ctx, void* y, DType y_dtype, int64_t ldy, int64_t n, int64_t m, const float* bias) {
   const unsigned grid = static_cast<unsigned>(ceil_div(n * m, 256));
   if (y_dtype == DType::F32)
@@ -316,11 +324,15 @@ void gemm_bf16_nt(Context& ctx, const bf16* x, int64_t ldx, const bf16* w, int64
 
 // ---- linear -----------------------------------------------------------------------------------
 
-size_t linear_scratch_bytes(const Weight& w, int64_t n) {
-  if (!w.is_nvfp4() || n <= kGemvMaxTokens) return 0;
+size_t linear_scratch_bytes(const Weight& w, int64_t n, bool bias, DType y_dtype) {
+  const bool gemv = w.is_nvfp4() && n <= kGemvMaxTokens;  // fuses the bias: no staging
+  size_t staging = 0;
+  if (bias && y_dtype == DType::BF16 && !gemv)
+    staging = (static_cast<size_t>(n * w.out) * 4 + 255) / 256 * 256;
+  if (!w.is_nvfp4() || gemv) return staging;
   const size_t row_bytes = static_cast<size_t>(w.in) * 2;
   const size_t all = row_bytes * static_cast<size_t>(w.out);
-  return std::min(all, std::max(kMaxDequantScratch / row_bytes, size_t{kDequantRowAlign}) * row_bytes);
+  return staging + std::min(all, std::max(kMaxDequantScratch / row_bytes, size_t{kDequantRowAlign}) * row_bytes);
 }
 
 void linear_forward(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const Weight& w, const float* bias,
@@ -329,39 +341,56 @@ void linear_forward(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const W
   if (y_dtype != DType::BF16 && y_dtype != DType::F32)
     fail("linear_forward: output dtype {} (expected BF16 or F32)", dtype_name(y_dtype));
   if (!is_aligned(x, 16) || ldx % 8 != 0) fail("linear_forward: x must be 16-byte aligned with ldx % 8 == 0");
-  if (!w.is_nvfp4()) {
-    if (w.dtype != DType::BF16)
-      fail("linear_forward: dense weight of dtype {} on the GPU (upload converts to BF16)",
-           dtype_name(w.dtype));
-    gemm_bf16_nt(ctx, x, ldx, static_cast<const bf16*>(w.data), w.in, y, y_dtype, ldy, n, w.out, w.in, 1.0f);
-    if (bias) bias_add(ctx, y, y_dtype, ldy, n, w.out, bias);
-    return;
-  }
-  if (w.in % 16 != 0) fail("linear_forward: NVFP4 weight with K={} (a multiple of 16 expected)", w.in);
-  if (n <= kGemvMaxTokens) {
+  if (!w.is_nvfp4() && w.dtype != DType::BF16)
+    fail("linear_forward: dense weight of dtype {} on the GPU (upload converts to BF16)", dtype_name(w.dtype));
+  if (w.is_nvfp4() && w.in % 16 != 0) fail("linear_forward: NVFP4 weight with K={} (a multiple of 16 expected)", w.in);
+  if (scratch.bytes < linear_scratch_bytes(w, n, bias != nullptr, y_dtype) || !is_aligned(scratch.ptr, 16))
+    fail("linear_forward: scratch of {} bytes, {} needed", scratch.bytes,
+         linear_scratch_bytes(w, n, bias != nullptr, y_dtype));
+  if (w.is_nvfp4() && n <= kGemvMaxTokens) {
     if (y_dtype == DType::F32)
       nvfp4_gemv(ctx, x, ldx, n, w, bias, static_cast<float*>(y), ldy);
     else
       nvfp4_gemv(ctx, x, ldx, n, w, bias, static_cast<bf16*>(y), ldy);
     return;
   }
-  const int64_t rows = dequant_rows_per_chunk(w, scratch.bytes);
-  if (rows <= 0 || !is_aligned(scratch.ptr, 16))
-    fail("linear_forward: NVFP4 scratch of {} bytes is too small for K={} (need {})", scratch.bytes, w.in,
-         linear_scratch_bytes(w, n));
-  const size_t ysize = y_dtype == DType::F32 ? 4 : 2;
-  bf16* tile = static_cast<bf16*>(scratch.ptr);
-  const auto* wq = static_cast<const uint8_t*>(w.data);
-  for (int64_t r0 = 0; r0 < w.out; r0 += rows) {
-    const int64_t r = std::min(rows, w.out - r0);
-    const int64_t nblocks = r * (w.in / 16);
-    nvfp4_dequant_kernel<<<static_cast<unsigned>(ceil_div(nblocks, 256)), 256, 0, ctx.stream()>>>(
-        wq + r0 * (w.in / 2), w.scales + r0 * (w.in / 16), r, w.in, tile);
-    CUDA_CHECK_LAUNCH();
-    gemm_bf16_nt(ctx, x, ldx, tile, w.in, static_cast<char*>(y) + r0 * ysize, y_dtype, ldy, n, r, w.in,
-                 w.global_scale);
+  // A biased bf16 product is staged in fp32 at the start of the scratch (see linear_scratch_bytes).
+  void* out = y;
+  DType out_dtype = y_dtype;
+  int64_t ld_out = ldy;
+  char* free_scratch = static_cast<char*>(scratch.ptr);
+  size_t free_bytes = scratch.bytes;
+  const bool staged = bias && y_dtype == DType::BF16;
+  if (staged) {
+    const size_t staging = (static_cast<size_t>(n * w.out) * 4 + 255) / 256 * 256;
+    out = free_scratch, out_dtype = DType::F32, ld_out = w.out;
+    free_scratch += staging, free_bytes -= staging;
   }
-  if (bias) bias_add(ctx, y, y_dtype, ldy, n, w.out, bias);
+  if (!w.is_nvfp4()) {
+    gemm_bf16_nt(ctx, x, ldx, static_cast<const bf16*>(w.data), w.in, out, out_dtype, ld_out, n, w.out, w.in, 1.0f);
+  } else {
+    const int64_t rows = dequant_rows_per_chunk(w, free_bytes);
+    const size_t osize = out_dtype == DType::F32 ? 4 : 2;
+    bf16* tile = reinterpret_cast<bf16*>(free_scratch);
+    const auto* wq = static_cast<const uint8_t*>(w.data);
+    for (int64_t r0 = 0; r0 < w.out; r0 += rows) {
+      const int64_t r = std::min(rows, w.out - r0);
+      const int64_t nblocks = r * (w.in / 16);
+      nvfp4_dequant_kernel<<<static_cast<unsigned>(ceil_div(nblocks, 256)), 256, 0, ctx.stream()>>>(
+          wq + r0 * (w.in / 2), w.scales + r0 * (w.in / 16), r, w.in, tile);
+      CUDA_CHECK_LAUNCH();
+      gemm_bf16_nt(ctx, x, ldx, tile, w.in, static_cast<char*>(out) + r0 * osize, out_dtype, ld_out, n, r, w.in,
+                   w.global_scale);
+    }
+  }
+  if (!bias) return;
+  if (staged) {
+    bias_round_kernel<<<static_cast<unsigned>(ceil_div(n * w.out, 256)), 256, 0, ctx.stream()>>>(
+        static_cast<const float*>(out), n, w.out, bias, static_cast<bf16*>(y), ldy);
+    CUDA_CHECK_LAUNCH();
+  } else {
+    bias_add(ctx, y, y_dtype, ldy, n, w.out, bias);
+  }
 }
 
 }  // namespace nibble::cuda

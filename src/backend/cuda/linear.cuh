@@ -28,8 +28,9 @@ using bf16 = __nv_bfloat16;
 
 constexpr int64_t kGemvMaxTokens = 8;
 
-// Scratch the call needs for n tokens (0 when none: dense weights, or the NVFP4 GEMV path).
-size_t linear_scratch_bytes(const Weight& w, int64_t n);
+// Scratch the call needs for n tokens: the NVFP4 dequantised tile (GEMM path), and with a bias and
+// a BF16 output an fp32 staging of y, so that y + bias is rounded to bf16 once, as HF's addmm does.
+size_t linear_scratch_bytes(const Weight& w, int64_t n, bool bias, DType y_dtype);
 
 // y (n, w.out) = x (n, w.in) · W^T + bias. y_dtype is BF16 or F32; bias (w.out) fp32, optional.
 // Throws Error on an unsupported weight (dense other than BF16), a misaligned pointer or a
