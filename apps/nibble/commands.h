@@ -9,6 +9,7 @@
 
 namespace nibble::app {
 
+void add_bench_command(CLI::App& app);
 void add_guard_command(CLI::App& app);
 void add_generate_command(CLI::App& app);
 void add_chat_command(CLI::App& app);

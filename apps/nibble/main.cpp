@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
   app.fallthrough(false);
 
   // One line per subcommand (apps/nibble/cmd_<name>.cpp).
+  nibble::app::add_bench_command(app);
   nibble::app::add_guard_command(app);
   nibble::app::add_tokenize_command(app);
   nibble::app::add_quantize_command(app);
