@@ -246,7 +246,7 @@ WeightStore WeightStore::open(const std::filesystem::path& path) {
 
 WeightStore WeightStore::open_file(const std::filesystem::path& file) {
   WeightStore ws;
-  ws.dir_ = file.parent_path();
+  ws.dir_ = file.has_parent_path() ? file.parent_path() : std::filesystem::path(".");
   ws.files_.push_back(SafetensorsFile::open(file));
   ws.index_files();
   return ws;
