@@ -1,6 +1,9 @@
 #include "generation_options.h"
 
 #include "core/error.h"
+#ifdef NIBBLE_HAVE_CUDA
+#include "backend/cuda/context.cuh"
+#endif
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
 
@@ -9,6 +12,14 @@ namespace nibble::app {
 EngineOptions GenerationOptions::engine_options() const {
   EngineOptions e;
   e.device = device;
+  if (e.device.empty()) {  // the GPU when there is one
+#ifdef NIBBLE_HAVE_CUDA
+    e.device = cuda::cuda_device_count() > 0 ? "cuda" : "cpu";
+#else
+    e.device = "cpu";
+#endif
+  }
+  if (gpu_mem_budget_gb > 0) e.gpu_mem_budget_gb = gpu_mem_budget_gb;
   e.context_length = context;
   e.threads = threads;
   return e;
@@ -34,7 +45,12 @@ void add_generation_options(CLI::App& cmd, GenerationOptions& o, int64_t default
   o.max_tokens = default_max_tokens;
   cmd.add_option("--model", o.model, "HF model directory (config.json, *.safetensors, tokenizer files)")
       ->required();
-  cmd.add_option("--device", o.device, "cpu | cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  cmd.add_option("--device", o.device, "cpu | cuda (default: cuda when a GPU is present)")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+  cmd.add_option("--gpu-mem-budget", o.gpu_mem_budget_gb,
+                 "GB of GPU memory the model may plan (weights + KV cache + activations + workspaces); "
+                 "refuse to start, showing the plan, when it does not fit")
+      ->check(CLI::PositiveNumber);
   cmd.add_option("--context", o.context,
                  "KV cache capacity in tokens (default: min(max_position_embeddings, 4096))")
       ->check(CLI::NonNegativeNumber);

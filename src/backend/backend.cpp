@@ -5,6 +5,9 @@
 #include <utility>
 
 #include "backend/cpu/cpu_backend.h"
+#ifdef NIBBLE_HAVE_CUDA
+#include "backend/cuda/cuda_backend.h"
+#endif
 #include "core/error.h"
 
 namespace nibble {
@@ -81,7 +84,13 @@ Tensor KvCache::v_layer(int64_t layer) const { return kv_layer_view(v, *this, la
 std::unique_ptr<Backend> make_backend(const std::string& device, const BackendOptions& opts) {
   if (device == "cpu") return make_cpu_backend(opts);
   if (device == "cuda") {
-    fail("device \"cuda\": this build has no CUDA backend yet (available: cpu)");
+#ifdef NIBBLE_HAVE_CUDA
+    CudaBackendOptions cuda;
+    cuda.mem_budget_gb = opts.gpu_mem_budget_gb;
+    return make_cuda_backend(cuda);
+#else
+    fail("device \"cuda\": this build has no CUDA backend (nvcc was not found when it was configured)");
+#endif
   }
   fail("unknown device \"{}\" (available: cpu, cuda)", device);
 }

@@ -42,6 +42,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -71,8 +72,12 @@ struct RopeTable {
   float attention_scaling = 1.0;  // multiplies cos and sin (yarn: 0.1 ln(factor) + 1), else 1
 };
 
+struct ModelConfig;
+struct ModelWeights;
+
 struct BackendOptions {
   int threads = 0;  // CPU: worker threads, 0 = hardware concurrency
+  std::optional<double> gpu_mem_budget_gb;  // CUDA: refuse a memory plan larger than this
 };
 
 class Backend {
@@ -87,6 +92,14 @@ class Backend {
   virtual DType kv_dtype() const = 0;
 
   // ---- memory
+  // Called once by the Engine before any upload or allocation, with what the model will hold. A
+  // backend that plans its memory (CUDA: weights + KV cache + activations + workspaces as one
+  // allocation, nothing allocated while generating) allocates here and returns the plan as text,
+  // or throws Error showing the plan when it does not fit. The CPU backend plans nothing.
+  virtual std::string prepare_model(const ModelConfig& /*config*/, const ModelWeights& /*host*/,
+                                    int64_t /*context*/, int64_t /*max_tokens*/) {
+    return {};
+  }
   Buffer alloc(size_t bytes);  // zero-filled
   Tensor alloc_tensor(Buffer& storage, DType dtype, std::initializer_list<int64_t> dims);
   KvCache alloc_kv_cache(int64_t layers, int64_t kv_heads, int64_t capacity, int64_t head_dim);
@@ -116,7 +129,7 @@ class Backend {
   virtual void raw_free(void* p) = 0;
 };
 
-// "cpu" (and "cuda" once that backend exists). Throws Error naming the device otherwise.
+// "cpu", or "cuda" in a build with the CUDA backend. Throws Error naming the device otherwise.
 std::unique_ptr<Backend> make_backend(const std::string& device, const BackendOptions& opts);
 
 }  // namespace nibble

@@ -53,9 +53,12 @@ class ModelEngine final : public Engine {
            (dir / "config.json").string());
     }
 
-    backend_ = make_backend(opts.device, BackendOptions{opts.threads});
-    model_ = std::make_unique<Qwen3Model>(*backend_, config_, upload_model_weights(*backend_, host),
-                                          std::min(context_, kMaxChunk));
+    backend_ = make_backend(opts.device, BackendOptions{opts.threads, opts.gpu_mem_budget_gb});
+    const int64_t max_tokens = std::min(context_, kMaxChunk);
+    // CUDA plans weights + KV cache + activations + workspaces and allocates them at once.
+    const std::string plan = backend_->prepare_model(config_, host, context_, max_tokens);
+    if (!plan.empty()) fmt::print(stderr, "nibble: {} on {}\n{}", dir.filename().string(), backend_->name(), plan);
+    model_ = std::make_unique<Qwen3Model>(*backend_, config_, upload_model_weights(*backend_, host), max_tokens);
     cache_ = model_->make_kv_cache(context_);
     last_logits_.resize(static_cast<size_t>(config_.vocab_size));
   }

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -17,7 +18,8 @@
 namespace nibble {
 
 struct EngineOptions {
-  std::string device = "cpu";  // "cpu" | "cuda" (cuda joins later)
+  std::string device = "cpu";  // "cpu" | "cuda"
+  std::optional<double> gpu_mem_budget_gb;  // cuda: refuse to load when the memory plan exceeds it
   int64_t context_length = 0;  // KV capacity in tokens; 0 = min(max_position_embeddings, 4096)
   int threads = 0;             // 0 = hardware concurrency
 };
@@ -27,7 +29,8 @@ class Engine {
   virtual ~Engine() = default;
 
   // Loads config.json + safetensors from `model_dir` (Qwen3, Qwen2 or Llama). Throws Error on a
-  // missing file or tensor, a mis-shaped tensor, an unknown architecture or device.
+  // missing file or tensor, a mis-shaped tensor, an unknown architecture or device, or (cuda) a
+  // memory plan over the budget or the free GPU memory. On cuda the plan is printed to stderr.
   static std::unique_ptr<Engine> load(const std::filesystem::path& model_dir, const EngineOptions& opts);
 
   virtual const ModelConfig& config() const = 0;

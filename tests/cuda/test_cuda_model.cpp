@@ -34,6 +34,7 @@
 #include "model/qwen3.h"
 #include "quant/nvfp4.h"
 #include "quant/nvfp4_checkpoint.h"
+#include "runtime/engine.h"
 #include "support/test_support.h"
 
 namespace nibble {
@@ -276,6 +277,52 @@ TEST(CudaModel, Nvfp4MatchesCpuBackend) {
     check_greedy(teacher, free_run, ref.prompt, cpu_greedy.first, cpu_greedy.second, worst,
                  dir.filename().string() + " NVFP4");
   }
+}
+
+}  // namespace
+}  // namespace nibble
+
+namespace nibble {
+namespace {
+
+// The user-facing path: Engine with device "cuda" (planned memory printed at load), and the
+// `nibble generate --device cuda` command on the llama2.c model against HF's greedy ids.
+TEST(CudaEngine, GenerateMatchesHfGreedyIds) {
+  NIBBLE_REQUIRE_GPU();
+  const auto dir = test::data_dir() / "llama2c_aidreams260K" / "hf";
+  std::ifstream f(dir / "hf_greedy_ids.txt");
+  std::vector<std::string> ids;
+  std::string tok;
+  while (std::getline(f, tok, ',')) ids.push_back(tok);
+  ASSERT_GT(ids.size(), 33u);
+  const auto r = test::run_nibble(
+      {"generate", "--model", dir.string(), "--device", "cuda", "--prompt-ids", "1", "--max-tokens", "32"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::string want;
+  for (int i = 1; i <= 32; ++i) want += (i > 1 ? "," : "") + ids[i];
+  EXPECT_NE(r.out.find(want), std::string::npos) << "stdout: " << r.out << "\nwant: " << want;
+  EXPECT_NE(r.err.find("GPU memory plan"), std::string::npos) << r.err;
+
+  auto engine = Engine::load(dir, EngineOptions{.device = "cuda"});
+  const std::vector<int32_t> prompt = {1};
+  std::span<const float> logits = engine->forward(prompt);
+  std::string got;
+  for (int i = 0; i < 32; ++i) {
+    const int32_t id = argmax(logits);
+    got += (i ? "," : "") + std::to_string(id);
+    logits = engine->forward(std::span<const int32_t>(&id, 1));
+  }
+  EXPECT_EQ(got, want);
+}
+
+TEST(CudaEngine, GpuMemBudgetRefusesWithThePlan) {
+  NIBBLE_REQUIRE_GPU();
+  const auto dir = test::data_dir() / "llama2c_aidreams260K" / "hf";
+  const auto r = test::run_nibble({"generate", "--model", dir.string(), "--device", "cuda", "--prompt-ids",
+                                   "1", "--max-tokens", "4", "--gpu-mem-budget", "0.001"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("does not fit"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("kv cache"), std::string::npos) << r.err;
 }
 
 }  // namespace

@@ -68,7 +68,7 @@ class CudaBackend final : public Backend {
   // budget or the free device memory; else allocates it at once. Returns the plan as text.
   // Call it before the first op; buffers allocated before it stay separate allocations.
   std::string prepare_model(const ModelConfig& config, const ModelWeights& host, int64_t context,
-                            int64_t max_tokens);
+                            int64_t max_tokens) override;
 
   // Picks the next token from logits (V) on the device (F32 or BF16): only the id is copied back.
   // `seen`: prompt and output ids (the repetition penalty's input); `uniform` in [0, 1) drives the
