@@ -139,6 +139,31 @@ TEST(Nvfp4, RequantiseDequantisedIsByteIdentical) {
   EXPECT_EQ(q2.packed, q.packed);
 }
 
+// The documented limits of that round trip (nvfp4.h), so that they stay true and known.
+TEST(Nvfp4, RequantiseCornerCases) {
+  // A block with a subnormal FP8 scale: g = 1, block amax 9.6 * 2^-9 -> scale 2^-8 (code 0x02);
+  // its largest value, 4.8, rounds to 4, so the dequantised block asks for scale 2^-9.
+  std::vector<float> w(32, 0.0f);
+  w[0] = 2688.0f;
+  w[16] = 9.6f / 512.0f;
+  const Nvfp4Tensor q = quantize_nvfp4(w.data(), 1, 32);
+  ASSERT_EQ(q.global_scale, 1.0f);
+  EXPECT_EQ(q.scales[1], 0x02);
+  EXPECT_EQ(q.packed[8] & 0xf, 6);  // 4.0
+  const std::vector<float> d = dequantize_nvfp4(q.view());
+  EXPECT_NE(quantize_nvfp4(d.data(), 1, 32, 1.0f).scales[1], q.scales[1]);
+
+  // The global scale recomputed from the dequantised tensor can be one ulp off:
+  // amax 0.1 -> g; the dequantised maximum 6 * (448 * g) gives back a different g.
+  int off = 0;
+  for (int i = 1; i <= 1000; ++i) {
+    const float g = nvfp4_global_scale(0.001f * static_cast<float>(i));
+    off += nvfp4_global_scale(6.0f * (448.0f * g)) != g;
+  }
+  EXPECT_GT(off, 100);  // about a third
+  EXPECT_LT(off, 600);
+}
+
 TEST(Nvfp4, StochasticRoundingIsUnbiasedAndSeeded) {
   // Scaled values 1.25 (between 1 and 1.5) and 4.5 (between 4 and 6): means over many elements.
   const int64_t out = 256, in = 64;

@@ -64,6 +64,16 @@ struct Nvfp4Tensor {
 // `global_scale` is weight_scale_2 (ModelOpt shares one across q/k/v and across gate/up: pass the
 // group's); without it, the tensor's own amax gives it. Throws Error when in % 16 != 0 or a value
 // is not finite.
+//
+// Round trip: quantize_nvfp4(dequantize_nvfp4(Q), Q.global_scale) == Q byte for byte, because
+// every block's largest value rounds to +-6 (its scale is within 1/16 of block_amax / 6), so the
+// dequantised block reproduces its scale, and dequantised values divide back to exact E2M1 values.
+// It needs (1) the global scale carried over: recomputing it from the dequantised amax,
+// fl(fl(6 * fl(448 * g)) / 2688), differs from g in the last bit for about a third of all g;
+// (2) code 8 kept as -0.0 (ModelOpt's table decodes it to +0, and its `x < 0` test then writes
+// code 0: ModelOpt alone is not idempotent); (3) no block with a subnormal FP8 scale (block amax
+// below 2^-6 * 6 * g, i.e. under 1/448 of the tensor's amax / 64), whose coarse scale can leave
+// the largest value at 4 instead of 6, or whose values all round to 0 (scale 2^-9 -> 1.0).
 Nvfp4Tensor quantize_nvfp4(const float* w, int64_t out, int64_t in);
 Nvfp4Tensor quantize_nvfp4(const float* w, int64_t out, int64_t in, float global_scale);
 
