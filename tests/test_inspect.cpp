@@ -108,13 +108,17 @@ TEST(InspectCommand, LlamaFixture) {
       r.out, {"model.embed_tokens.weight", "model.layers.3.mlp.down_proj.weight", "[64, 172]", "44032",
               "config: LlamaForCausalLM: 4 layers", "config check: ok", "by dtype:", "by kind:", "embedding",
               "attention", "mlp", "norm", "total: 38 tensors, 230976 parameters, 923904 bytes (902.2 KiB)"});
-  // One row per tensor, each with its dtype, shape and bytes.
+  // One row per tensor in the table (between its header line and the totals), each with its dtype,
+  // shape and bytes. Later sections may list the names again.
+  const size_t begin = r.out.find("\nname "), end = r.out.find("\nby dtype:");
+  ASSERT_LT(begin, end) << r.out;
+  const std::string table = r.out.substr(begin, end - begin);
   size_t rows = 0;
-  for (size_t p = r.out.find("\nmodel."); p != std::string::npos; p = r.out.find("\nmodel.", p + 1)) ++rows;
+  for (size_t p = table.find("\nmodel."); p != std::string::npos; p = table.find("\nmodel.", p + 1)) ++rows;
   EXPECT_EQ(rows, 38u);
-  const size_t line = r.out.find("\nmodel.norm.weight ");
+  const size_t line = table.find("\nmodel.norm.weight ");
   ASSERT_NE(line, std::string::npos) << r.out;
-  std::istringstream row(r.out.substr(line + 1, r.out.find('\n', line + 1) - line - 1));
+  std::istringstream row(table.substr(line + 1, table.find('\n', line + 1) - line - 1));
   std::vector<std::string> cols{std::istream_iterator<std::string>(row), {}};
   EXPECT_EQ(cols, (std::vector<std::string>{"model.norm.weight", "F32", "[64]", "64", "256", "norm"}));
 }
