@@ -102,6 +102,7 @@ TEST_F(CudaOps, LinearDenseBf16) {
                             {3, 8, 4},
                             {17, 136, 65},
                             {2, 2560, 9},
+                            {5, 172, 64},  // K % 8 != 0 (llama2c's down_proj)
                             {64, 128, 512},
                             {300, 256, 96}}) {
     for (DType src : {DType::BF16, DType::F32}) {  // F32 checkpoints are uploaded as BF16

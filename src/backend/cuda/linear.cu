@@ -234,8 +234,8 @@ __global__ void bias_add_kernel(OutT* y, int64_t ldy, int64_t n, int64_t m, cons
 }
 
 // y (n, m) bf16 = bf16(t (n, m) fp32 + bias): the one rounding of a biased GEMM with bf16 output.
-__global__ void bias_round_kernel(const float* __restrict__ t, int64_t n, int64_t m, const float* __restrict__ bias,
-                                  bf16* y, int64_t ldy) {
+__global__ void bias_round_kernel(const float* __restrict__ t, int64_t n, int64_t m,
+                                  const float* __restrict__ bias, bf16* y, int64_t ldy) {
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= n * m) return;
   y[(idx / m) * ldy + idx % m] = __float2bfloat16_rn(t[idx] + bias[idx % m]);
@@ -332,7 +332,8 @@ size_t linear_scratch_bytes(const Weight& w, int64_t n, bool bias, DType y_dtype
   if (!w.is_nvfp4() || gemv) return staging;
   const size_t row_bytes = static_cast<size_t>(w.in) * 2;
   const size_t all = row_bytes * static_cast<size_t>(w.out);
-  return staging + std::min(all, std::max(kMaxDequantScratch / row_bytes, size_t{kDequantRowAlign}) * row_bytes);
+  return staging +
+         std::min(all, std::max(kMaxDequantScratch / row_bytes, size_t{kDequantRowAlign}) * row_bytes);
 }
 
 void linear_forward(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const Weight& w, const float* bias,
@@ -340,14 +341,17 @@ void linear_forward(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const W
   if (n == 0) return;
   if (y_dtype != DType::BF16 && y_dtype != DType::F32)
     fail("linear_forward: output dtype {} (expected BF16 or F32)", dtype_name(y_dtype));
-  if (!is_aligned(x, 16) || ldx % 8 != 0) fail("linear_forward: x must be 16-byte aligned with ldx % 8 == 0");
   if (!w.is_nvfp4() && w.dtype != DType::BF16)
-    fail("linear_forward: dense weight of dtype {} on the GPU (upload converts to BF16)", dtype_name(w.dtype));
-  if (w.is_nvfp4() && w.in % 16 != 0) fail("linear_forward: NVFP4 weight with K={} (a multiple of 16 expected)", w.in);
+    fail("linear_forward: dense weight of dtype {} on the GPU (upload converts to BF16)",
+         dtype_name(w.dtype));
+  if (w.is_nvfp4() && w.in % 16 != 0)
+    fail("linear_forward: NVFP4 weight with K={} (a multiple of 16 expected)", w.in);
   if (scratch.bytes < linear_scratch_bytes(w, n, bias != nullptr, y_dtype) || !is_aligned(scratch.ptr, 16))
     fail("linear_forward: scratch of {} bytes, {} needed", scratch.bytes,
          linear_scratch_bytes(w, n, bias != nullptr, y_dtype));
-  if (w.is_nvfp4() && n <= kGemvMaxTokens) {
+  if (w.is_nvfp4() && n <= kGemvMaxTokens) {  // 16-byte loads of x; cuBLASLt takes any layout
+    if (!is_aligned(x, 16) || ldx % 8 != 0)
+      fail("linear_forward: x must be 16-byte aligned with ldx % 8 == 0");
     if (y_dtype == DType::F32)
       nvfp4_gemv(ctx, x, ldx, n, w, bias, static_cast<float*>(y), ldy);
     else
@@ -367,7 +371,8 @@ void linear_forward(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const W
     free_scratch += staging, free_bytes -= staging;
   }
   if (!w.is_nvfp4()) {
-    gemm_bf16_nt(ctx, x, ldx, static_cast<const bf16*>(w.data), w.in, out, out_dtype, ld_out, n, w.out, w.in, 1.0f);
+    gemm_bf16_nt(ctx, x, ldx, static_cast<const bf16*>(w.data), w.in, out, out_dtype, ld_out, n, w.out, w.in,
+                 1.0f);
   } else {
     const int64_t rows = dequant_rows_per_chunk(w, free_bytes);
     const size_t osize = out_dtype == DType::F32 ? 4 : 2;
@@ -379,8 +384,8 @@ void linear_forward(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const W
       nvfp4_dequant_kernel<<<static_cast<unsigned>(ceil_div(nblocks, 256)), 256, 0, ctx.stream()>>>(
           wq + r0 * (w.in / 2), w.scales + r0 * (w.in / 16), r, w.in, tile);
       CUDA_CHECK_LAUNCH();
-      gemm_bf16_nt(ctx, x, ldx, tile, w.in, static_cast<char*>(out) + r0 * osize, out_dtype, ld_out, n, r, w.in,
-                   w.global_scale);
+      gemm_bf16_nt(ctx, x, ldx, tile, w.in, static_cast<char*>(out) + r0 * osize, out_dtype, ld_out, n, r,
+                   w.in, w.global_scale);
     }
   }
   if (!bias) return;
