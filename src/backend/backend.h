@@ -74,9 +74,10 @@ struct RopeTable {
 
 struct ModelConfig;
 struct ModelWeights;
+struct SamplerParams;
 
 struct BackendOptions {
-  int threads = 0;  // CPU: worker threads, 0 = hardware concurrency
+  int threads = 0;                          // CPU: worker threads, 0 = hardware concurrency
   std::optional<double> gpu_mem_budget_gb;  // CUDA: refuse a memory plan larger than this
 };
 
@@ -122,6 +123,15 @@ class Backend {
                                  int64_t layer, int64_t pos0, float scale, const Tensor& out) = 0;
   virtual void swiglu_forward(const Tensor& gate, const Tensor& up, const Tensor& out) = 0;
   virtual void add_forward(const Tensor& a, const Tensor& b, const Tensor& out) = 0;
+
+  // ---- sampling on the backend (runtime/sampler.h semantics; CUDA: only the id reaches the host)
+  virtual bool samples_on_device() const { return false; }
+  // The next id from logits (V) F32 in backend memory; `seen` feeds the repetition penalty and
+  // `uniform` in [0, 1) the draw. nullopt when the backend does not sample (the CPU: use Sampler).
+  virtual std::optional<int32_t> sample(const Tensor& /*logits*/, const SamplerParams& /*params*/,
+                                        std::span<const int32_t> /*seen*/, double /*uniform*/) {
+    return std::nullopt;
+  }
 
  protected:
   friend class Buffer;

@@ -89,8 +89,12 @@ class Qwen3Model {
   // Runs tokens[0, n) (n <= max_tokens, ids already validated) at positions [pos0, pos0 + n),
   // appending their keys and values to `cache`. Writes the logits of the last `logit_rows` tokens,
   // (logit_rows, V) row-major fp32, to `logits`.
+  // With an empty `logits` (and logit_rows <= 16) the logits stay on the backend: device_logits().
   void forward(std::span<const int32_t> tokens, int64_t pos0, KvCache& cache, int64_t logit_rows,
                std::span<float> logits);
+  // The last forward's logits, its final `rows` rows (rows <= 16), (rows, V) F32 backend memory,
+  // valid until the next forward: what on-device sampling reads.
+  Tensor device_logits(int64_t rows) const { return logits_.slice_rows(0, rows); }
 
   // One decoder layer: x_out (n, dim) = layer(x_in (n, dim)); `a` receives its activations.
   void layer_forward(int64_t layer, const Tensor& x_in, const LayerActivations& a, KvCache& cache,

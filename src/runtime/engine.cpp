@@ -81,6 +81,22 @@ class ModelEngine final : public Engine {
     return last_logits_;
   }
 
+  std::optional<int32_t> forward_sample(std::span<const int32_t> tokens, const SamplerParams& params,
+                                        std::span<const int32_t> seen, double uniform) override {
+    if (!backend_->samples_on_device()) return std::nullopt;
+    check(tokens);
+    const int64_t n = static_cast<int64_t>(tokens.size());
+    for (int64_t done = 0; done < n;) {
+      const int64_t chunk = std::min(model_->max_tokens(), n - done);
+      const bool last = done + chunk == n;
+      model_->forward(tokens.subspan(static_cast<size_t>(done), static_cast<size_t>(chunk)), position_, cache_,
+                      last ? 1 : 0, std::span<float>());
+      position_ += chunk;
+      done += chunk;
+    }
+    return backend_->sample(model_->device_logits(1), params, seen, uniform);
+  }
+
   std::vector<float> forward_all(std::span<const int32_t> tokens) override {
     check(tokens);
     const int64_t n = static_cast<int64_t>(tokens.size()), vocab = config_.vocab_size;

@@ -17,11 +17,13 @@
 
 namespace nibble {
 
+struct SamplerParams;
+
 struct EngineOptions {
-  std::string device = "cpu";  // "cpu" | "cuda"
+  std::string device = "cpu";               // "cpu" | "cuda"
   std::optional<double> gpu_mem_budget_gb;  // cuda: refuse to load when the memory plan exceeds it
-  int64_t context_length = 0;  // KV capacity in tokens; 0 = min(max_position_embeddings, 4096)
-  int threads = 0;             // 0 = hardware concurrency
+  int64_t context_length = 0;               // KV capacity in tokens; 0 = min(max_position_embeddings, 4096)
+  int threads = 0;                          // 0 = hardware concurrency
 };
 
 class Engine {
@@ -44,6 +46,16 @@ class Engine {
 
   // Same, returning logits of every token, (n, vocab) row-major — for parity tests.
   virtual std::vector<float> forward_all(std::span<const int32_t> tokens) = 0;
+
+  // Appends tokens like forward() and picks the next id on the device from the last logits
+  // (runtime/sampler.h semantics; `uniform` in [0, 1) drives the draw, `seen` the repetition
+  // penalty): only the id crosses to the host. nullopt, with nothing changed, when the backend
+  // cannot sample (the CPU: use forward() and a Sampler). last logits are not kept.
+  virtual std::optional<int32_t> forward_sample(std::span<const int32_t> /*tokens*/,
+                                                const SamplerParams& /*params*/,
+                                                std::span<const int32_t> /*seen*/, double /*uniform*/) {
+    return std::nullopt;
+  }
 
   // Forgets KV entries at positions >= n (n <= position()); position() becomes n.
   virtual void truncate(int64_t n) = 0;

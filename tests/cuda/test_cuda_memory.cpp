@@ -65,7 +65,8 @@ TEST(CudaMemory, PlanAllocatedOnceAndFlatOverFiftyTurns) {
     pos += static_cast<int64_t>(prompt.size());
     for (int step = 0; step < 12; ++step) {
       gpu.copy_from_host(logits, logits_dev);
-      const int32_t id = gpu.sample(logits_dev, sp, seen, std::uniform_real_distribution<double>(0, 1)(rng));
+      const int32_t id =
+          gpu.sample(logits_dev, sp, seen, std::uniform_real_distribution<double>(0, 1)(rng)).value();
       ASSERT_GE(id, 0);
       ASSERT_LT(id, config.vocab_size);
       seen.push_back(id);

@@ -36,6 +36,7 @@
 #include "quant/nvfp4.h"
 #include "quant/nvfp4_checkpoint.h"
 #include "runtime/engine.h"
+#include "runtime/sampler.h"
 #include "support/test_support.h"
 
 namespace nibble {
@@ -314,6 +315,46 @@ TEST(CudaEngine, GenerateMatchesHfGreedyIds) {
     logits = engine->forward(std::span<const int32_t>(&id, 1));
   }
   EXPECT_EQ(got, want);
+}
+
+// Engine::forward_sample: greedy on the device gives forward() + argmax's ids; a sampled run
+// (temperature, top-k, top-p) is reproducible from the same uniforms and stays in the vocabulary.
+TEST(CudaEngine, ForwardSampleOnTheDevice) {
+  NIBBLE_REQUIRE_GPU();
+  const auto dir = test::data_dir() / "llama2c_aidreams260K" / "hf";
+  auto a = Engine::load(dir, EngineOptions{.device = "cuda"}),
+       b = Engine::load(dir, EngineOptions{.device = "cuda"});
+  std::vector<int32_t> seen = {1}, ref;
+  std::span<const float> logits = b->forward(seen);
+  SamplerParams greedy;
+  std::optional<int32_t> id = a->forward_sample(seen, greedy, seen, 0.5);
+  ASSERT_TRUE(id.has_value());
+  for (int i = 0; i < 32; ++i) {
+    const int32_t want = argmax(logits);
+    ASSERT_EQ(*id, want) << "step " << i;
+    logits = b->forward(std::span<const int32_t>(&want, 1));
+    id = a->forward_sample(std::span<const int32_t>(&want, 1), greedy, seen, 0.5);
+  }
+  SamplerParams p;
+  p.temperature = 0.8f;
+  p.top_k = 20;
+  p.top_p = 0.9f;
+  std::vector<int32_t> runs[2];
+  for (auto& run : runs) {
+    auto e = Engine::load(dir, EngineOptions{.device = "cuda"});
+    std::vector<int32_t> s = {1};
+    std::optional<int32_t> t = e->forward_sample(s, p, s, 0.0);
+    for (int i = 0; i < 32; ++i) {
+      ASSERT_TRUE(t && *t >= 0 && *t < e->config().vocab_size);
+      run.push_back(*t);
+      s.push_back(*t);
+      t = e->forward_sample(std::span<const int32_t>(&s.back(), 1), p, s,
+                            (i * 0.618034) - std::floor(i * 0.618034));
+    }
+  }
+  EXPECT_EQ(runs[0], runs[1]);
+  EXPECT_FALSE(Engine::load(dir, EngineOptions{.device = "cpu"})->forward_sample(seen, greedy, seen, 0.5))
+      << "the CPU backend leaves sampling to runtime/sampler.h";
 }
 
 TEST(CudaEngine, GpuMemBudgetRefusesWithThePlan) {

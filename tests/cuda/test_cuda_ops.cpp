@@ -252,7 +252,7 @@ TEST_F(CudaOps, Sampling) {
         const int64_t want = std::min<int64_t>(it - cdf.begin(), vocab - 1);
         const double lo = want > 0 ? cdf[want - 1] : 0.0;
         if (std::abs(u - lo) < 1e-4 || std::abs(cdf[want] - u) < 1e-4) continue;
-        const int32_t got = gpu->sample(lg.t, sp, seen, u);
+        const int32_t got = gpu->sample(lg.t, sp, seen, u).value();
         ASSERT_EQ(got, want) << "vocab " << vocab << " T " << sp.temperature << " top_k " << sp.top_k
                              << " top_p " << sp.top_p << " min_p " << sp.min_p << " penalty "
                              << sp.repetition_penalty << " u " << u << " (p[got] "

@@ -409,8 +409,8 @@ void CudaBackend::add_forward(const Tensor& a, const Tensor& b, const Tensor& ou
 
 // ---- sampling ---------------------------------------------------------------------------------
 
-int32_t CudaBackend::sample(const Tensor& logits, const SamplerParams& params, std::span<const int32_t> seen,
-                            double uniform) {
+std::optional<int32_t> CudaBackend::sample(const Tensor& logits, const SamplerParams& params,
+                                           std::span<const int32_t> seen, double uniform) {
   require(logits.dtype == DType::F32 || logits.dtype == DType::BF16, "sample: F32 or BF16 logits", logits);
   const int64_t V = logits.numel();
   ensure_workspace(cuda::sampling_scratch_bytes(V));

@@ -73,8 +73,9 @@ class CudaBackend final : public Backend {
   // Picks the next token from logits (V) on the device (F32 or BF16): only the id is copied back.
   // `seen`: prompt and output ids (the repetition penalty's input); `uniform` in [0, 1) drives the
   // draw (ignored when greedy).
-  int32_t sample(const Tensor& logits, const SamplerParams& params, std::span<const int32_t> seen,
-                 double uniform);
+  bool samples_on_device() const override { return true; }
+  std::optional<int32_t> sample(const Tensor& logits, const SamplerParams& params,
+                                std::span<const int32_t> seen, double uniform) override;
 
   cuda::Context& context() { return *ctx_; }
   int64_t device_alloc_count() const;  // cudaMalloc calls so far (constant while generating)
