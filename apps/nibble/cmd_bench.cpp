@@ -45,6 +45,7 @@ struct BenchOptions {
   int device = 0;
 };
 
+#ifdef NIBBLE_HAVE_CUDA
 // Qwen3-4B-Instruct-2507's config.json (tests/fixtures/qwen3_4b_instruct_2507/config.json).
 ModelConfig preset_config(const std::string& name) {
   if (name != "qwen3-4b") fail("unknown preset '{}' (known: qwen3-4b)", name);
@@ -191,7 +192,6 @@ double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-#ifdef NIBBLE_HAVE_CUDA
 // Device-to-device copy of 1 GiB, bytes read + written, median of 10 after 2 warm-ups.
 double copy_bandwidth_gbps(cuda::Context& ctx) {
   const size_t bytes = size_t{1} << 30;
