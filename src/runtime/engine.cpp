@@ -57,8 +57,10 @@ class ModelEngine final : public Engine {
     const int64_t max_tokens = std::min(context_, kMaxChunk);
     // CUDA plans weights + KV cache + activations + workspaces and allocates them at once.
     const std::string plan = backend_->prepare_model(config_, host, context_, max_tokens);
-    if (!plan.empty()) fmt::print(stderr, "nibble: {} on {}\n{}", dir.filename().string(), backend_->name(), plan);
-    model_ = std::make_unique<Qwen3Model>(*backend_, config_, upload_model_weights(*backend_, host), max_tokens);
+    if (!plan.empty())
+      fmt::print(stderr, "nibble: {} on {}\n{}", dir.filename().string(), backend_->name(), plan);
+    model_ =
+        std::make_unique<Qwen3Model>(*backend_, config_, upload_model_weights(*backend_, host), max_tokens);
     cache_ = model_->make_kv_cache(context_);
     last_logits_.resize(static_cast<size_t>(config_.vocab_size));
   }
@@ -81,6 +83,8 @@ class ModelEngine final : public Engine {
     return last_logits_;
   }
 
+  bool samples_on_device() const override { return backend_->samples_on_device(); }
+
   std::optional<int32_t> forward_sample(std::span<const int32_t> tokens, const SamplerParams& params,
                                         std::span<const int32_t> seen, double uniform) override {
     if (!backend_->samples_on_device()) return std::nullopt;
@@ -89,8 +93,8 @@ class ModelEngine final : public Engine {
     for (int64_t done = 0; done < n;) {
       const int64_t chunk = std::min(model_->max_tokens(), n - done);
       const bool last = done + chunk == n;
-      model_->forward(tokens.subspan(static_cast<size_t>(done), static_cast<size_t>(chunk)), position_, cache_,
-                      last ? 1 : 0, std::span<float>());
+      model_->forward(tokens.subspan(static_cast<size_t>(done), static_cast<size_t>(chunk)), position_,
+                      cache_, last ? 1 : 0, std::span<float>());
       position_ += chunk;
       done += chunk;
     }

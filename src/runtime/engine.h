@@ -51,6 +51,7 @@ class Engine {
   // (runtime/sampler.h semantics; `uniform` in [0, 1) drives the draw, `seen` the repetition
   // penalty): only the id crosses to the host. nullopt, with nothing changed, when the backend
   // cannot sample (the CPU: use forward() and a Sampler). last logits are not kept.
+  virtual bool samples_on_device() const { return false; }  // forward_sample() returns ids
   virtual std::optional<int32_t> forward_sample(std::span<const int32_t> /*tokens*/,
                                                 const SamplerParams& /*params*/,
                                                 std::span<const int32_t> /*seen*/, double /*uniform*/) {

@@ -49,8 +49,22 @@ GenerateResult generate(Engine& engine, std::span<const int32_t> sequence, int64
   std::vector<int32_t> seen(sequence.begin(), sequence.end());  // repetition-penalty input
   const auto prompt = sequence.subspan(static_cast<size_t>(cached));
 
+  // Forwards `tokens` and picks the next id. Where the backend samples (CUDA) only the id crosses
+  // to the host; top-logit reports need the whole row, so they take the host path.
+  const bool on_device = opts.top_logits == 0 && engine.samples_on_device();
+  auto step = [&](std::span<const int32_t> tokens) -> int32_t {
+    if (on_device) {
+      const auto id = engine.forward_sample(tokens, sampler.params(), seen, sampler.next_uniform());
+      NIBBLE_ASSERT(id.has_value());
+      return *id;
+    }
+    const std::span<const float> logits = engine.forward(tokens);
+    if (opts.top_logits > 0) r.top_logits.push_back(top_logits(logits, opts.top_logits));
+    return sampler.sample(logits, seen);
+  };
+
   auto t0 = std::chrono::steady_clock::now();
-  std::span<const float> logits = engine.forward(prompt);
+  int32_t id = step(prompt);
   r.prefilled = static_cast<int64_t>(prompt.size());
   r.prefill_ms = ms_since(t0);
   if (opts.on_phase_end) opts.on_phase_end(Phase::prefill);
@@ -65,8 +79,6 @@ GenerateResult generate(Engine& engine, std::span<const int32_t> sequence, int64
 
   t0 = std::chrono::steady_clock::now();
   while (true) {
-    if (opts.top_logits > 0) r.top_logits.push_back(top_logits(logits, opts.top_logits));
-    const int32_t id = sampler.sample(logits, seen);
     r.tokens.push_back(id);
     seen.push_back(id);
     if (stop.is_eos(id)) {
@@ -89,7 +101,7 @@ GenerateResult generate(Engine& engine, std::span<const int32_t> sequence, int64
       r.reason = StopReason::context_full;
       break;
     }
-    logits = engine.forward(std::span<const int32_t>(&r.tokens.back(), 1));
+    id = step(std::span<const int32_t>(&r.tokens.back(), 1));
   }
   if (decoder && !stop.stopped()) {
     emit(stop.push(decoder->flush()));

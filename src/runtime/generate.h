@@ -40,10 +40,12 @@ struct GenerateResult {
   StopReason reason = StopReason::max_tokens;
   int64_t prefilled = 0;  // tokens forwarded for the prompt
   double prefill_ms = 0;
-  double decode_ms = 0;  // from the end of the prefill to the last sample
+  double decode_ms = 0;  // the forwards after the prompt's (tokens.size() - 1 of them)
   std::vector<std::vector<std::pair<int32_t, float>>> top_logits;  // per step, when asked
 
-  double decode_tokens_per_s() const { return decode_ms > 0 ? tokens.size() * 1000.0 / decode_ms : 0.0; }
+  double decode_tokens_per_s() const {
+    return decode_ms > 0 && tokens.size() > 1 ? (tokens.size() - 1) * 1000.0 / decode_ms : 0.0;
+  }
 };
 
 // `sequence` is every token of the sequence: the first `cached` are already in the engine

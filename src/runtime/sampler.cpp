@@ -197,6 +197,12 @@ std::vector<double> Sampler::probabilities(std::span<const float> logits,
   return out;
 }
 
+double Sampler::next_uniform() {
+  // A 53-bit uniform in [0, 1) from the raw engine output, so that a seed gives the same draws on
+  // every standard library (std::uniform_real_distribution is implementation-defined).
+  return static_cast<double>(rng_() >> 11) * 0x1.0p-53;
+}
+
 int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> seen) {
   process(logits, seen, x_);
   if (params_.greedy()) {
@@ -205,9 +211,7 @@ int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> 
     return i;
   }
   distribution(x_, params_, cands_);
-  // A 53-bit uniform in [0, 1) from the raw engine output, so that a seed gives the same draws on
-  // every standard library (std::uniform_real_distribution is implementation-defined).
-  const double u = static_cast<double>(rng_() >> 11) * 0x1.0p-53;
+  const double u = next_uniform();
   double cum = 0;
   for (const auto& [p, id] : cands_) {
     cum += p;

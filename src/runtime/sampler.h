@@ -56,6 +56,10 @@ class Sampler {
 
   const SamplerParams& params() const { return params_; }
 
+  // The next uniform in [0, 1) of this sampler's stream, for a backend that draws on the device
+  // (Engine::forward_sample): the host keeps the RNG, so a seed reproduces a run on one backend.
+  double next_uniform();
+
  private:
   // x = logits after the repetition penalty.
   void process(std::span<const float> logits, std::span<const int32_t> seen, std::vector<float>& x) const;
