@@ -22,7 +22,7 @@ namespace nibble::app {
 
 struct GenerationOptions {
   std::string model;
-  std::string device;  // "cpu" | "cuda"; empty: cuda when a GPU is present, else cpu
+  std::string device;            // "cpu" | "cuda"; empty: cuda when a GPU is present, else cpu
   double gpu_mem_budget_gb = 0;  // --gpu-mem-budget; 0: no budget
   int64_t context = 0;
   int threads = 0;

@@ -1,8 +1,8 @@
 // nibble: one program, one subcommand per job. See README.md.
+#include <fmt/format.h>
+
 #include <cstdio>
 #include <exception>
-
-#include <fmt/format.h>
 
 #include "commands.h"
 #include "core/error.h"

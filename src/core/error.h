@@ -5,13 +5,13 @@
 // NIBBLE_ASSERT is for our own invariants only: it aborts with file:line.
 #pragma once
 
+#include <fmt/format.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
 #include <utility>
-
-#include <fmt/format.h>
 
 namespace nibble {
 

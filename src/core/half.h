@@ -33,8 +33,8 @@ inline uint16_t f32_to_f16(float f) {
   const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
   const float a = std::fabs(f);
   if (std::isnan(f)) return sign | 0x7e00u;
-  if (a >= 65520.0f) return sign | 0x7c00u;  // rounds to inf
-  if (a < 6.103515625e-05f) {                // subnormal range: quantum 2^-24
+  if (a >= 65520.0f) return sign | 0x7c00u;           // rounds to inf
+  if (a < 6.103515625e-05f) {                         // subnormal range: quantum 2^-24
     const float q = std::nearbyint(a * 16777216.0f);  // default rounding mode is nearest-even
     return sign | static_cast<uint16_t>(q);
   }

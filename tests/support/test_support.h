@@ -8,9 +8,9 @@
 
 namespace nibble::test {
 
-std::filesystem::path data_dir();   // tests/fixtures
-std::filesystem::path repo_root();  // the repository root
-std::filesystem::path nibble_bin(); // the built nibble executable
+std::filesystem::path data_dir();    // tests/fixtures
+std::filesystem::path repo_root();   // the repository root
+std::filesystem::path nibble_bin();  // the built nibble executable
 
 // A fresh empty directory under the system temp dir, removed by the destructor.
 class ScratchDir {
