@@ -16,6 +16,8 @@
 namespace nibble {
 namespace {
 
+using test::error_of;
+
 namespace fs = std::filesystem;
 using test::data_dir;
 
@@ -30,16 +32,6 @@ ChatTemplateOptions opts(bool generation_prompt, std::optional<bool> thinking = 
 }
 
 // Runs `fn` and returns the Error message it throws ("" when it does not throw).
-template <typename Fn>
-std::string error_of(Fn fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
 void write_file(const fs::path& path, const std::string& text) {
   std::ofstream f(path, std::ios::binary);
   f << text;

@@ -25,6 +25,8 @@
 namespace nibble {
 namespace {
 
+using test::error_of;
+
 std::filesystem::path llama_dir() { return test::data_dir() / "llama2c_aidreams260K" / "hf"; }
 
 std::vector<int32_t> read_ids(const std::filesystem::path& path) {
@@ -42,17 +44,6 @@ int32_t argmax(std::span<const float> v) {
 }
 
 // The message of the Error `fn` throws ("" and a test failure when it throws none).
-template <typename F>
-std::string error_of(F&& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected nibble::Error";
-  return "";
-}
-
 // A copy of the llama fixture in `dir`; `edit` may drop or replace tensors before writing.
 void copy_llama(const std::filesystem::path& dir,
                 const std::function<void(const TensorInfo&, SafetensorsWriter&)>& per_tensor) {

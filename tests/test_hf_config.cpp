@@ -15,22 +15,11 @@
 namespace nibble {
 namespace {
 
+using test::error_of;
+using test::expect_contains;
+
 namespace fs = std::filesystem;
 using json = nlohmann::json;
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected nibble::Error";
-  return "";
-}
-
-void expect_contains(const std::string& msg, std::initializer_list<std::string> parts) {
-  for (const auto& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "'" << p << "' not in: " << msg;
-}
 
 // A small Qwen3 config; tests edit it.
 json tiny_qwen3() {

@@ -15,13 +15,11 @@
 namespace nibble {
 namespace {
 
+using test::expect_contains;
+
 namespace fs = std::filesystem;
 
 const fs::path kLlama = test::data_dir() / "llama2c_aidreams260K/hf";
-
-void expect_contains(const std::string& text, std::initializer_list<std::string> parts) {
-  for (const auto& p : parts) EXPECT_NE(text.find(p), std::string::npos) << "'" << p << "' not in:\n" << text;
-}
 
 TEST(Inspect, ClassifiesHfNames) {
   EXPECT_EQ(classify_tensor("model.embed_tokens.weight"), TensorKind::Embedding);

@@ -22,6 +22,8 @@
 namespace nibble {
 namespace {
 
+using test::error_of;
+
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
@@ -48,16 +50,6 @@ QuantizeSummary quantize(const fs::path& src, const fs::path& out, std::vector<s
   o.max_shard_bytes = shard;
   o.threads = 3;
   return quantize_model(o);
-}
-
-template <typename F>
-std::string error_of(F f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 
 const char* kProjs[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",

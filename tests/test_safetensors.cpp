@@ -17,6 +17,9 @@
 namespace nibble {
 namespace {
 
+using test::error_of;
+using test::expect_contains;
+
 namespace fs = std::filesystem;
 
 const std::vector<DType> kAllDTypes = {DType::F64,     DType::F32, DType::F16, DType::BF16,
@@ -42,20 +45,6 @@ std::vector<uint8_t> raw_file(const std::string& header, size_t data_bytes) {
 void write_bytes(const fs::path& p, const std::vector<uint8_t>& v) {
   std::ofstream out(p, std::ios::binary);
   out.write(reinterpret_cast<const char*>(v.data()), static_cast<std::streamsize>(v.size()));
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected nibble::Error";
-  return "";
-}
-
-void expect_contains(const std::string& msg, std::initializer_list<std::string> parts) {
-  for (const auto& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "'" << p << "' not in: " << msg;
 }
 
 std::string parse_error(const std::string& header, size_t data_bytes) {

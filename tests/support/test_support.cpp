@@ -1,6 +1,7 @@
 #include "support/test_support.h"
 
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -11,6 +12,8 @@
 #include <cstring>
 #include <random>
 #include <stdexcept>
+
+#include "core/error.h"
 
 namespace nibble::test {
 
@@ -30,6 +33,20 @@ ScratchDir::ScratchDir(const std::string& tag) {
 ScratchDir::~ScratchDir() {
   std::error_code ec;
   std::filesystem::remove_all(path_, ec);
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "expected a nibble::Error";
+  return "";
+}
+
+void expect_contains(const std::string& text, std::initializer_list<std::string> parts) {
+  for (const auto& p : parts) EXPECT_NE(text.find(p), std::string::npos) << "'" << p << "' not in:\n" << text;
 }
 
 RunResult run_program(const std::vector<std::string>& argv, const std::string& stdin_text) {

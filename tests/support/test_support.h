@@ -3,6 +3,8 @@
 #pragma once
 
 #include <filesystem>
+#include <functional>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -29,6 +31,12 @@ struct RunResult {
   std::string out;
   std::string err;
 };
+
+// The message of the nibble::Error that `f` throws; records a test failure (and returns "") when
+// it throws none.
+std::string error_of(const std::function<void()>& f);
+// Expects every one of `parts` to occur in `text`.
+void expect_contains(const std::string& text, std::initializer_list<std::string> parts);
 
 // Runs `nibble args...` with `stdin_text` on standard input.
 RunResult run_nibble(const std::vector<std::string>& args, const std::string& stdin_text = "");
