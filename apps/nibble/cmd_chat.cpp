@@ -44,7 +44,7 @@ void run_chat(const ChatCmd& c) {
 
   MemoryTelemetry mem(c.mem);
   std::unique_ptr<Engine> engine = Engine::load(dir, c.gen.engine_options());
-  mem.phase(Phase::load);
+  mem.phase(Phase::load, engine->planner_memory());
   const GenerationConfig gen_config = GenerationConfig::load(dir, engine->config());
 
   ChatSessionOptions so;
@@ -58,7 +58,7 @@ void run_chat(const ChatCmd& c) {
   for (int32_t id : end_of_turn_ids(*tok, tmpl))
     if (std::find(so.eos_ids.begin(), so.eos_ids.end(), id) == so.eos_ids.end()) so.eos_ids.push_back(id);
   so.stop_strings = c.gen.stop;
-  so.on_phase_end = [&mem](Phase p) { mem.phase(p); };
+  so.on_phase_end = [&mem, &engine](Phase p) { mem.phase(p, engine->planner_memory()); };
   ChatSession session(*engine, *tok, tmpl, so);
 
   // The "> " marker is for a person at a terminal; piped input gets replies only.

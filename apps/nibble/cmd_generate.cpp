@@ -52,7 +52,7 @@ void run_generate(const GenerateCmd& c) {
 
   MemoryTelemetry mem(c.mem);
   std::unique_ptr<Engine> engine = Engine::load(dir, c.gen.engine_options());
-  mem.phase(Phase::load);
+  mem.phase(Phase::load, engine->planner_memory());
   const ModelConfig& config = engine->config();
   const GenerationConfig gen_config = GenerationConfig::load(dir, config);
   const SamplerParams params = resolve_sampler_params(gen_config, c.gen.sampler_overrides());
@@ -81,7 +81,7 @@ void run_generate(const GenerateCmd& c) {
   GenerateOptions g;
   g.max_tokens = c.gen.max_tokens;
   g.top_logits = c.top_logits;
-  g.on_phase_end = [&mem](Phase p) { mem.phase(p); };
+  g.on_phase_end = [&mem, &engine](Phase p) { mem.phase(p, engine->planner_memory()); };
   const bool stream = tok && !c.json;
   GenerateResult r = generate(*engine, ids, 0, sampler, stop, tok.get(), g, [&](std::string_view s) {
     if (!stream) return;

@@ -125,6 +125,14 @@ class Backend {
   virtual void add_forward(const Tensor& a, const Tensor& b, const Tensor& out) = 0;
 
   // ---- sampling on the backend (runtime/sampler.h semantics; CUDA: only the id reaches the host)
+  // The planned device memory (bytes of the one arena, and the part handed out so far), for the
+  // memory telemetry; nullopt where nothing is planned (the CPU backend).
+  struct PlannedMemory {
+    uint64_t arena_bytes = 0;
+    uint64_t used_bytes = 0;
+  };
+  virtual std::optional<PlannedMemory> planned_memory() const { return std::nullopt; }
+
   virtual bool samples_on_device() const { return false; }
   // The next id from logits (V) F32 in backend memory; `seen` feeds the repetition penalty and
   // `uniform` in [0, 1) the draw. nullopt when the backend does not sample (the CPU: use Sampler).

@@ -85,6 +85,12 @@ class ModelEngine final : public Engine {
 
   bool samples_on_device() const override { return backend_->samples_on_device(); }
 
+  PlannerNumbers planner_memory() const override {
+    const auto plan = backend_->planned_memory();
+    if (!plan) return {};
+    return PlannerNumbers{plan->used_bytes, plan->arena_bytes};
+  }
+
   std::optional<int32_t> forward_sample(std::span<const int32_t> tokens, const SamplerParams& params,
                                         std::span<const int32_t> seen, double uniform) override {
     if (!backend_->samples_on_device()) return std::nullopt;

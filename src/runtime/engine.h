@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "format/hf_config.h"
+#include "tools/telemetry.h"
 
 namespace nibble {
 
@@ -51,6 +52,10 @@ class Engine {
   // (runtime/sampler.h semantics; `uniform` in [0, 1) drives the draw, `seen` the repetition
   // penalty): only the id crosses to the host. nullopt, with nothing changed, when the backend
   // cannot sample (the CPU: use forward() and a Sampler). last logits are not kept.
+  // The backend's planned memory for the telemetry (tools/telemetry.h): used = handed out of the
+  // arena, peak = the arena, which is allocated once. Empty where nothing is planned (CPU).
+  virtual PlannerNumbers planner_memory() const { return {}; }
+
   virtual bool samples_on_device() const { return false; }  // forward_sample() returns ids
   virtual std::optional<int32_t> forward_sample(std::span<const int32_t> /*tokens*/,
                                                 const SamplerParams& /*params*/,

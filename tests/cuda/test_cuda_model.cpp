@@ -25,6 +25,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -315,6 +316,30 @@ TEST(CudaEngine, GenerateMatchesHfGreedyIds) {
     logits = engine->forward(std::span<const int32_t>(&id, 1));
   }
   EXPECT_EQ(got, want);
+}
+
+// --mem-report on the GPU carries the planner's numbers beside the driver's: the arena (peak) is
+// allocated once at load, and what the model took of it (used) never exceeds it.
+TEST(CudaEngine, MemReportHasPlannerNumbers) {
+  NIBBLE_REQUIRE_GPU();
+  test::ScratchDir tmp("memreport");
+  const auto dir = test::data_dir() / "llama2c_aidreams260K" / "hf";
+  const auto report = tmp / "mem.jsonl";
+  const auto r = test::run_nibble({"generate", "--model", dir.string(), "--device", "cuda", "--prompt-ids",
+                                   "1", "--max-tokens", "8", "--mem-report", report.string()});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::ifstream in(report);
+  std::string line;
+  std::vector<std::string> phases;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line);
+    phases.push_back(j.at("phase").get<std::string>());
+    ASSERT_TRUE(j.at("planner_used_bytes").is_number()) << line;
+    ASSERT_TRUE(j.at("planner_peak_bytes").is_number()) << line;
+    EXPECT_GT(j.at("planner_used_bytes").get<uint64_t>(), 0u) << line;
+    EXPECT_LE(j.at("planner_used_bytes").get<uint64_t>(), j.at("planner_peak_bytes").get<uint64_t>()) << line;
+  }
+  EXPECT_EQ(phases, (std::vector<std::string>{"load", "prefill", "decode"}));
 }
 
 // Engine::forward_sample: greedy on the device gives forward() + argmax's ids; a sampled run

@@ -79,8 +79,12 @@ class CudaBackend final : public Backend {
 
   cuda::Context& context() { return *ctx_; }
   int64_t device_alloc_count() const;  // cudaMalloc calls so far (constant while generating)
-  size_t arena_bytes() const;          // planned arena size (0 without prepare_model)
-  size_t arena_used() const;           // bytes carved from it so far
+  std::optional<PlannedMemory> planned_memory() const override {
+    if (arena_bytes() == 0) return std::nullopt;
+    return PlannedMemory{arena_bytes(), arena_used()};
+  }
+  size_t arena_bytes() const;  // planned arena size (0 without prepare_model)
+  size_t arena_used() const;   // bytes carved from it so far
 
  protected:
   void* raw_alloc(size_t bytes) override;
