@@ -71,15 +71,7 @@ class ModelEngine final : public Engine {
 
   std::span<const float> forward(std::span<const int32_t> tokens) override {
     check(tokens);
-    const int64_t n = static_cast<int64_t>(tokens.size());
-    for (int64_t done = 0; done < n;) {
-      const int64_t chunk = std::min(model_->max_tokens(), n - done);
-      const bool last = done + chunk == n;
-      model_->forward(tokens.subspan(static_cast<size_t>(done), static_cast<size_t>(chunk)), position_,
-                      cache_, last ? 1 : 0, last ? std::span<float>(last_logits_) : std::span<float>());
-      position_ += chunk;
-      done += chunk;
-    }
+    forward_chunks(tokens, last_logits_);
     return last_logits_;
   }
 
@@ -95,15 +87,7 @@ class ModelEngine final : public Engine {
                                         std::span<const int32_t> seen, double uniform) override {
     if (!backend_->samples_on_device()) return std::nullopt;
     check(tokens);
-    const int64_t n = static_cast<int64_t>(tokens.size());
-    for (int64_t done = 0; done < n;) {
-      const int64_t chunk = std::min(model_->max_tokens(), n - done);
-      const bool last = done + chunk == n;
-      model_->forward(tokens.subspan(static_cast<size_t>(done), static_cast<size_t>(chunk)), position_,
-                      cache_, last ? 1 : 0, std::span<float>());
-      position_ += chunk;
-      done += chunk;
-    }
+    forward_chunks(tokens, std::span<float>());  // the last logits stay on the backend
     return backend_->sample(model_->device_logits(1), params, seen, uniform);
   }
 
@@ -130,6 +114,20 @@ class ModelEngine final : public Engine {
   }
 
  private:
+  // Runs `tokens` in chunks of at most max_tokens() and writes the last token's logits to
+  // `last_logits` (vocab), or leaves them on the backend (model_->device_logits) when it is empty.
+  void forward_chunks(std::span<const int32_t> tokens, std::span<float> last_logits) {
+    const int64_t n = static_cast<int64_t>(tokens.size());
+    for (int64_t done = 0; done < n;) {
+      const int64_t chunk = std::min(model_->max_tokens(), n - done);
+      const bool last = done + chunk == n;
+      model_->forward(tokens.subspan(static_cast<size_t>(done), static_cast<size_t>(chunk)), position_,
+                      cache_, last ? 1 : 0, last ? last_logits : std::span<float>());
+      position_ += chunk;
+      done += chunk;
+    }
+  }
+
   void check(std::span<const int32_t> tokens) const {
     const int64_t n = static_cast<int64_t>(tokens.size());
     if (n == 0) fail("forward needs at least one token");
