@@ -18,6 +18,12 @@
 
 namespace nibble::cuda {
 
+// Element type of the KV cache: BF16, or FP8 E4M3 (OCP FP8 spec; scale 1, saturating
+// round-to-nearest on write), which halves the bytes a decode step streams.
+enum class KvType { BF16, FP8_E4M3 };
+
+inline size_t kv_type_bytes(KvType t) { return t == KvType::BF16 ? 2 : 1; }
+
 struct AttentionShape {
   int64_t heads = 0;     // query heads H
   int64_t kv_heads = 0;  // KV heads (H % kv_heads == 0)
