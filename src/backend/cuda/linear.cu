@@ -69,7 +69,14 @@ __device__ __forceinline__ void block_dot(uint32_t w0, uint32_t w1, const bf16* 
   }
 }
 
-// GEMV over NVFP4 rows for NT <= 8 tokens. Each group of kLanesPerRow lanes owns one row of W and
+// y = acc * scale (+ bias): the one place every GEMV kernel turns its sum into an output value, so
+// that the fused variants round exactly as linear_forward does (no `+ 0.0f`: it would turn -0 into +0).
+__device__ __forceinline__ float gemv_value(float acc, float scale, const float* bias, int64_t row) {
+  return bias ? fmaf(acc, scale, bias[row]) : acc * scale;
+}
+
+// FFMA GEMV over NVFP4 rows for NT <= 8 tokens, any K % 16 == 0 (the tensor-core kernel below
+// needs K % 32 == 0). Each group of kLanesPerRow lanes owns one row of W and
 // walks it in chunks of BPC blocks (BPC=2: 16-byte loads of 32 codes; BPC=1: 8-byte loads, for K
 // not a multiple of 32); partial sums meet through shuffles. Weights are read once, bypassing L1;
 // x (n, K) is small and re-read through the caches.
@@ -81,7 +88,7 @@ constexpr int kGemvUnroll = 4;
 
 template <int NT, int BPC, typename OutT>
 __global__ void __launch_bounds__(kGemvWarps* kWarp)
-    nvfp4_gemv_kernel(const bf16* __restrict__ x, int64_t ldx, const uint8_t* __restrict__ wq,
+    nvfp4_gemv_ffma_kernel(const bf16* __restrict__ x, int64_t ldx, const uint8_t* __restrict__ wq,
                       const uint8_t* __restrict__ ws, float out_scale, const float* __restrict__ bias,
                       int64_t N, int64_t K, OutT* __restrict__ y, int64_t ldy) {
   const int lane = threadIdx.x % kWarp;
@@ -143,7 +150,7 @@ __global__ void __launch_bounds__(kGemvWarps* kWarp)
   if (row < N && sub == 0) {
 #pragma unroll
     for (int t = 0; t < NT; ++t) {
-      const float v = acc[t] * out_scale + (bias ? bias[row] : 0.0f);
+      const float v = gemv_value(acc[t], out_scale, bias, row);
       if constexpr (sizeof(OutT) == 4)
         y[t * ldy + row] = v;
       else
@@ -181,7 +188,7 @@ template <int NT, int BPC, typename OutT>
 void launch_gemv(Context& ctx, const bf16* x, int64_t ldx, const Weight& w, const float* bias, OutT* y,
                  int64_t ldy) {
   const dim3 grid(static_cast<unsigned>(ceil_div(w.out, kGemvRowsPerBlock)));
-  nvfp4_gemv_kernel<NT, BPC, OutT><<<grid, kGemvWarps * kWarp, 0, ctx.stream()>>>(
+  nvfp4_gemv_ffma_kernel<NT, BPC, OutT><<<grid, kGemvWarps * kWarp, 0, ctx.stream()>>>(
       x, ldx, static_cast<const uint8_t*>(w.data), w.scales, w.global_scale * kE2m1HalfScale, bias, w.out,
       w.in, y, ldy);
   CUDA_CHECK_LAUNCH();
@@ -213,13 +220,340 @@ void dispatch_gemv_tokens(Context& ctx, const bf16* x, int64_t ldx, int64_t n, c
 }
 
 template <typename OutT>
-void nvfp4_gemv(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const Weight& w, const float* bias,
-                OutT* y, int64_t ldy) {
+void nvfp4_gemv_ffma_typed(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const Weight& w,
+                           const float* bias, OutT* y, int64_t ldy) {
   if (w.in % 32 == 0)
     dispatch_gemv_tokens<2>(ctx, x, ldx, n, w, bias, y, ldy);
   else
     dispatch_gemv_tokens<1>(ctx, x, ldx, n, w, bias, y, ldy);
 }
+
+// ---- tensor-core NVFP4 GEMV (n <= 8, K % 32 == 0) ---------------------------------------------
+// A block owns one 16-row tile of W (two for SwiGLU: the gate and the up tile of the same rows),
+// and its gemv_warps(K) warps split K. Each warp runs mma.sync m16n8k16 (bf16 in, fp32 accumulate):
+// A = the tile's 16 rows dequantised in registers, B = x for 8 token slots (slots >= n repeat
+// token n-1 and their columns are dropped). Thread (g = lane/4, t = lane%4) owns rows g and g+8;
+// chunk c (16 bytes = 32 codes of a row) of group j is c = 4j + t, so the 4 threads of a row read
+// 64 contiguous bytes, and warp s takes groups s, s + warps, s + 2 warps, ... (U of them per
+// iteration, all loaded before the first is used). The summation order depends on K alone (through
+// gemv_warps), never on U or on the fused variant: every variant equals linear_forward bit for bit.
+//
+// Element order: a dot product may visit k in any order as long as A and B agree. The 8 codes of a
+// 32-bit word (k0..k0+7) are taken as 4 pairs {k0+j, k0+j+4}: codes j and j+4 lie 16 bits apart,
+// so one shift per field places both halves of a bf16x2 (4 operations per pair). B takes the same
+// pairs out of x with byte permutes.
+//
+// Numerics: a code at bf16 bits 15 (sign) and 8..6 (e1 e0 m) is e2m1 * 2^-126 (0.5 is the subnormal
+// 2^-127; bf16 FMA has no flush-to-zero mode). Multiplied by the block scale * 2^119 it becomes
+// e2m1 * scale * 2^-7, exact in bf16 (2 + 4 significant bits) and normal (2^-17 .. 21); its products
+// with x are exact in fp32, and y = D * 2^7 * global.
+constexpr int kMmaTile = 16;     // rows per tile (the M of m16n8k16)
+constexpr int kMmaMaxWarps = 8;  // warps splitting K in a block
+constexpr float kMmaOutScale = 128.0f;
+
+int gemv_warps(int64_t K) { return static_cast<int>(std::min<int64_t>(kMmaMaxWarps, ceil_div(K / 32, 4))); }
+
+__device__ __forceinline__ int tile_rows(int64_t N, int64_t r0) {
+  return static_cast<int>(N - r0 < kMmaTile ? N - r0 : kMmaTile);
+}
+
+struct GemvTile {
+  const uint8_t* codes;   // (rows, K/2): row 0 of the tile
+  const uint8_t* scales;  // (rows, K/16)
+  int rows;               // valid rows, 1..16
+};
+
+template <int J>  // codes J and J+4 of a word -> bf16x2 {e2m1 * 2^-126, ...}
+__device__ __forceinline__ uint32_t e2m1_pair_bf16(uint32_t w) {
+  constexpr int kMag = 6 - 4 * J, kSign = 12 - 4 * J;
+  const uint32_t m = kMag >= 0 ? (w << (kMag >= 0 ? kMag : 0)) : (w >> (kMag < 0 ? -kMag : 0));
+  return (m & 0x01C001C0u) | ((w << kSign) & 0x80008000u);
+}
+
+__device__ __forceinline__ uint32_t bf16x2_mul(uint32_t a, uint32_t b) {
+  uint32_t d;
+  asm("mul.rn.bf16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+  return d;
+}
+
+__device__ __forceinline__ uint32_t bf16x2_bits(float a) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(a, a);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// Two fp8 scales (low byte first) -> {s0, s0} and {s1, s1} * 2^119 as bf16x2 (exact).
+__device__ __forceinline__ void scale_pairs(uint32_t s2, uint32_t& lo, uint32_t& hi) {
+  const float2 f = fp8x2_to_float2(static_cast<uint16_t>(s2));
+  lo = bf16x2_bits(f.x * 0x1p119f);
+  hi = bf16x2_bits(f.y * 0x1p119f);
+}
+
+__device__ __forceinline__ void mma_bf16(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                         uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
+  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+
+// Programmatic dependent launch (PTX griddepcontrol, sm_90): wait = every prerequisite grid has
+// completed and its writes are visible; launch_dependents = this block no longer holds back the
+// launch of the next grid in the stream.
+__device__ __forceinline__ void grid_dependency_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+__device__ __forceinline__ void grid_dependents_launch() { asm volatile("griddepcontrol.launch_dependents;" :::); }
+
+// acc[p][q]: tile p, q = 2h + e -> row g + 8h of the tile, token 2t + e.
+template <int P, int U, class Epi>
+__global__ void __launch_bounds__(kMmaMaxWarps* kWarp)
+    nvfp4_gemv_mma_kernel(const bf16* __restrict__ x, int64_t ldx, int n, int64_t K, const Epi epi) {
+  __shared__ float partial[kMmaMaxWarps - 1][P][4][kWarp];
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, warps = blockDim.x / kWarp;
+  const int g = lane / 4, t = lane % 4;
+  GemvTile tile[P];
+  epi.tiles(tile);
+  const int64_t chunks = K / 32, groups = ceil_div(chunks, 4);
+  const uint8_t* wq[P][2];
+  const uint8_t* ws[P][2];
+#pragma unroll
+  for (int p = 0; p < P; ++p)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const bool valid = g + 8 * h < tile[p].rows;
+      wq[p][h] = valid ? tile[p].codes + (g + 8 * h) * (K / 2) : nullptr;
+      ws[p][h] = valid ? tile[p].scales + (g + 8 * h) * (K / 16) : nullptr;
+    }
+
+  uint4 wv[P][2][U];
+  uint32_t sv[P][2][U];
+  auto load = [&](int64_t j0) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t c = 4 * (j0 + static_cast<int64_t>(warps) * u) + t;
+#pragma unroll
+      for (int p = 0; p < P; ++p)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          if (c < chunks && wq[p][h]) {
+            wv[p][h][u] = load_stream16(wq[p][h] + c * 16);
+            sv[p][h][u] = *reinterpret_cast<const uint16_t*>(ws[p][h] + c * 2);
+          } else {
+            wv[p][h][u] = make_uint4(0, 0, 0, 0);
+            sv[p][h][u] = 0;
+          }
+        }
+    }
+  };
+
+  float acc[P][4];
+#pragma unroll
+  for (int p = 0; p < P; ++p)
+#pragma unroll
+    for (int q = 0; q < 4; ++q) acc[p][q] = 0.0f;
+
+  // Weights never change: the first loads go out before waiting for the kernel that writes x.
+  load(warp);
+  grid_dependents_launch();
+  grid_dependency_wait();
+  const bf16* xr = x + static_cast<int64_t>(min(g, n - 1)) * ldx;
+  for (int64_t j0 = warp; j0 < groups; j0 += static_cast<int64_t>(warps) * U) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t j = j0 + static_cast<int64_t>(warps) * u;
+      if (j >= groups) break;  // uniform over the warp
+      const int64_t c = 4 * j + t;
+      uint4 xv[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        xv[i] = c < chunks ? *reinterpret_cast<const uint4*>(xr + c * 32 + i * 8) : make_uint4(0, 0, 0, 0);
+      uint32_t sc[P][2][2];
+#pragma unroll
+      for (int p = 0; p < P; ++p)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) scale_pairs(sv[p][h][u], sc[p][h][0], sc[p][h][1]);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        // x[k0..k0+7] as words {x0,x1} {x2,x3} {x4,x5} {x6,x7} -> pairs {x_j, x_j+4}
+        const uint32_t b0 = __byte_perm(xv[i].x, xv[i].z, 0x5410), b1 = __byte_perm(xv[i].x, xv[i].z, 0x7632);
+        const uint32_t b2 = __byte_perm(xv[i].y, xv[i].w, 0x5410), b3 = __byte_perm(xv[i].y, xv[i].w, 0x7632);
+#pragma unroll
+        for (int p = 0; p < P; ++p) {
+          const uint32_t w0 = word_of(wv[p][0][u], i), w1 = word_of(wv[p][1][u], i);
+          const uint32_t s0 = sc[p][0][i / 2], s1 = sc[p][1][i / 2];
+          mma_bf16(acc[p], bf16x2_mul(e2m1_pair_bf16<0>(w0), s0), bf16x2_mul(e2m1_pair_bf16<0>(w1), s1),
+                   bf16x2_mul(e2m1_pair_bf16<1>(w0), s0), bf16x2_mul(e2m1_pair_bf16<1>(w1), s1), b0, b1);
+          mma_bf16(acc[p], bf16x2_mul(e2m1_pair_bf16<2>(w0), s0), bf16x2_mul(e2m1_pair_bf16<2>(w1), s1),
+                   bf16x2_mul(e2m1_pair_bf16<3>(w0), s0), bf16x2_mul(e2m1_pair_bf16<3>(w1), s1), b2, b3);
+        }
+      }
+    }
+    if (j0 + static_cast<int64_t>(warps) * U < groups) load(j0 + static_cast<int64_t>(warps) * U);
+  }
+
+  // Warps 1.. hand their sums to warp 0, which adds them in warp order (deterministic).
+  if (warps > 1) {
+    if (warp > 0)
+#pragma unroll
+      for (int p = 0; p < P; ++p)
+#pragma unroll
+        for (int q = 0; q < 4; ++q) partial[warp - 1][p][q][lane] = acc[p][q];
+    __syncthreads();
+    if (warp > 0) return;
+    for (int w = 0; w < warps - 1; ++w)
+#pragma unroll
+      for (int p = 0; p < P; ++p)
+#pragma unroll
+        for (int q = 0; q < 4; ++q) acc[p][q] += partial[w][p][q][lane];
+  }
+  epi.store(acc, g, t, n);
+}
+
+// Epilogues: tiles() names the block's tiles, store() writes what thread (g, t) holds. Every write
+// of these kernels comes after grid_dependency_wait() (PDL rule in linear.cuh).
+template <typename OutT>
+struct GemvLinear {  // y = x W^T * scale + bias
+  const uint8_t* codes;
+  const uint8_t* scales;
+  int64_t N, K;
+  float scale;
+  const float* bias;
+  OutT* y;
+  int64_t ldy;
+
+  __device__ void tiles(GemvTile (&tl)[1]) const {
+    const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kMmaTile;
+    tl[0] = {codes + r0 * (K / 2), scales + r0 * (K / 16), tile_rows(N, r0)};
+  }
+  __device__ void store(const float (&acc)[1][4], int g, int t, int n) const {
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const int64_t row = static_cast<int64_t>(blockIdx.x) * kMmaTile + g + 8 * (q / 2);
+      const int tok = 2 * t + q % 2;
+      if (row >= N || tok >= n) continue;
+      const float v = gemv_value(acc[0][q], scale, bias, row);
+      if constexpr (sizeof(OutT) == 4)
+        y[tok * ldy + row] = v;
+      else
+        y[tok * ldy + row] = __float2bfloat16_rn(v);
+    }
+  }
+};
+
+struct GemvMultiPart {
+  const uint8_t* codes;
+  const uint8_t* scales;
+  int64_t N;
+  int64_t tiles;
+  float scale;
+  const float* bias;
+  bf16* y;
+  int64_t ldy;
+};
+
+struct GemvMulti {  // up to 3 weights of one K, the blocks of each following those of the one before
+  GemvMultiPart part[3];
+  int count;
+  int64_t K;
+
+  __device__ int locate(int64_t& tile) const {
+    tile = blockIdx.x;
+    int i = 0;
+    while (i + 1 < count && tile >= part[i].tiles) tile -= part[i++].tiles;
+    return i;
+  }
+  __device__ void tiles(GemvTile (&tl)[1]) const {
+    int64_t tile;
+    const GemvMultiPart& m = part[locate(tile)];
+    const int64_t r0 = tile * kMmaTile;
+    tl[0] = {m.codes + r0 * (K / 2), m.scales + r0 * (K / 16), tile_rows(m.N, r0)};
+  }
+  __device__ void store(const float (&acc)[1][4], int g, int t, int n) const {
+    int64_t tile;
+    const GemvMultiPart& m = part[locate(tile)];
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const int64_t row = tile * kMmaTile + g + 8 * (q / 2);
+      const int tok = 2 * t + q % 2;
+      if (row >= m.N || tok >= n) continue;
+      m.y[tok * m.ldy + row] = __float2bfloat16_rn(gemv_value(acc[0][q], m.scale, m.bias, row));
+    }
+  }
+};
+
+struct GemvResidual {  // y = residual + bf16(x W^T * scale + bias); y may be residual
+  const uint8_t* codes;
+  const uint8_t* scales;
+  int64_t N, K;
+  float scale;
+  const float* bias;
+  const bf16* residual;
+  int64_t ldr;
+  bf16* y;
+  int64_t ldy;
+
+  __device__ void tiles(GemvTile (&tl)[1]) const {
+    const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kMmaTile;
+    tl[0] = {codes + r0 * (K / 2), scales + r0 * (K / 16), tile_rows(N, r0)};
+  }
+  __device__ void store(const float (&acc)[1][4], int g, int t, int n) const {
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const int64_t row = static_cast<int64_t>(blockIdx.x) * kMmaTile + g + 8 * (q / 2);
+      const int tok = 2 * t + q % 2;
+      if (row >= N || tok >= n) continue;
+      const float v = __bfloat162float(__float2bfloat16_rn(gemv_value(acc[0][q], scale, bias, row)));
+      y[tok * ldy + row] = __float2bfloat16_rn(__bfloat162float(residual[tok * ldr + row]) + v);
+    }
+  }
+};
+
+struct GemvSwiglu {  // out = bf16(silu(bf16(x Wg^T)) * bf16(x Wu^T)), as swiglu_forward rounds
+  const uint8_t* codes[2];
+  const uint8_t* scales[2];
+  int64_t N, K;
+  float scale[2];
+  bf16* out;
+  int64_t ldo;
+
+  __device__ void tiles(GemvTile (&tl)[2]) const {
+    const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kMmaTile;
+    const int rows = tile_rows(N, r0);
+#pragma unroll
+    for (int p = 0; p < 2; ++p) tl[p] = {codes[p] + r0 * (K / 2), scales[p] + r0 * (K / 16), rows};
+  }
+  __device__ void store(const float (&acc)[2][4], int g, int t, int n) const {
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const int64_t row = static_cast<int64_t>(blockIdx.x) * kMmaTile + g + 8 * (q / 2);
+      const int tok = 2 * t + q % 2;
+      if (row >= N || tok >= n) continue;
+      const float gate = __bfloat162float(__float2bfloat16_rn(gemv_value(acc[0][q], scale[0], nullptr, row)));
+      const float up = __bfloat162float(__float2bfloat16_rn(gemv_value(acc[1][q], scale[1], nullptr, row)));
+      out[tok * ldo + row] = __float2bfloat16_rn(gate / (1.0f + expf(-gate)) * up);  // activation.cu's silu
+    }
+  }
+};
+
+template <int P, int U, class Epi>
+void launch_gemv_mma(Context& ctx, int64_t blocks, const bf16* x, int64_t ldx, int64_t n, int64_t K,
+                     const Epi& epi) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>(blocks));
+  cfg.blockDim = dim3(static_cast<unsigned>(gemv_warps(K) * kWarp));
+  cfg.dynamicSmemBytes = 0;
+  cfg.stream = ctx.stream();
+  cudaLaunchAttribute attr[1] = {};
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  CUDA_CHECK(cudaLaunchKernelEx(&cfg, nvfp4_gemv_mma_kernel<P, U, Epi>, x, ldx, static_cast<int>(n), K, epi));
+}
+
+const uint8_t* codes_of(const Weight& w) { return static_cast<const uint8_t*>(w.data); }
 
 // y (n, m) row stride ldy += bias (m), after a cuBLASLt product.
 template <typename OutT>
@@ -352,10 +686,17 @@ void linear_forward(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const W
   if (w.is_nvfp4() && n <= kGemvMaxTokens) {  // 16-byte loads of x; cuBLASLt takes any layout
     if (!is_aligned(x, 16) || ldx % 8 != 0)
       fail("linear_forward: x must be 16-byte aligned with ldx % 8 == 0");
+    if (!nvfp4_gemv_fusable(w, n)) return nvfp4_gemv_ffma(ctx, x, ldx, n, w, bias, y, y_dtype, ldy);
+    const int64_t blocks = ceil_div(w.out, kMmaTile);
+    const float scale = w.global_scale * kMmaOutScale;
     if (y_dtype == DType::F32)
-      nvfp4_gemv(ctx, x, ldx, n, w, bias, static_cast<float*>(y), ldy);
+      launch_gemv_mma<1, 4>(ctx, blocks, x, ldx, n, w.in,
+                            GemvLinear<float>{codes_of(w), w.scales, w.out, w.in, scale, bias,
+                                              static_cast<float*>(y), ldy});
     else
-      nvfp4_gemv(ctx, x, ldx, n, w, bias, static_cast<bf16*>(y), ldy);
+      launch_gemv_mma<1, 4>(ctx, blocks, x, ldx, n, w.in,
+                            GemvLinear<bf16>{codes_of(w), w.scales, w.out, w.in, scale, bias,
+                                             static_cast<bf16*>(y), ldy});
     return;
   }
   // A biased bf16 product is staged in fp32 at the start of the scratch (see linear_scratch_bytes).
@@ -396,6 +737,76 @@ void linear_forward(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const W
   } else {
     bias_add(ctx, y, y_dtype, ldy, n, w.out, bias);
   }
+}
+
+// ---- NVFP4 GEMV: the FFMA kernel and the fused tensor-core variants ----------------------------
+
+bool nvfp4_gemv_fusable(const Weight& w, int64_t n) {
+  return w.is_nvfp4() && n >= 1 && n <= kGemvMaxTokens && w.in % 32 == 0 && is_aligned(w.data, 16) &&
+         is_aligned(w.scales, 2);
+}
+
+void nvfp4_gemv_ffma(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const Weight& w, const float* bias,
+                     void* y, DType y_dtype, int64_t ldy) {
+  if (!w.is_nvfp4() || w.in % 16 != 0 || n < 1 || n > kGemvMaxTokens)
+    fail("nvfp4_gemv_ffma: NVFP4 weight with K % 16 == 0 and 1..{} tokens expected (K={}, n={})",
+         kGemvMaxTokens, w.in, n);
+  if (y_dtype == DType::F32)
+    nvfp4_gemv_ffma_typed(ctx, x, ldx, n, w, bias, static_cast<float*>(y), ldy);
+  else
+    nvfp4_gemv_ffma_typed(ctx, x, ldx, n, w, bias, static_cast<bf16*>(y), ldy);
+}
+
+namespace {
+void check_fused(const char* what, const bf16* x, int64_t ldx, int64_t n, const Weight& w) {
+  if (!nvfp4_gemv_fusable(w, n))
+    fail("{}: NVFP4 weight with K % 32 == 0 (16-byte rows) and 1..{} tokens expected (K={}, n={})", what,
+         kGemvMaxTokens, w.in, n);
+  if (!is_aligned(x, 16) || ldx % 8 != 0) fail("{}: x must be 16-byte aligned with ldx % 8 == 0", what);
+}
+}  // namespace
+
+void nvfp4_gemv_multi(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const GemvTarget* targets,
+                      int count) {
+  if (count < 1 || count > 3) fail("nvfp4_gemv_multi: {} targets (1 to 3)", count);
+  GemvMulti epi{};
+  epi.count = count;
+  epi.K = targets[0].w->in;
+  int64_t blocks = 0;
+  for (int i = 0; i < count; ++i) {
+    const Weight& w = *targets[i].w;
+    check_fused("nvfp4_gemv_multi", x, ldx, n, w);
+    if (w.in != epi.K) fail("nvfp4_gemv_multi: target {} has K={}, target 0 K={}", i, w.in, epi.K);
+    const int64_t tiles = ceil_div(w.out, kMmaTile);
+    epi.part[i] = {codes_of(w), w.scales, w.out, tiles, w.global_scale * kMmaOutScale, targets[i].bias,
+                   targets[i].y, targets[i].ldy};
+    blocks += tiles;
+  }
+  launch_gemv_mma<1, 4>(ctx, blocks, x, ldx, n, epi.K, epi);
+}
+
+void nvfp4_gemv_swiglu(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const Weight& wg, const Weight& wu,
+                       bf16* out, int64_t ldo) {
+  check_fused("nvfp4_gemv_swiglu", x, ldx, n, wg);
+  check_fused("nvfp4_gemv_swiglu", x, ldx, n, wu);
+  if (wg.out != wu.out || wg.in != wu.in)
+    fail("nvfp4_gemv_swiglu: gate ({}, {}) and up ({}, {}) differ in shape", wg.out, wg.in, wu.out, wu.in);
+  const GemvSwiglu epi{{codes_of(wg), codes_of(wu)},
+                       {wg.scales, wu.scales},
+                       wg.out,
+                       wg.in,
+                       {wg.global_scale * kMmaOutScale, wu.global_scale * kMmaOutScale},
+                       out,
+                       ldo};
+  launch_gemv_mma<2, 2>(ctx, ceil_div(wg.out, kMmaTile), x, ldx, n, wg.in, epi);
+}
+
+void nvfp4_gemv_residual(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const Weight& w, const float* bias,
+                         const bf16* residual, int64_t ldr, bf16* y, int64_t ldy) {
+  check_fused("nvfp4_gemv_residual", x, ldx, n, w);
+  const GemvResidual epi{codes_of(w), w.scales, w.out, w.in, w.global_scale * kMmaOutScale, bias,
+                         residual, ldr, y, ldy};
+  launch_gemv_mma<1, 4>(ctx, ceil_div(w.out, kMmaTile), x, ldx, n, w.in, epi);
 }
 
 }  // namespace nibble::cuda

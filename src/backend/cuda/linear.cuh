@@ -1,10 +1,13 @@
 // defines: linear_forward (y = x · W^T for a dense BF16 or an NVFP4 Weight), linear_scratch_bytes,
-// gemm_bf16_nt (the cuBLASLt call under it), MatmulCache (cuBLASLt descriptors by shape).
+// gemm_bf16_nt (the cuBLASLt call under it), MatmulCache (cuBLASLt descriptors by shape), and the
+// decode-time NVFP4 GEMVs: fused q/k/v (nvfp4_gemv_multi), gate/up + SwiGLU (nvfp4_gemv_swiglu),
+// projection + residual add (nvfp4_gemv_residual), nvfp4_gemv_fusable, nvfp4_gemv_ffma.
 //
 // Shapes (row-major, HF nn.Linear layout): x (n, in) bf16 with row stride ldx; W (out, in), `in`
 // contiguous; y (n, out) bf16 or f32 with row stride ldy. fp32 accumulation everywhere.
 // NVFP4 (DESIGN.md "NVFP4"): packed codes (out, in/2), fp8 e4m3 scales (out, in/16), fp32 global.
-//   n <= kGemvMaxTokens: a GEMV kernel streams the packed weights once and dequantises in registers.
+//   n <= kGemvMaxTokens: a GEMV kernel streams the packed weights once and dequantises in registers
+//   (K % 32 == 0: tensor cores, mma.sync with the dequantised tile as A and x as B; other K: FFMA).
 //   larger n: row chunks of W are dequantised to bf16 in `scratch` (e2m1 * fp8 scale is exact in
 //   bf16: a 2-bit times a 4-bit significand fits bf16's 8), then cuBLASLt multiplies with
 //   alpha = global scale. No full-precision copy of W is ever kept.
@@ -37,6 +40,56 @@ size_t linear_scratch_bytes(const Weight& w, int64_t n, bool bias, DType y_dtype
 // too-small scratch.
 void linear_forward(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const Weight& w, const float* bias,
                     void* y, DType y_dtype, int64_t ldy, Scratch scratch);
+
+// ---- decode GEMVs (NVFP4, n <= kGemvMaxTokens) --------------------------------------------------
+// Programmatic dependent launch (PDL). The tensor-core GEMVs (linear_forward's NVFP4 path for
+// K % 32 == 0 and the three fused variants below) are launched with
+// cudaLaunchAttributeProgrammaticStreamSerialization: the GPU may start them while the previous
+// kernel of the stream still runs. Before griddepcontrol.wait they only load weights (which no
+// kernel writes); every read of x / residual / bias and every write comes after it, and the wait
+// returns only once the previous kernel has completed and its writes are visible. RULE for any
+// kernel launched this way: every write (and every read of data another kernel writes) happens
+// after its griddepcontrol.wait. A kernel launched the ordinary way after a PDL kernel simply waits
+// for it, so mixing the two is safe, in a stream and under CUDA-graph capture.
+//
+// Bit-exactness: for one K, every variant runs the same per-row summation (the same split of K
+// over warps, the same mma order) and then the same roundings as the unfused ops, so each equals
+// linear_forward followed by swiglu_forward / add_forward bit for bit.
+
+// y_j (n, out_j) bf16, row stride ldy = x W_j^T * global_j + bias_j (bias (out_j) fp32 or null).
+struct GemvTarget {
+  const Weight* w;
+  const float* bias;
+  __nv_bfloat16* y;
+  int64_t ldy;
+};
+
+// True when the fused variants (and linear_forward's tensor-core GEMV) take this weight at n
+// tokens: NVFP4, K % 32 == 0, 1 <= n <= kGemvMaxTokens, 16-byte-aligned codes.
+bool nvfp4_gemv_fusable(const Weight& w, int64_t n);
+
+// q, k and v (up to 3 NVFP4 weights of one `in`) in one launch. x (n, in) bf16, 16-byte aligned,
+// ldx % 8 == 0; no y may overlap x. Throws Error when a weight is not fusable or the K differ.
+void nvfp4_gemv_multi(Context& ctx, const __nv_bfloat16* x, int64_t ldx, int64_t n, const GemvTarget* targets,
+                      int count);
+
+// out (n, out) = silu(x Wg^T) * (x Wu^T), one launch: gate and up rows of one tile are computed by
+// the same threads (one pass over x). gate and up are each rounded to bf16, then silu(g) * u in fp32
+// and one rounding, as linear_forward + swiglu_forward do. Wg, Wu of one shape, no bias.
+void nvfp4_gemv_swiglu(Context& ctx, const __nv_bfloat16* x, int64_t ldx, int64_t n, const Weight& wg,
+                       const Weight& wu, __nv_bfloat16* out, int64_t ldo);
+
+// y (n, out) = residual + bf16(x W^T + bias), one launch (o_proj and down_proj adding into the
+// residual stream); the sum is taken in fp32 and rounded once, as add_forward does. y may alias
+// residual (in-place add: each element is read and then written by the same thread), never x.
+void nvfp4_gemv_residual(Context& ctx, const __nv_bfloat16* x, int64_t ldx, int64_t n, const Weight& w,
+                         const float* bias, const __nv_bfloat16* residual, int64_t ldr, __nv_bfloat16* y,
+                         int64_t ldy);
+
+// The FFMA GEMV (8 lanes per row, fp32 dot products of 16-code blocks): linear_forward uses it for
+// K % 32 != 0; bench_cuda_gemv times it as the baseline. Ordinary launch (no PDL). y BF16 or F32.
+void nvfp4_gemv_ffma(Context& ctx, const __nv_bfloat16* x, int64_t ldx, int64_t n, const Weight& w,
+                     const float* bias, void* y, DType y_dtype, int64_t ldy);
 
 // y (n, m) row-major, ldy = alpha * x (n, k) row-major ldx · w (m, k)^T row-major ldw, through
 // cuBLASLt (bf16 inputs, fp32 compute). y_dtype BF16 or F32.

@@ -1,0 +1,441 @@
+// The decode GEMVs (backend/cuda/linear.cuh, NVFP4, n <= 8 tokens): linear_forward's GEMV path
+// against an fp64 CPU reference of the dequantised weights, the fused variants (q/k/v multi,
+// gate/up + SwiGLU, projection + residual) bit for bit against the unfused ops, sentinels after
+// every output, and a chain of 50 dependent GEMVs (programmatic dependent launch) equal bit for bit
+// whether run one launch at a time, back to back, or replayed from a CUDA graph. Skips without a GPU.
+//
+// Bounds. A bf16 output is rounded once (relative error <= 2^-9: NMSE <= 2^-18 = 3.8e-6 if every
+// element hit the worst case, ~1.3e-6 typically); the fp32 dot products of K <= 9728 exact products
+// add ~K * 2^-48 < 1e-10. kBf16Out = 8e-6 covers both; a wrong index, a lost code or a flushed
+// subnormal (0.5 codes) gives NMSE > 1e-3. An F32 output has only the accumulation error: 1e-8.
+#include <gtest/gtest.h>
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend/cuda/activation.cuh"
+#include "backend/cuda/check.cuh"
+#include "backend/cuda/context.cuh"
+#include "backend/cuda/linear.cuh"
+#include "backend/cuda/norm.cuh"
+#include "core/error.h"
+#include "core/half.h"
+#include "cuda/cuda_test_util.h"
+#include "quant/nvfp4.h"
+
+namespace nibble {
+namespace {
+
+using bf16 = __nv_bfloat16;
+using test::kPad;
+
+constexpr double kBf16Out = 8e-6;
+constexpr double kF32Out = 1e-8;
+constexpr uint16_t kSentinelBits = 0xC5F3;  // bf16 -7776: no op here produces it
+constexpr float kSentinelF32 = -7776.0f;
+
+// A random NVFP4 weight (out, in): `unique` rows quantised with the ModelOpt codec from normal
+// values of std 1/sqrt(in) (so y stays O(|x|)), repeated to `out` rows (a 151936-row head would
+// take minutes to quantise on the CPU; the kernel does not know rows repeat).
+struct HostWeight {
+  Nvfp4Tensor q;       // the unique rows
+  std::vector<float> deq;  // (unique, in) dequantised
+  int64_t out = 0;
+};
+
+HostWeight random_weight(int64_t out, int64_t in, std::mt19937& rng) {
+  const int64_t unique = std::min<int64_t>(out, 4096);
+  std::normal_distribution<float> d(0.0f, 1.0f / std::sqrt(static_cast<float>(in)));
+  std::vector<float> w(static_cast<size_t>(unique * in));
+  for (auto& v : w) v = d(rng);
+  HostWeight h;
+  h.q = quantize_nvfp4(w.data(), unique, in);
+  h.deq = dequantize_nvfp4(h.q.view());
+  h.out = out;
+  return h;
+}
+
+// Device copy of a HostWeight (rows repeated up to `out`).
+struct DevWeight {
+  cuda::DeviceBuffer codes, scales;
+  Weight w;
+  DevWeight(cuda::Context& ctx, const HostWeight& h) {
+    const int64_t in = h.q.in, unique = h.q.out;
+    codes = cuda::DeviceBuffer(ctx, static_cast<size_t>(h.out * in / 2), "test codes");
+    scales = cuda::DeviceBuffer(ctx, static_cast<size_t>(h.out * in / 16), "test scales");
+    for (int64_t r0 = 0; r0 < h.out; r0 += unique) {
+      const int64_t r = std::min(unique, h.out - r0);
+      CUDA_CHECK(cudaMemcpy(codes.get<uint8_t>() + r0 * in / 2, h.q.packed.data(), static_cast<size_t>(r * in / 2),
+                            cudaMemcpyHostToDevice));
+      CUDA_CHECK(cudaMemcpy(scales.get<uint8_t>() + r0 * in / 16, h.q.scales.data(),
+                            static_cast<size_t>(r * in / 16), cudaMemcpyHostToDevice));
+    }
+    w = h.q.view();
+    w.out = h.out;
+    w.data = codes.get();
+    w.scales = scales.get<uint8_t>();
+    CUDA_CHECK(cudaDeviceSynchronize());  // pageable copies may still be in flight on return
+  }
+};
+
+// Host -> device, finished before return (a pageable cudaMemcpy may return before its DMA is done,
+// and the Context's stream does not wait for the legacy stream).
+void to_device(void* dst, const void* src, size_t bytes) {
+  CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+  CUDA_CHECK(cudaDeviceSynchronize());
+}
+
+// A device array of `count` elements (bf16 or f32) followed by kPad sentinels.
+struct DevArray {
+  cuda::DeviceBuffer buf;
+  int64_t count = 0;
+  bool f32 = false;
+  DevArray(cuda::Context& ctx, int64_t n, bool is_f32 = false) : count(n), f32(is_f32) {
+    buf = cuda::DeviceBuffer(ctx, static_cast<size_t>((n + kPad) * (f32 ? 4 : 2)), "test array");
+    poison();
+  }
+  void poison() {
+    if (f32) {
+      std::vector<float> v(static_cast<size_t>(count + kPad), kSentinelF32);
+      to_device(buf.get(), v.data(), v.size() * 4);
+    } else {
+      std::vector<uint16_t> v(static_cast<size_t>(count + kPad), kSentinelBits);
+      to_device(buf.get(), v.data(), v.size() * 2);
+    }
+  }
+  void upload(const std::vector<float>& v) {  // bf16 arrays only; values already bf16-exact
+    const auto bits = test::to_bf16_bits(v);
+    to_device(buf.get(), bits.data(), bits.size() * 2);
+  }
+  bf16* bf() const { return buf.get<bf16>(); }
+  // Raw bits of the count elements (bf16: 16-bit, f32: 32-bit); fails on a changed sentinel.
+  std::vector<uint32_t> bits(const std::string& what) const {
+    std::vector<uint32_t> out(static_cast<size_t>(count + kPad));
+    if (f32) {
+      CUDA_CHECK(cudaMemcpy(out.data(), buf.get(), out.size() * 4, cudaMemcpyDeviceToHost));
+    } else {
+      std::vector<uint16_t> h(out.size());
+      CUDA_CHECK(cudaMemcpy(h.data(), buf.get(), h.size() * 2, cudaMemcpyDeviceToHost));
+      for (size_t i = 0; i < h.size(); ++i) out[i] = h[i];
+    }
+    const uint32_t sentinel = f32 ? std::bit_cast<uint32_t>(kSentinelF32) : kSentinelBits;
+    for (int64_t i = count; i < count + kPad; ++i)
+      if (out[static_cast<size_t>(i)] != sentinel) {
+        ADD_FAILURE() << what << ": write past the end at +" << i - count;
+        break;
+      }
+    out.resize(static_cast<size_t>(count));
+    return out;
+  }
+  std::vector<float> values(const std::string& what) const {
+    const auto b = bits(what);
+    std::vector<float> v(b.size());
+    for (size_t i = 0; i < b.size(); ++i) {
+      v[i] = f32 ? std::bit_cast<float>(b[i]) : bf16_to_f32(static_cast<uint16_t>(b[i]));
+      if (!std::isfinite(v[i]) || v[i] == kSentinelF32) {
+        ADD_FAILURE() << what << ": element " << i << " is " << v[i] << " (not written or not finite)";
+        break;
+      }
+    }
+    return v;
+  }
+};
+
+std::vector<float> random_bias(int64_t n, std::mt19937& rng) { return test::randn_bf16(static_cast<size_t>(n), rng, 0.5f); }
+
+// y[t][r] = sum_k deq[r % unique][k] x[t][k] (+ bias[r]) in fp64.
+std::vector<double> reference(const HostWeight& h, const std::vector<float>& x, int64_t n, const std::vector<float>* bias) {
+  const int64_t in = h.q.in, unique = h.q.out;
+  std::vector<double> u(static_cast<size_t>(n * unique));
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t r = 0; r < unique; ++r) {
+      double s = 0;
+      const float* wr = h.deq.data() + r * in;
+      const float* xr = x.data() + t * in;
+      for (int64_t k = 0; k < in; ++k) s += static_cast<double>(wr[k]) * xr[k];
+      u[static_cast<size_t>(t * unique + r)] = s;
+    }
+  std::vector<double> y(static_cast<size_t>(n * h.out));
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t r = 0; r < h.out; ++r)
+      y[static_cast<size_t>(t * h.out + r)] =
+          u[static_cast<size_t>(t * unique + r % unique)] + (bias ? (*bias)[static_cast<size_t>(r)] : 0.0);
+  return y;
+}
+
+double nmse(const std::vector<float>& got, const std::vector<double>& ref) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    num += (got[i] - ref[i]) * (got[i] - ref[i]);
+    den += ref[i] * ref[i];
+  }
+  return num / den;
+}
+
+class CudaGemv : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    NIBBLE_REQUIRE_GPU();
+    ctx = std::make_unique<cuda::Context>(0);
+  }
+  void sync() { ctx->synchronize(); }
+  void linear(const DevArray& x, int64_t n, const Weight& w, const float* bias, DevArray& y) {
+    cuda::linear_forward(*ctx, x.bf(), w.in, n, w, bias, y.buf.get(), y.f32 ? DType::F32 : DType::BF16, w.out,
+                         cuda::Scratch{});
+  }
+  std::unique_ptr<cuda::Context> ctx;
+  std::mt19937 rng{20251201};
+};
+
+TEST_F(CudaGemv, SingleAgainstFp64Reference) {
+  struct Case {
+    int64_t out, in;
+    std::vector<int64_t> ns;
+    bool f32, bias;
+  };
+  std::vector<Case> cases;
+  for (int64_t in : {16, 48, 2560, 9728})
+    for (int64_t out : {1, 7, 1024, 4096}) cases.push_back({out, in, {1, 2, 3, 4, 5, 6, 7, 8}, false, out == 7});
+  cases.push_back({151936, 2560, {1, 8}, false, false});
+  cases.push_back({151936, 2560, {1, 3}, true, false});  // the head's F32 logits
+  cases.push_back({4096, 2560, {1, 5, 8}, true, true});
+  cases.push_back({33, 9728, {2, 7}, true, true});
+  for (const Case& c : cases) {
+    const HostWeight h = random_weight(c.out, c.in, rng);
+    DevWeight dw(*ctx, h);
+    const auto bias = random_bias(c.out, rng);
+    cuda::DeviceBuffer bias_dev(*ctx, static_cast<size_t>(c.out) * 4, "bias");
+    to_device(bias_dev.get(), bias.data(), bias.size() * 4);
+    for (int64_t n : c.ns) {
+      const auto x = test::randn_bf16(static_cast<size_t>(n * c.in), rng);
+      DevArray xd(*ctx, n * c.in), yd(*ctx, n * c.out, c.f32);
+      xd.upload(x);
+      linear(xd, n, dw.w, c.bias ? bias_dev.get<float>() : nullptr, yd);
+      sync();
+      const std::string what = "gemv " + std::to_string(c.out) + "x" + std::to_string(c.in) + " n=" +
+                               std::to_string(n) + (c.f32 ? " f32" : " bf16") + (c.bias ? " bias" : "");
+      const double e = nmse(yd.values(what), reference(h, x, n, c.bias ? &bias : nullptr));
+      EXPECT_LT(e, c.f32 ? kF32Out : kBf16Out) << what;
+      EXPECT_EQ(xd.bits("x").size(), static_cast<size_t>(n * c.in));  // input's sentinels intact
+    }
+  }
+}
+
+TEST_F(CudaGemv, MultiEqualsSeparateLinears) {
+  struct Case {
+    int64_t in;
+    std::vector<int64_t> outs;
+    int biased;  // index of the target with a bias, -1 for none
+  };
+  for (const Case& c : {Case{2560, {4096, 1024, 1024}, -1}, Case{2560, {4096, 1024, 1024}, 1}, Case{64, {7, 33, 1}, 2},
+                        Case{9728, {17}, 0}, Case{96, {40, 8}, -1}}) {
+    std::vector<HostWeight> hs;
+    std::vector<std::unique_ptr<DevWeight>> dws;
+    for (int64_t o : c.outs) {
+      hs.push_back(random_weight(o, c.in, rng));
+      dws.push_back(std::make_unique<DevWeight>(*ctx, hs.back()));
+    }
+    const auto bias = random_bias(c.outs[0] + 64, rng);
+    cuda::DeviceBuffer bias_dev(*ctx, bias.size() * 4, "bias");
+    to_device(bias_dev.get(), bias.data(), bias.size() * 4);
+    for (int64_t n = 1; n <= 8; ++n) {
+      DevArray xd(*ctx, n * c.in);
+      xd.upload(test::randn_bf16(static_cast<size_t>(n * c.in), rng));
+      std::vector<std::unique_ptr<DevArray>> fused, plain;
+      std::vector<cuda::GemvTarget> targets;
+      for (size_t i = 0; i < c.outs.size(); ++i) {
+        fused.push_back(std::make_unique<DevArray>(*ctx, n * c.outs[i]));
+        plain.push_back(std::make_unique<DevArray>(*ctx, n * c.outs[i]));
+        const float* b = static_cast<int>(i) == c.biased ? bias_dev.get<float>() : nullptr;
+        targets.push_back({&dws[i]->w, b, fused.back()->bf(), c.outs[i]});
+        linear(xd, n, dws[i]->w, b, *plain.back());
+      }
+      cuda::nvfp4_gemv_multi(*ctx, xd.bf(), c.in, n, targets.data(), static_cast<int>(targets.size()));
+      sync();
+      for (size_t i = 0; i < c.outs.size(); ++i) {
+        const std::string what = "multi K=" + std::to_string(c.in) + " target " + std::to_string(i) + " n=" +
+                                 std::to_string(n);
+        const auto got = fused[i]->bits(what);
+        EXPECT_EQ(got, plain[i]->bits(what + " (unfused)")) << what;
+        fused[i]->values(what);  // every element written and finite
+      }
+    }
+  }
+}
+
+TEST_F(CudaGemv, SwigluEqualsLinearsThenSwiglu) {
+  for (auto [out, in] : {std::pair<int64_t, int64_t>{9728, 2560}, {7, 96}, {1024, 9728}}) {
+    const HostWeight hg = random_weight(out, in, rng), hu = random_weight(out, in, rng);
+    DevWeight g(*ctx, hg), u(*ctx, hu);
+    for (int64_t n = 1; n <= 8; ++n) {
+      DevArray xd(*ctx, n * in), gd(*ctx, n * out), ud(*ctx, n * out), plain(*ctx, n * out), fused(*ctx, n * out);
+      xd.upload(test::randn_bf16(static_cast<size_t>(n * in), rng, 2.0f));
+      linear(xd, n, g.w, nullptr, gd);
+      linear(xd, n, u.w, nullptr, ud);
+      cuda::swiglu_forward(*ctx, gd.bf(), out, ud.bf(), out, n, out, plain.bf(), out);
+      cuda::nvfp4_gemv_swiglu(*ctx, xd.bf(), in, n, g.w, u.w, fused.bf(), out);
+      sync();
+      const std::string what = "swiglu " + std::to_string(out) + "x" + std::to_string(in) + " n=" + std::to_string(n);
+      EXPECT_EQ(fused.bits(what), plain.bits(what + " (unfused)")) << what;
+      fused.values(what);
+    }
+  }
+}
+
+TEST_F(CudaGemv, ResidualEqualsLinearThenAdd) {
+  for (auto [out, in] : {std::pair<int64_t, int64_t>{2560, 4096}, {2560, 9728}, {7, 64}}) {
+    const HostWeight h = random_weight(out, in, rng);
+    DevWeight dw(*ctx, h);
+    const auto bias = random_bias(out, rng);
+    cuda::DeviceBuffer bias_dev(*ctx, bias.size() * 4, "bias");
+    to_device(bias_dev.get(), bias.data(), bias.size() * 4);
+    for (int64_t n = 1; n <= 8; ++n)
+      for (const float* b : {static_cast<const float*>(nullptr), static_cast<const float*>(bias_dev.get<float>())}) {
+        DevArray xd(*ctx, n * in), res(*ctx, n * out), tmp(*ctx, n * out), plain(*ctx, n * out),
+            fused(*ctx, n * out), inplace(*ctx, n * out);
+        xd.upload(test::randn_bf16(static_cast<size_t>(n * in), rng));
+        const auto r = test::randn_bf16(static_cast<size_t>(n * out), rng, 4.0f);
+        res.upload(r);
+        inplace.upload(r);
+        linear(xd, n, dw.w, b, tmp);
+        cuda::add_forward(*ctx, res.bf(), tmp.bf(), n * out, plain.bf());
+        cuda::nvfp4_gemv_residual(*ctx, xd.bf(), in, n, dw.w, b, res.bf(), out, fused.bf(), out);
+        cuda::nvfp4_gemv_residual(*ctx, xd.bf(), in, n, dw.w, b, inplace.bf(), out, inplace.bf(), out);
+        sync();
+        const std::string what = "residual " + std::to_string(out) + "x" + std::to_string(in) + " n=" +
+                                 std::to_string(n) + (b ? " bias" : "");
+        const auto want = plain.bits(what + " (unfused)");
+        EXPECT_EQ(fused.bits(what), want) << what;
+        EXPECT_EQ(inplace.bits(what + " in place"), want) << what << " in place";
+        fused.values(what);
+      }
+  }
+}
+
+TEST_F(CudaGemv, FusedVariantsRefuseWhatTheyCannotTake) {
+  const HostWeight h = random_weight(8, 48, rng);  // K % 32 != 0: FFMA only
+  DevWeight dw(*ctx, h);
+  DevArray x(*ctx, 48), y(*ctx, 8);
+  EXPECT_FALSE(cuda::nvfp4_gemv_fusable(dw.w, 1));
+  EXPECT_THROW(cuda::nvfp4_gemv_residual(*ctx, x.bf(), 48, 1, dw.w, nullptr, y.bf(), 8, y.bf(), 8), Error);
+  const HostWeight h2 = random_weight(8, 64, rng);
+  DevWeight dw2(*ctx, h2);
+  EXPECT_TRUE(cuda::nvfp4_gemv_fusable(dw2.w, 8));
+  EXPECT_FALSE(cuda::nvfp4_gemv_fusable(dw2.w, 9));
+}
+
+// 50 dependent steps on two ping-pong buffers x (n, 2560): a mix of linear_forward, the residual,
+// SwiGLU and multi GEMVs (PDL launches, each reading the previous one's output) and, every fifth
+// step, an RMSNorm (an ordinary launch) that keeps the values finite.
+TEST_F(CudaGemv, PdlChainEqualsSerialAndGraph) {
+  constexpr int64_t kDim = 2560, kN = 3;
+  constexpr int kSteps = 50;
+  std::vector<std::unique_ptr<DevWeight>> ws;
+  for (int i = 0; i < 4; ++i) ws.push_back(std::make_unique<DevWeight>(*ctx, random_weight(kDim, kDim, rng)));
+  std::vector<float> ones(kDim, 1.0f);
+  cuda::DeviceBuffer norm_w(*ctx, kDim * 4, "norm weight");
+  to_device(norm_w.get(), ones.data(), kDim * 4);
+  const auto x0 = test::randn_bf16(static_cast<size_t>(kN * kDim), rng);
+  DevArray a(*ctx, kN * kDim), b(*ctx, kN * kDim), c(*ctx, kN * kDim);
+
+  // mode 0: a host synchronisation after every launch; 1: back to back. The graph is captured below.
+  auto run = [&](int mode) {
+    a.upload(x0);
+    b.poison();
+    c.poison();
+    DevArray* cur = &a;
+    DevArray* nxt = &b;
+    for (int s = 0; s < kSteps; ++s) {
+      const Weight& w = ws[s % 4]->w;
+      switch (s % 5) {
+        case 0:
+          cuda::linear_forward(*ctx, cur->bf(), kDim, kN, w, nullptr, nxt->buf.get(), DType::BF16, kDim, cuda::Scratch{});
+          break;
+        case 1:
+          cuda::nvfp4_gemv_residual(*ctx, cur->bf(), kDim, kN, w, nullptr, cur->bf(), kDim, nxt->bf(), kDim);
+          break;
+        case 2:
+          cuda::nvfp4_gemv_swiglu(*ctx, cur->bf(), kDim, kN, w, ws[(s + 1) % 4]->w, nxt->bf(), kDim);
+          break;
+        case 3: {
+          // q from x, plus a second target into c so that the multi launch has two parts
+          const cuda::GemvTarget t[2] = {{&w, nullptr, nxt->bf(), kDim}, {&ws[(s + 2) % 4]->w, nullptr, c.bf(), kDim}};
+          cuda::nvfp4_gemv_multi(*ctx, cur->bf(), kDim, kN, t, 2);
+          break;
+        }
+        case 4:
+          cuda::rmsnorm_forward(*ctx, cur->bf(), kDim, kN, 1, kDim, norm_w.get<float>(), 1e-6f, nxt->bf(), kDim);
+          break;
+      }
+      if (mode == 0) sync();
+      std::swap(cur, nxt);
+    }
+    return cur;
+  };
+
+  DevArray* out = run(0);
+  const auto serial = out->bits("serial chain");
+  const auto serial_c = c.bits("serial chain c");
+  const auto values = out->values("serial chain");
+  double sq = 0;
+  for (float v : values) sq += double(v) * v;
+  EXPECT_GT(sq, 0.0);
+
+  out = run(1);
+  sync();
+  EXPECT_EQ(out->bits("back-to-back chain"), serial);
+  EXPECT_EQ(c.bits("back-to-back chain c"), serial_c);
+
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  CUDA_CHECK(cudaStreamBeginCapture(ctx->stream(), cudaStreamCaptureModeThreadLocal));
+  DevArray* cur = &a;
+  DevArray* nxt = &b;
+  for (int s = 0; s < kSteps; ++s) {
+    const Weight& w = ws[s % 4]->w;
+    switch (s % 5) {
+      case 0:
+        cuda::linear_forward(*ctx, cur->bf(), kDim, kN, w, nullptr, nxt->buf.get(), DType::BF16, kDim, cuda::Scratch{});
+        break;
+      case 1:
+        cuda::nvfp4_gemv_residual(*ctx, cur->bf(), kDim, kN, w, nullptr, cur->bf(), kDim, nxt->bf(), kDim);
+        break;
+      case 2:
+        cuda::nvfp4_gemv_swiglu(*ctx, cur->bf(), kDim, kN, w, ws[(s + 1) % 4]->w, nxt->bf(), kDim);
+        break;
+      case 3: {
+        const cuda::GemvTarget t[2] = {{&w, nullptr, nxt->bf(), kDim}, {&ws[(s + 2) % 4]->w, nullptr, c.bf(), kDim}};
+        cuda::nvfp4_gemv_multi(*ctx, cur->bf(), kDim, kN, t, 2);
+        break;
+      }
+      case 4:
+        cuda::rmsnorm_forward(*ctx, cur->bf(), kDim, kN, 1, kDim, norm_w.get<float>(), 1e-6f, nxt->bf(), kDim);
+        break;
+    }
+    std::swap(cur, nxt);
+  }
+  CUDA_CHECK(cudaStreamEndCapture(ctx->stream(), &graph));
+  CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  for (int replay = 0; replay < 2; ++replay) {
+    a.upload(x0);
+    b.poison();
+    c.poison();
+    CUDA_CHECK(cudaGraphLaunch(exec, ctx->stream()));
+    sync();
+    EXPECT_EQ(cur->bits("graph chain"), serial) << "replay " << replay;
+    EXPECT_EQ(c.bits("graph chain c"), serial_c) << "replay " << replay;
+  }
+  CUDA_CHECK(cudaGraphExecDestroy(exec));
+  CUDA_CHECK(cudaGraphDestroy(graph));
+}
+
+}  // namespace
+}  // namespace nibble
