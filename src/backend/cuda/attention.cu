@@ -1,3 +1,6 @@
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+
 #include <algorithm>
 
 #include "backend/cuda/attention.cuh"
@@ -7,36 +10,33 @@
 namespace nibble::cuda {
 namespace {
 
+// ---- SIMT kernel (BF16 cache, prefill-sized n) ------------------------------------------------------
 constexpr int kTileKeys = 32;           // keys per shared-memory tile: one per lane for q·k
 constexpr int kRowsPerWarp = 4;         // query rows a warp carries (K/V smem reads shared by them)
-constexpr int kMaxSplits = 64;          // split-KV partitions at most
-constexpr int64_t kSplitMaxTokens = 8;  // split-KV only for decode-sized n (scratch is planned for it)
-constexpr int64_t kMinKeysPerSplit = 256;
+constexpr int64_t kSplitMaxTokens = 8;  // decode-sized n: the split-KV kernel (scratch is planned for it)
 constexpr float kLog2e = 1.4426950408889634f;
 
 struct Params {
   const bf16* q;  // (n, H, hd), token stride q_stride
   int64_t q_stride;
   int64_t n, pos0;
-  const bf16* kc;  // (KVH, cap, hd)
+  const int32_t* d_pos0;  // null, or pos0 on the device (then pos0 is its upper bound)
+  const bf16* kc;         // (KVH, cap, hd)
   const bf16* vc;
   int64_t cap;
   int heads, kv_heads, hd, group;
   float scale_log2;  // softmax scale * log2(e): exp2 of scaled scores
   bf16* out;         // (n, H, hd), token stride out_stride
   int64_t out_stride;
-  int64_t split_len;  // keys per split (a multiple of kTileKeys)
-  float* part_o;      // (splits, n*H, hd) unnormalised partial outputs, splits > 1 only
-  float* part_ml;     // (splits, n*H, 2) running max (log2 domain) and sum
 };
 
-// grid (ceil(n*G / ROWS), KVH, splits); block WARPS warps. Rows r = i*G + g of KV head kvh are query
+// grid (ceil(n*G / ROWS), KVH); block WARPS warps. Rows r = i*G + g of KV head kvh are query
 // token i, head kvh*G + g. Each warp owns kRowsPerWarp rows; lane j scores key j of the tile, then
 // the lanes split head_dim (d = lane + 32 t) for p·V.
 // Shared memory: q (ROWS, hd) bf16 | K tile (32, hd+2) bf16 (the +2 makes the per-lane row reads of
 // q·k fall in distinct banks) | V tile (32, hd) bf16.
 template <int WARPS, int DPL>
-__global__ void __launch_bounds__(WARPS* kWarp) attention_kernel(Params p) {
+__global__ void __launch_bounds__(WARPS* kWarp) simt_attention_kernel(Params p) {
   constexpr int ROWS = WARPS * kRowsPerWarp;
   extern __shared__ __align__(16) unsigned char smem[];
   const int hd = p.hd, kstride = hd + 2;
@@ -45,7 +45,8 @@ __global__ void __launch_bounds__(WARPS* kWarp) attention_kernel(Params p) {
   bf16* v_s = k_s + kTileKeys * kstride;
 
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
-  const int kvh = blockIdx.y, split = blockIdx.z;
+  const int kvh = blockIdx.y;
+  const int64_t pos0 = p.d_pos0 ? *p.d_pos0 : p.pos0;
   const int64_t rows_total = p.n * p.group;
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * ROWS;
 
@@ -61,17 +62,16 @@ __global__ void __launch_bounds__(WARPS* kWarp) attention_kernel(Params p) {
     *reinterpret_cast<Bf16x8*>(q_s + lr * hd + col) = v;
   }
 
-  // Keys this block may need: its split's range, cut at the last row's causal limit.
+  // Keys this block may need: up to the last row's causal limit.
   const int64_t last_i = std::min<int64_t>(p.n - 1, (std::min(r0 + ROWS, rows_total) - 1) / p.group);
-  const int64_t kbeg = split * p.split_len;
-  const int64_t kend = std::min(kbeg + p.split_len, p.pos0 + last_i + 1);
+  const int64_t kbeg = 0, kend = pos0 + last_i + 1;
 
   int64_t row_pos[kRowsPerWarp];  // causal limit of each of this warp's rows (-1: no row)
   float m[kRowsPerWarp], l[kRowsPerWarp], acc[kRowsPerWarp][DPL];
 #pragma unroll
   for (int j = 0; j < kRowsPerWarp; ++j) {
     const int64_t r = r0 + warp * kRowsPerWarp + j;
-    row_pos[j] = r < rows_total ? p.pos0 + r / p.group : -1;
+    row_pos[j] = r < rows_total ? pos0 + r / p.group : -1;
     m[j] = -INFINITY;
     l[j] = 0.0f;
 #pragma unroll
@@ -150,61 +150,14 @@ __global__ void __launch_bounds__(WARPS* kWarp) attention_kernel(Params p) {
     if (row_pos[j] < 0) continue;
     const int64_t r = r0 + warp * kRowsPerWarp + j;
     const int64_t i = r / p.group, h = kvh * p.group + r % p.group;
-    if (gridDim.z == 1) {
-      const float inv = l[j] > 0.0f ? 1.0f / l[j] : 0.0f;
-      bf16* o = p.out + i * p.out_stride + h * hd;
+    const float inv = l[j] > 0.0f ? 1.0f / l[j] : 0.0f;
+    bf16* o = p.out + i * p.out_stride + h * hd;
 #pragma unroll
-      for (int t = 0; t < DPL; ++t) {
-        const int d = lane + kWarp * t;
-        if (d < hd) o[d] = __float2bfloat16_rn(acc[j][t] * inv);
-      }
-    } else {
-      const int64_t prow = (static_cast<int64_t>(split) * p.n + i) * p.heads + h;
-      float* o = p.part_o + prow * hd;
-#pragma unroll
-      for (int t = 0; t < DPL; ++t) {
-        const int d = lane + kWarp * t;
-        if (d < hd) o[d] = acc[j][t];
-      }
-      if (lane == 0) {
-        p.part_ml[2 * prow] = m[j];
-        p.part_ml[2 * prow + 1] = l[j];
-      }
+    for (int t = 0; t < DPL; ++t) {
+      const int d = lane + kWarp * t;
+      if (d < hd) o[d] = __float2bfloat16_rn(acc[j][t] * inv);
     }
   }
-}
-
-// Merges the splits' partial results: grid (n*H), block head_dim threads.
-// O = sum_s 2^(m_s - M) o_s / sum_s 2^(m_s - M) l_s, M = max_s m_s.
-__global__ void attention_combine_kernel(const float* __restrict__ part_o, const float* __restrict__ part_ml,
-                                         int splits, int64_t rows, int64_t heads, int hd, bf16* out,
-                                         int64_t out_stride) {
-  const int64_t row = blockIdx.x;  // i * H + h
-  const int d = threadIdx.x;
-  float mmax = -INFINITY;
-  for (int s = 0; s < splits; ++s) mmax = fmaxf(mmax, part_ml[2 * (s * rows + row)]);
-  float num = 0.0f, den = 0.0f;
-  for (int s = 0; s < splits; ++s) {
-    const float ms = part_ml[2 * (s * rows + row)];
-    if (ms == -INFINITY) continue;  // a split with no visible key
-    const float w = exp2f(ms - mmax);
-    den += w * part_ml[2 * (s * rows + row) + 1];
-    num += w * part_o[(s * rows + row) * hd + d];
-  }
-  const int64_t i = row / heads, h = row % heads;
-  out[i * out_stride + h * hd + d] = __float2bfloat16_rn(den > 0.0f ? num / den : 0.0f);
-}
-
-__global__ void kv_write_kernel(const bf16* k, int64_t ks, const bf16* v, int64_t vs, int64_t n, int64_t pos0,
-                                bf16* kc, bf16* vc, int64_t kv_heads, int64_t hd, int64_t cap) {
-  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;  // one per 8 elements
-  const int64_t per_token = kv_heads * hd / 8;
-  if (idx >= n * per_token) return;
-  const int64_t i = idx / per_token, e = (idx % per_token) * 8;
-  const int64_t g = e / hd, col = e % hd;
-  const int64_t dst = (g * cap + pos0 + i) * hd + col;
-  *reinterpret_cast<Bf16x8*>(kc + dst) = *reinterpret_cast<const Bf16x8*>(k + i * ks + e);
-  *reinterpret_cast<Bf16x8*>(vc + dst) = *reinterpret_cast<const Bf16x8*>(v + i * vs + e);
 }
 
 int dims_per_lane(int64_t hd) { return hd <= 32 ? 1 : hd <= 64 ? 2 : hd <= 128 ? 4 : 8; }
@@ -214,26 +167,535 @@ size_t smem_bytes(int warps, int64_t hd) {
 }
 
 template <int WARPS, int DPL>
-void launch(Context& ctx, const Params& p, dim3 grid) {
+void launch_simt(Context& ctx, const Params& p, dim3 grid) {
   const size_t smem = smem_bytes(WARPS, p.hd);
   if (smem > 48 * 1024)
-    CUDA_CHECK(cudaFuncSetAttribute(attention_kernel<WARPS, DPL>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    static_cast<int>(smem)));
-  attention_kernel<WARPS, DPL><<<grid, WARPS * kWarp, smem, ctx.stream()>>>(p);
+    CUDA_CHECK(cudaFuncSetAttribute(simt_attention_kernel<WARPS, DPL>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  simt_attention_kernel<WARPS, DPL><<<grid, WARPS * kWarp, smem, ctx.stream()>>>(p);
   CUDA_CHECK_LAUNCH();
 }
 
 template <int WARPS>
-void launch_dpl(Context& ctx, const Params& p, dim3 grid) {
+void launch_simt_dpl(Context& ctx, const Params& p, dim3 grid) {
   switch (dims_per_lane(p.hd)) {
     case 1:
-      return launch<WARPS, 1>(ctx, p, grid);
+      return launch_simt<WARPS, 1>(ctx, p, grid);
     case 2:
-      return launch<WARPS, 2>(ctx, p, grid);
+      return launch_simt<WARPS, 2>(ctx, p, grid);
     case 4:
-      return launch<WARPS, 4>(ctx, p, grid);
+      return launch_simt<WARPS, 4>(ctx, p, grid);
     default:
-      return launch<WARPS, 8>(ctx, p, grid);
+      return launch_simt<WARPS, 8>(ctx, p, grid);
+  }
+}
+
+// ---- Decode: split-KV on the tensor cores ---------------------------------------------------------
+//
+// Block (kDecodeWarps warps) = (split, KV head kvh, tile of RT = 8 or 16 query rows). Row r = i*G + g
+// of a KV head is query token i, head kvh*G + g. The block's key range [kbeg, kend) goes in chunks
+// of 16 keys to its warps in turn (warp w takes chunks w, w + 4, ...); each warp keeps its own
+// online softmax and the block merges the warps through shared memory at the end.
+//
+// Per chunk a warp computes S (RT rows x 16 keys) = Q K^T with mma m16n8k16 (two n8 tiles of keys,
+// head_dim / 16 k-steps), then O (RT x head_dim) += P V (head_dim / 8 n8 tiles of dims, one k-step of
+// the 16 keys). Lane (g = lane / 4, c = lane % 4) layouts, HDP = head_dim padded to 64, 128 or 256:
+// - The k index of q k^T runs over head_dim in any order both operands agree on: at k-step j the
+//   slots (2c, 2c+1, 2c+8, 2c+9) are dims c*HDP/4 + 4j + (0, 1, 2, 3). So lane c of key g reads the
+//   contiguous dims [c*HDP/4, (c+1)*HDP/4) of K row g with 16-byte loads straight into registers
+//   (B fragment), and lane c of row g the same dims of q (A fragment, loaded once).
+// - P (the C fragment of S) is the A fragment of P V as it stands (FlashAttention-2 register reuse).
+// - The B fragment of P V pairs two keys per register at one output dim: lane g owns the dims
+//   [g*HDP/8, (g+1)*HDP/8) (output tile u <-> dim g*HDP/8 + u), loads them for keys 2c, 2c+1, 2c+8,
+//   2c+9 and interleaves the two keys' halves (bf16) or bytes (fp8, then cvt e4m3x2 -> f16x2).
+// - The C fragment of O puts row g's dims [c*HDP/4, (c+1)*HDP/4) in lane c.
+constexpr int kDecodeWarps = 4;
+constexpr int kChunkKeys = 16;
+constexpr int kBlockKeys = kDecodeWarps * kChunkKeys;  // split lengths are multiples of this
+constexpr int64_t kMinKeysPerSplit = 128;
+constexpr int kDecodeMaxSplits = 64;  // scratch is planned for this many
+constexpr int kStages = 3;            // chunks in each warp's shared-memory ring (2 in flight)
+
+// Resident blocks per SM (registers and the shared-memory ring allow this many): splits are chosen
+// to fill exactly one wave of them.
+constexpr int decode_blocks_per_sm(KvType kv, int hdp) {
+  return hdp > 128 ? 1 : kv == KvType::FP8_E4M3 ? 3 : 2;
+}
+
+// Shared memory of the decode kernel: each warp's ring of kStages chunks (16 K rows, 16 V rows,
+// each padded to HDP elements + 16 bytes), reused after the loop for the warps' merge.
+constexpr size_t decode_row_bytes(KvType kv, int hdp) { return hdp * (kv == KvType::BF16 ? 2 : 1) + 16; }
+constexpr size_t decode_smem_bytes(KvType kv, int hdp, bool full) {
+  const size_t ring = size_t{kDecodeWarps} * kStages * 2 * kChunkKeys * decode_row_bytes(kv, hdp);
+  const size_t merge = size_t{kDecodeWarps} * (full ? 16 : 8) * (hdp + 4 + 2) * sizeof(float);
+  return ring > merge ? ring : merge;
+}
+
+struct DecodeParams {
+  const bf16* q;  // (n, H, hd), token stride q_stride
+  int64_t q_stride;
+  int64_t n, pos0;        // pos0: the host value, or the bound on *d_pos0
+  const int32_t* d_pos0;  // null, or pos0 on the device
+  const void* kc;         // (KVH, cap, hd) of KvType
+  const void* vc;
+  int64_t cap;
+  int heads, hd, group, rows;  // rows = n * group per KV head
+  float scale_log2;            // softmax scale * log2(e): scores in the exp2 domain
+  bf16* out;                   // (n, H, hd), token stride out_stride
+  int64_t out_stride;
+  int max_splits;  // from the shape, scratch and device only (never from pos0)
+  float* part_o;   // (max_splits, n*H, hd) unnormalised partial outputs
+  float* part_ml;  // (max_splits, n*H, 2) max (log2 domain) and sum of each split
+};
+
+// The split partition of `keys` keys: `count` splits of `len` keys (a multiple of kBlockKeys; the
+// last one shorter). count <= min(max_splits, ceil(keys / kMinKeysPerSplit)), which grows with
+// keys: a launch sized for the largest keys covers every smaller count.
+struct SplitPlan {
+  int count;
+  int64_t len;
+};
+__host__ __device__ inline int64_t max_split_count(int64_t keys, int max_splits) {
+  const int64_t s = ceil_div(keys, kMinKeysPerSplit);
+  return s < 1 ? 1 : s > max_splits ? max_splits : s;
+}
+__host__ __device__ inline SplitPlan plan_splits(int64_t keys, int max_splits) {
+  const int64_t s = max_split_count(keys, max_splits);
+  const int64_t len = ceil_div(ceil_div(keys, s), kBlockKeys) * kBlockKeys;
+  return {static_cast<int>(ceil_div(keys, len)), len};
+}
+
+__device__ __forceinline__ int64_t decode_keys(const DecodeParams& p, int64_t* pos0_out) {
+  const int64_t pos0 = p.d_pos0 ? static_cast<int64_t>(*p.d_pos0) : p.pos0;
+  *pos0_out = pos0;
+  const int64_t keys = pos0 + p.n;
+  return keys < p.cap ? keys : p.cap;  // a device pos0 past its bound must not read past the cache
+}
+
+// Loads BYTES bytes (a multiple of 8) at src into words, of which only the first `valid` bytes (a
+// multiple of 8, may be <= 0) may be read: the rest are zero. `narrow`: src is only 8-byte aligned
+// (FP8 rows of a head_dim that is 8 mod 16), so 8-byte loads. Read-only, no L1 allocation: K/V are
+// streamed once.
+template <int BYTES>
+__device__ __forceinline__ void load_row(uint32_t (&w)[BYTES / 4], const unsigned char* src, int valid,
+                                         bool narrow = false) {
+  static_assert(BYTES == 8 || BYTES % 16 == 0, "rows load in 16-byte pieces, or one 8-byte piece");
+  auto load8 = [](uint32_t* x, const unsigned char* a) {
+    asm("ld.global.nc.L1::no_allocate.v2.u32 {%0,%1}, [%2];" : "=r"(x[0]), "=r"(x[1]) : "l"(a));
+  };
+  if constexpr (BYTES == 8) {
+    w[0] = w[1] = 0;
+    if (valid >= 8) load8(w, src);
+  } else {
+#pragma unroll
+    for (int o = 0; o < BYTES; o += 16) {
+      uint32_t* x = &w[o / 4];
+      x[0] = x[1] = x[2] = x[3] = 0;
+      if (valid >= o + 16 && !narrow) {
+        asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+            : "=r"(x[0]), "=r"(x[1]), "=r"(x[2]), "=r"(x[3])
+            : "l"(src + o));
+      } else {
+        if (valid >= o + 8) load8(x, src + o);
+        if (valid >= o + 16) load8(x + 2, src + o + 8);
+      }
+    }
+  }
+}
+
+// 16 (or 8) bytes global -> shared, asynchronously; src_bytes 0 writes zeros (keys past the end).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async8(void* dst, const void* src, int src_bytes) {
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;" ::"r"(d), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
+// BYTES (8 or a multiple of 16) from shared memory into words.
+template <int BYTES>
+__device__ __forceinline__ void load_smem(uint32_t (&w)[BYTES / 4], const unsigned char* src) {
+  if constexpr (BYTES == 8) {
+    const uint2 v = *reinterpret_cast<const uint2*>(src);
+    w[0] = v.x, w[1] = v.y;
+  } else {
+#pragma unroll
+    for (int o = 0; o < BYTES; o += 16) {
+      const uint4 v = *reinterpret_cast<const uint4*>(src + o);
+      w[o / 4] = v.x, w[o / 4 + 1] = v.y, w[o / 4 + 2] = v.z, w[o / 4 + 3] = v.w;
+    }
+  }
+}
+
+// Rows 0-7 of d += a b (m16n8k16, A row-major, B column-major, fp32), and rows 8-15 too when
+// FULL; without FULL, a's rows 8-15 must be zero and d holds rows 0-7 only (no registers spent on
+// the other half of the accumulator).
+template <bool F16, bool FULL>
+__device__ __forceinline__ void mma16816(float (&d)[FULL ? 4 : 2], const uint32_t (&a)[4], uint32_t b0,
+                                         uint32_t b1) {
+  float d2 = 0.0f, d3 = 0.0f;
+  float& e2 = FULL ? d[FULL ? 2 : 0] : d2;
+  float& e3 = FULL ? d[FULL ? 3 : 1] : d3;
+  if constexpr (F16)
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(e2), "+f"(e3)
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  else
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(e2), "+f"(e3)
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two e4m3 (low byte first) -> f16x2, exact.
+__device__ __forceinline__ uint32_t e4m3x2_to_f16x2(uint32_t two) {
+  const __half2_raw h =
+      __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(two & 0xffffu), __NV_E4M3);
+  return static_cast<uint32_t>(h.x) | (static_cast<uint32_t>(h.y) << 16);
+}
+
+__device__ __forceinline__ uint32_t pack2(float lo, float hi, bool f16) {
+  if (f16) {
+    const __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&h);
+  }
+  const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+
+template <KvType KV, int HDP, bool FULL>
+__global__ void __launch_bounds__(kDecodeWarps* kWarp, decode_blocks_per_sm(KV, HDP))
+    attention_decode_kernel(DecodeParams p) {
+  constexpr bool F16 = KV == KvType::FP8_E4M3;  // fp8 K/V and the operands they meet go through f16
+  constexpr int EB = F16 ? 1 : 2;               // cache bytes per element
+  constexpr int RH = FULL ? 2 : 1;              // row halves: rows g and g + 8
+  constexpr int RT = 8 * RH;                    // query rows per block
+  constexpr int KS = HDP / 16;                  // k-steps of q k^T
+  constexpr int NT = HDP / 8;                   // n8 tiles of output dims
+  constexpr int KB = HDP / 4 * EB;              // K bytes a lane loads per key
+  constexpr int VB = HDP / 8 * EB;              // V bytes a lane loads per key
+  constexpr int QW = HDP / 8;                   // q words (bf16 pairs) a lane holds per row
+
+  constexpr int ROWB = static_cast<int>(decode_row_bytes(KV, HDP));
+  extern __shared__ __align__(16) unsigned char smem[];
+
+  int64_t pos0_64;
+  const int keys = static_cast<int>(decode_keys(p, &pos0_64));  // positions fit int (capacity does)
+  const int pos0 = static_cast<int>(pos0_64);
+  const SplitPlan plan = plan_splits(keys, p.max_splits);
+  const int split = blockIdx.x;
+  if (split >= plan.count) return;  // a launch sized for the bound: this split has no keys
+  const int kvh = blockIdx.y, row0 = blockIdx.z * RT;
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, g = lane / 4, c = lane % 4;
+  const int hd = p.hd;
+
+  // q A fragments (zero for rows past the end and dims past hd), causal limits of rows g, g + 8.
+  uint32_t qa[KS][4];
+  int limit[RH];
+#pragma unroll
+  for (int h = 0; h < RH; ++h) {
+    const int r = row0 + g + 8 * h;
+    uint32_t w[QW];
+    limit[h] = -1;  // no row: every key masked
+#pragma unroll
+    for (int t = 0; t < QW; ++t) w[t] = 0;
+    if (r < p.rows) {
+      const int i = r / p.group, head = kvh * p.group + r % p.group;
+      limit[h] = pos0 + i;
+      const bf16* src = p.q + i * p.q_stride + static_cast<int64_t>(head) * hd + c * (HDP / 4);
+      load_row<QW * 4>(w, reinterpret_cast<const unsigned char*>(src), (hd - c * (HDP / 4)) * 2);
+      if constexpr (F16) {  // f16(q * scale * log2 e): the scores come out in the exp2 domain
+#pragma unroll
+        for (int t = 0; t < QW; ++t) {
+          const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w[t]));
+          w[t] = pack2(f.x * p.scale_log2, f.y * p.scale_log2, true);
+        }
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < KS; ++j) {
+      qa[j][h] = w[2 * j];          // row g (+8): dims 4j, 4j+1 of the lane's quarter
+      qa[j][2 + h] = w[2 * j + 1];  // dims 4j+2, 4j+3
+    }
+  }
+  if constexpr (!FULL) {
+#pragma unroll
+    for (int j = 0; j < KS; ++j) qa[j][1] = qa[j][3] = 0;
+  }
+
+  // This block's keys, cut at the causal limit of its last row.
+  const int last_row = min(row0 + RT, p.rows) - 1;
+  const int kbeg = split * static_cast<int>(plan.len);
+  const int kend = min(min(kbeg + static_cast<int>(plan.len), keys), pos0 + last_row / p.group + 1);
+  const int64_t head_off = static_cast<int64_t>(kvh) * p.cap * hd * EB;
+  const unsigned char* kg = static_cast<const unsigned char*>(p.kc) + head_off;
+  const unsigned char* vg = static_cast<const unsigned char*>(p.vc) + head_off;
+  // This warp's ring: stage st holds K rows [0, 16) then V rows [16, 32), ROWB bytes each.
+  unsigned char* ring = smem + static_cast<size_t>(warp) * kStages * 2 * kChunkKeys * ROWB;
+  // Bytes [hd*EB, HDP*EB) of every row stay zero (the copies write [0, hd*EB) only): q is zero there,
+  // and 0 * garbage could be NaN.
+  if (hd < HDP) {
+    const int pad = (HDP - hd) * EB / 8;  // 8-byte words per row
+    for (int idx = lane; idx < kStages * 2 * kChunkKeys * pad; idx += kWarp)
+      *reinterpret_cast<uint2*>(ring + (idx / pad) * ROWB + hd * EB + (idx % pad) * 8) = make_uint2(0, 0);
+  }
+  // Copies chunk t of this warp (keys kbeg + (warp + 4t) * 16 + [0, 16)) into its stage; keys at or
+  // past kend are zero-filled. FP8 rows of a head_dim that is 8 mod 16 are only 8-byte aligned.
+  const int unit = F16 && hd % 16 != 0 ? 8 : 16, units = hd * EB / unit;
+  const int chunks = kend > kbeg + warp * kChunkKeys
+                         ? static_cast<int>(ceil_div(kend - kbeg - warp * kChunkKeys, kBlockKeys))
+                         : 0;
+  auto issue = [&](int t) {
+    if (t < chunks) {
+      unsigned char* st = ring + (t % kStages) * 2 * kChunkKeys * ROWB;
+      const int key0 = kbeg + (warp + kDecodeWarps * t) * kChunkKeys;
+      for (int idx = lane; idx < kChunkKeys * units; idx += kWarp) {
+        const int r = idx / units, off = (idx % units) * unit, key = key0 + r;
+        const int64_t src = static_cast<int64_t>(key < kend ? key : key0) * hd * EB + off;
+        const int bytes = key < kend ? unit : 0;
+        if (unit == 16) {
+          cp_async16(st + r * ROWB + off, kg + src, bytes);
+          cp_async16(st + (kChunkKeys + r) * ROWB + off, vg + src, bytes);
+        } else {
+          cp_async8(st + r * ROWB + off, kg + src, bytes);
+          cp_async8(st + (kChunkKeys + r) * ROWB + off, vg + src, bytes);
+        }
+      }
+    }
+    cp_async_commit();  // one group per chunk index, empty or not: the wait count stays uniform
+  };
+
+  float m[RH], l[RH], o[NT][2 * RH];
+#pragma unroll
+  for (int h = 0; h < RH; ++h) m[h] = -INFINITY, l[h] = 0.0f;
+#pragma unroll
+  for (int u = 0; u < NT; ++u)
+#pragma unroll
+    for (int e = 0; e < 2 * RH; ++e) o[u][e] = 0.0f;
+
+#pragma unroll
+  for (int t = 0; t < kStages - 1; ++t) issue(t);
+#pragma unroll 1
+  for (int t = 0; t < chunks; ++t) {
+    __syncwarp();  // every lane has read the stage that chunk t + kStages - 1 overwrites
+    issue(t + kStages - 1);
+    cp_async_wait<kStages - 1>();  // chunk t has landed (this lane's copies)
+    __syncwarp();                  // and every lane's
+    const int base = kbeg + (warp + kDecodeWarps * t) * kChunkKeys;
+    const unsigned char* st = ring + (t % kStages) * 2 * kChunkKeys * ROWB;
+    // K rows g and 8 + g at dims [c*HDP/4, (c+1)*HDP/4); V rows 2c + (0, 1, 8, 9) at dims
+    // [g*HDP/8, (g+1)*HDP/8). Keys past kend are zeros.
+    uint32_t kw[2][KB / 4], vw[4][VB / 4];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) load_smem<KB>(kw[r], st + (8 * r + g) * ROWB + c * (HDP / 4) * EB);
+#pragma unroll
+    for (int r = 0; r < 4; ++r)
+      load_smem<VB>(vw[r], st + (kChunkKeys + 2 * c + (r & 1) + 8 * (r >> 1)) * ROWB + g * (HDP / 8) * EB);
+
+    float s[2][2 * RH];
+#pragma unroll
+    for (int t = 0; t < 2; ++t) {
+#pragma unroll
+      for (int e = 0; e < 2 * RH; ++e) s[t][e] = 0.0f;
+#pragma unroll
+      for (int j = 0; j < KS; ++j) {
+        if constexpr (F16)
+          mma16816<true, FULL>(s[t], qa[j], e4m3x2_to_f16x2(kw[t][j]), e4m3x2_to_f16x2(kw[t][j] >> 16));
+        else
+          mma16816<false, FULL>(s[t], qa[j], kw[t][2 * j], kw[t][2 * j + 1]);
+      }
+    }
+
+    // Online softmax per row; lane holds keys base + 2c + (0, 1, 8, 9) of rows g (+8).
+    uint32_t pa[4];
+#pragma unroll
+    for (int h = 0; h < RH; ++h) {
+      float x[4] = {s[0][2 * h], s[0][2 * h + 1], s[1][2 * h], s[1][2 * h + 1]};
+      float mx = -INFINITY;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = base + 2 * c + (e & 1) + 8 * (e >> 1);
+        x[e] = key < kend && key <= limit[h] ? (F16 ? x[e] : x[e] * p.scale_log2) : -INFINITY;
+        mx = fmaxf(mx, x[e]);
+      }
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(m[h], mx);
+      // A row with no visible key yet keeps m = -inf: its p and correction must not become NaN.
+      const float corr = m_new == -INFINITY ? 1.0f : exp2f(m[h] - m_new);
+      float sum = 0.0f;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        x[e] = m_new == -INFINITY ? 0.0f : exp2f(x[e] - m_new);
+        sum += x[e];
+      }
+      l[h] = l[h] * corr + sum;  // this lane's share; the four lanes of a row are summed at the end
+      m[h] = m_new;
+#pragma unroll
+      for (int u = 0; u < NT; ++u) o[u][2 * h] *= corr, o[u][2 * h + 1] *= corr;
+      pa[h] = pack2(x[0], x[1], F16);      // row g (+8), keys 2c, 2c+1
+      pa[2 + h] = pack2(x[2], x[3], F16);  // keys 2c+8, 2c+9
+    }
+    if constexpr (!FULL) pa[1] = pa[3] = 0;
+
+#pragma unroll
+    for (int u = 0; u < NT; ++u) {
+      uint32_t b0, b1;
+      if constexpr (F16) {
+        const int w = u / 4, e = u % 4;
+        const uint32_t sel = e < 2 ? 0x5140u : 0x7362u;  // bytes (x_e, y_e, x_e+1, y_e+1)
+        const uint32_t t0 = __byte_perm(vw[0][w], vw[1][w], sel), t1 = __byte_perm(vw[2][w], vw[3][w], sel);
+        b0 = e4m3x2_to_f16x2(e & 1 ? t0 >> 16 : t0);
+        b1 = e4m3x2_to_f16x2(e & 1 ? t1 >> 16 : t1);
+      } else {
+        const int w = u / 2;
+        const uint32_t sel = u & 1 ? 0x7632u : 0x5410u;  // high or low halves of the two keys
+        b0 = __byte_perm(vw[0][w], vw[1][w], sel);
+        b1 = __byte_perm(vw[2][w], vw[3][w], sel);
+      }
+      mma16816<F16, FULL>(o[u], pa, b0, b1);
+    }
+  }
+
+  // Merge the warps: each writes its (m, l, o) rows (over the rings, once every warp is done with
+  // its ring), then the block combines them per element.
+  auto o_s = reinterpret_cast<float(*)[RT][HDP + 4]>(smem);
+  auto m_s = reinterpret_cast<float(*)[RT]>(smem + sizeof(float) * kDecodeWarps * RT * (HDP + 4));
+  auto l_s = m_s + kDecodeWarps;
+  __syncthreads();
+#pragma unroll
+  for (int h = 0; h < RH; ++h) {
+    l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
+    l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
+    if (c == 0) m_s[warp][g + 8 * h] = m[h], l_s[warp][g + 8 * h] = l[h];
+#pragma unroll
+    for (int u = 0; u < NT; ++u) {
+      o_s[warp][g + 8 * h][(2 * c) * NT + u] = o[u][2 * h];
+      o_s[warp][g + 8 * h][(2 * c + 1) * NT + u] = o[u][2 * h + 1];
+    }
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < RT * hd; idx += kDecodeWarps * kWarp) {
+    const int row = idx / hd, d = idx % hd, r = row0 + row;
+    if (r >= p.rows) break;  // rows are in order: the rest are past the end too
+    float mmax = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kDecodeWarps; ++w) mmax = fmaxf(mmax, m_s[w][row]);
+    float num = 0.0f, den = 0.0f;
+    if (mmax != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < kDecodeWarps; ++w) {
+        const float sc = exp2f(m_s[w][row] - mmax);  // 0 for a warp without visible keys
+        num += sc * o_s[w][row][d];
+        den += sc * l_s[w][row];
+      }
+    }
+    const int i = r / p.group, head = kvh * p.group + r % p.group;
+    if (plan.count == 1) {
+      p.out[i * p.out_stride + static_cast<int64_t>(head) * hd + d] =
+          __float2bfloat16_rn(den > 0.0f ? num / den : 0.0f);
+    } else {
+      const int64_t prow = (static_cast<int64_t>(split) * p.n + i) * p.heads + head;
+      p.part_o[prow * hd + d] = num;
+      if (d == 0) p.part_ml[2 * prow] = mmax, p.part_ml[2 * prow + 1] = den;
+    }
+  }
+}
+
+// Merges the splits' partial results: grid (n*H), block head_dim threads; nothing to do when the
+// partition has one split (the decode kernel wrote out itself).
+// O = sum_s 2^(m_s - M) o_s / sum_s 2^(m_s - M) l_s, M = max_s m_s.
+__global__ void decode_combine_kernel(DecodeParams p) {
+  __shared__ float w_s[kDecodeMaxSplits];
+  __shared__ float den_s;
+  int64_t pos0;
+  const SplitPlan plan = plan_splits(decode_keys(p, &pos0), p.max_splits);
+  if (plan.count <= 1) return;
+  const int64_t rows = p.n * p.heads, row = blockIdx.x;  // i * H + h
+  const float* ml = p.part_ml + 2 * row;                 // split s at ml[2 * s * rows]
+  if (threadIdx.x < kWarp) {                             // one warp: the weights 2^(m_s - M) and their sum
+    float mmax = -INFINITY;
+    for (int s = threadIdx.x; s < plan.count; s += kWarp) mmax = fmaxf(mmax, ml[2 * s * rows]);
+    mmax = warp_max(mmax);
+    float den = 0.0f;
+    for (int s = threadIdx.x; s < plan.count; s += kWarp) {
+      const float ms = ml[2 * s * rows];
+      const float w = ms == -INFINITY ? 0.0f : exp2f(ms - mmax);  // a split with no visible key: 0
+      w_s[s] = w;
+      den += w * ml[2 * s * rows + 1];
+    }
+    den = warp_sum(den);
+    if (threadIdx.x == 0) den_s = den;
+  }
+  __syncthreads();
+  const int d = threadIdx.x;
+  if (d >= p.hd) return;
+  float num = 0.0f;
+#pragma unroll 8
+  for (int s = 0; s < plan.count; ++s) num += w_s[s] * p.part_o[(s * rows + row) * p.hd + d];
+  const int64_t i = row / p.heads, h = row % p.heads;
+  p.out[i * p.out_stride + h * p.hd + d] = __float2bfloat16_rn(den_s > 0.0f ? num / den_s : 0.0f);
+}
+
+template <KvType KV, int HDP, bool FULL>
+void launch_decode(Context& ctx, const DecodeParams& p, dim3 grid) {
+  constexpr size_t smem = decode_smem_bytes(KV, HDP, FULL);
+  if (smem > 48 * 1024)
+    CUDA_CHECK(cudaFuncSetAttribute(attention_decode_kernel<KV, HDP, FULL>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  attention_decode_kernel<KV, HDP, FULL><<<grid, kDecodeWarps * kWarp, smem, ctx.stream()>>>(p);
+  CUDA_CHECK_LAUNCH();
+}
+
+template <KvType KV>
+void launch_decode_hd(Context& ctx, const DecodeParams& p, dim3 grid, bool full) {
+  if (p.hd <= 64)
+    return full ? launch_decode<KV, 64, true>(ctx, p, grid) : launch_decode<KV, 64, false>(ctx, p, grid);
+  if (p.hd <= 128)
+    return full ? launch_decode<KV, 128, true>(ctx, p, grid) : launch_decode<KV, 128, false>(ctx, p, grid);
+  launch_decode<KV, 256, false>(ctx, p, grid);  // 16-row tiles would not fit the registers
+}
+
+// k, v (n, KVH, hd) bf16 -> cache (KVH, cap, hd) of KV, positions pos0 + i; one thread per 8 elements.
+template <KvType KV>
+__global__ void kv_write_kernel(const bf16* k, int64_t ks, const bf16* v, int64_t vs, int64_t n,
+                                int64_t pos0_host, const int32_t* d_pos0, void* kc, void* vc,
+                                int64_t kv_heads, int64_t hd, int64_t cap) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t per_token = kv_heads * hd / 8;
+  if (idx >= n * per_token) return;
+  const int64_t pos0 = d_pos0 ? static_cast<int64_t>(*d_pos0) : pos0_host;
+  const int64_t i = idx / per_token, e = (idx % per_token) * 8;
+  if (pos0 + i >= cap) return;  // a device pos0 past its bound
+  const int64_t g = e / hd, col = e % hd;
+  const int64_t dst = (g * cap + pos0 + i) * hd + col;
+  const Bf16x8 kx = *reinterpret_cast<const Bf16x8*>(k + i * ks + e);
+  const Bf16x8 vx = *reinterpret_cast<const Bf16x8*>(v + i * vs + e);
+  if constexpr (KV == KvType::BF16) {
+    *reinterpret_cast<Bf16x8*>(static_cast<bf16*>(kc) + dst) = kx;
+    *reinterpret_cast<Bf16x8*>(static_cast<bf16*>(vc) + dst) = vx;
+  } else {
+    // bf16 -> e4m3, saturating to +-448, round to nearest even (cvt.rn.satfinite).
+    auto to_fp8 = [](const Bf16x8& x) {
+      uint2 r;
+      uint32_t* w = &r.x;
+#pragma unroll
+      for (int t = 0; t < 2; ++t) {
+        const uint32_t lo = __nv_cvt_bfloat16raw2_to_fp8x2(x.h[2 * t], __NV_SATFINITE, __NV_E4M3);
+        const uint32_t hi = __nv_cvt_bfloat16raw2_to_fp8x2(x.h[2 * t + 1], __NV_SATFINITE, __NV_E4M3);
+        w[t] = lo | (hi << 16);
+      }
+      return r;
+    };
+    *reinterpret_cast<uint2*>(static_cast<uint8_t*>(kc) + dst) = to_fp8(kx);
+    *reinterpret_cast<uint2*>(static_cast<uint8_t*>(vc) + dst) = to_fp8(vx);
   }
 }
 
@@ -247,7 +709,8 @@ void check_attention_shape(const AttentionShape& s) {
 }
 
 void kv_cache_write(Context& ctx, const bf16* k, int64_t k_stride, const bf16* v, int64_t v_stride, int64_t n,
-                    int64_t pos0, bf16* k_cache, bf16* v_cache, const AttentionShape& s) {
+                    int64_t pos0, const int32_t* d_pos0, void* k_cache, void* v_cache, KvType kv_type,
+                    const AttentionShape& s) {
   check_attention_shape(s);
   if (pos0 < 0 || pos0 + n > s.capacity)
     fail("kv_cache_write: positions [{}, {}) outside the cache capacity {}", pos0, pos0 + n, s.capacity);
@@ -255,61 +718,96 @@ void kv_cache_write(Context& ctx, const bf16* k, int64_t k_stride, const bf16* v
     fail("kv_cache_write: k and v must be 16-byte aligned with strides % 8 == 0");
   const int64_t total = n * s.kv_heads * s.head_dim / 8;
   if (total == 0) return;
-  kv_write_kernel<<<static_cast<unsigned>(ceil_div(total, 256)), 256, 0, ctx.stream()>>>(
-      k, k_stride, v, v_stride, n, pos0, k_cache, v_cache, s.kv_heads, s.head_dim, s.capacity);
+  const unsigned blocks = static_cast<unsigned>(ceil_div(total, 256));
+  if (kv_type == KvType::BF16)
+    kv_write_kernel<KvType::BF16><<<blocks, 256, 0, ctx.stream()>>>(
+        k, k_stride, v, v_stride, n, pos0, d_pos0, k_cache, v_cache, s.kv_heads, s.head_dim, s.capacity);
+  else
+    kv_write_kernel<KvType::FP8_E4M3><<<blocks, 256, 0, ctx.stream()>>>(
+        k, k_stride, v, v_stride, n, pos0, d_pos0, k_cache, v_cache, s.kv_heads, s.head_dim, s.capacity);
   CUDA_CHECK_LAUNCH();
 }
 
 size_t attention_scratch_bytes(const AttentionShape& s, int64_t n) {
   const int64_t rows = std::min(n, kSplitMaxTokens) * s.heads;
-  return static_cast<size_t>(kMaxSplits) * rows * (s.head_dim + 2) * sizeof(float);
+  return static_cast<size_t>(kDecodeMaxSplits) * rows * (s.head_dim + 2) * sizeof(float);
 }
 
-void attention_forward(Context& ctx, const bf16* q, int64_t q_stride, int64_t n, int64_t pos0,
-                       const bf16* k_cache, const bf16* v_cache, const AttentionShape& s, float scale,
-                       bf16* out, int64_t out_stride, Scratch scratch) {
-  check_attention_shape(s);
-  if (n == 0) return;
-  if (pos0 < 0 || pos0 + n > s.capacity)
-    fail("attention: positions [{}, {}) outside the cache capacity {}", pos0, pos0 + n, s.capacity);
-  if (!aligned16(q) || q_stride % 8) fail("attention: q must be 16-byte aligned with q_stride % 8 == 0");
+namespace {
+
+// The SIMT kernel over a BF16 cache, for prefill-sized n (until the tensor-core prefill takes over).
+void attention_simt(Context& ctx, const bf16* q, int64_t q_stride, int64_t n, int64_t pos0,
+                    const int32_t* d_pos0, const bf16* k_cache, const bf16* v_cache, const AttentionShape& s,
+                    float scale, bf16* out, int64_t out_stride) {
   Params p{};
-  p.q = q, p.q_stride = q_stride, p.n = n, p.pos0 = pos0;
+  p.q = q, p.q_stride = q_stride, p.n = n, p.pos0 = pos0, p.d_pos0 = d_pos0;
   p.kc = k_cache, p.vc = v_cache, p.cap = s.capacity;
   p.heads = static_cast<int>(s.heads), p.kv_heads = static_cast<int>(s.kv_heads);
   p.hd = static_cast<int>(s.head_dim), p.group = static_cast<int>(s.heads / s.kv_heads);
   p.scale_log2 = scale * kLog2e;
   p.out = out, p.out_stride = out_stride;
-
-  // Decode-sized row counts get one-warp blocks (no idle warps); prefill gets four-warp blocks.
+  // Small row counts get one-warp blocks (no idle warps), larger ones four-warp blocks.
   const int64_t rows = n * p.group;
   const int warps = rows <= 2 * kRowsPerWarp ? 1 : 4;
-  const int64_t row_blocks = ceil_div(rows, warps * kRowsPerWarp);
-  const int64_t keys = pos0 + n;
-  int64_t splits = 1;
-  const int64_t base = row_blocks * s.kv_heads, target = 2 * ctx.info().sm_count;
-  if (n <= kSplitMaxTokens && base < target) {
-    splits = std::min<int64_t>({ceil_div(target, base), ceil_div(keys, kMinKeysPerSplit), kMaxSplits});
-    const size_t per_split = static_cast<size_t>(n * s.heads) * (s.head_dim + 2) * sizeof(float);
-    splits = std::min<int64_t>(splits, static_cast<int64_t>(scratch.bytes / per_split));
-    splits = std::max<int64_t>(splits, 1);
-  }
-  p.split_len = ceil_div(ceil_div(keys, splits), kTileKeys) * kTileKeys;
-  splits = ceil_div(keys, p.split_len);
-  if (splits > 1) {
-    p.part_o = static_cast<float*>(scratch.ptr);
-    p.part_ml = p.part_o + splits * n * s.heads * s.head_dim;
-  }
-  const dim3 grid(static_cast<unsigned>(row_blocks), static_cast<unsigned>(s.kv_heads),
-                  static_cast<unsigned>(splits));
+  const dim3 grid(static_cast<unsigned>(ceil_div(rows, warps * kRowsPerWarp)),
+                  static_cast<unsigned>(s.kv_heads));
   if (warps == 1)
-    launch_dpl<1>(ctx, p, grid);
+    launch_simt_dpl<1>(ctx, p, grid);
   else
-    launch_dpl<4>(ctx, p, grid);
+    launch_simt_dpl<4>(ctx, p, grid);
+}
+
+}  // namespace
+
+void attention_forward(Context& ctx, const bf16* q, int64_t q_stride, int64_t n, int64_t pos0,
+                       const int32_t* d_pos0, const void* k_cache, const void* v_cache, KvType kv_type,
+                       const AttentionShape& s, float scale, bf16* out, int64_t out_stride, Scratch scratch) {
+  check_attention_shape(s);
+  if (n == 0) return;
+  if (pos0 < 0 || pos0 + n > s.capacity)
+    fail("attention: positions [{}, {}) outside the cache capacity {}", pos0, pos0 + n, s.capacity);
+  if (!aligned16(q) || q_stride % 8) fail("attention: q must be 16-byte aligned with q_stride % 8 == 0");
+  if (!aligned16(k_cache) || !aligned16(v_cache)) fail("attention: the KV cache must be 16-byte aligned");
+  if (kv_type == KvType::BF16 && n > kSplitMaxTokens)
+    return attention_simt(ctx, q, q_stride, n, pos0, d_pos0, static_cast<const bf16*>(k_cache),
+                          static_cast<const bf16*>(v_cache), s, scale, out, out_stride);
+
+  DecodeParams p{};
+  p.q = q, p.q_stride = q_stride, p.n = n, p.pos0 = pos0, p.d_pos0 = d_pos0;
+  p.kc = k_cache, p.vc = v_cache, p.cap = s.capacity;
+  p.heads = static_cast<int>(s.heads), p.hd = static_cast<int>(s.head_dim);
+  p.group = static_cast<int>(s.heads / s.kv_heads), p.rows = static_cast<int>(n * p.group);
+  p.scale_log2 = scale * kLog2e;
+  p.out = out, p.out_stride = out_stride;
+
+  // 8-row tiles when they hold every row (one decode token), else 16-row tiles (head_dim <= 128).
+  const bool full = p.rows > 8 && s.head_dim <= 128;
+  const int64_t tiles = ceil_div(p.rows, full ? 16 : 8);
+  // Splits: one wave of resident blocks, within the scratch; none for prefill-sized n
+  // (its scratch is not planned). From the shape, scratch and device only: never from pos0.
+  int64_t max_splits = 1;
+  if (n <= kSplitMaxTokens) {
+    const int64_t per_split = n * s.heads * (s.head_dim + 2) * static_cast<int64_t>(sizeof(float));
+    const int hdp = s.head_dim <= 64 ? 64 : s.head_dim <= 128 ? 128 : 256;
+    const int64_t slots = int64_t{decode_blocks_per_sm(kv_type, hdp)} * ctx.info().sm_count;
+    max_splits = std::min<int64_t>(
+        {slots / (s.kv_heads * tiles), kDecodeMaxSplits, static_cast<int64_t>(scratch.bytes) / per_split});
+    max_splits = std::max<int64_t>(max_splits, 1);
+  }
+  p.max_splits = static_cast<int>(max_splits);
+  p.part_o = static_cast<float*>(scratch.ptr);
+  p.part_ml = p.part_o + max_splits * n * s.heads * s.head_dim;
+  // The launch covers the largest partition a pos0 <= the host value can have.
+  const int64_t splits = max_split_count(pos0 + n, p.max_splits);
+  const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(s.kv_heads),
+                  static_cast<unsigned>(tiles));
+  if (kv_type == KvType::BF16)
+    launch_decode_hd<KvType::BF16>(ctx, p, grid, full);
+  else
+    launch_decode_hd<KvType::FP8_E4M3>(ctx, p, grid, full);
   if (splits > 1) {
-    attention_combine_kernel<<<static_cast<unsigned>(n * s.heads), static_cast<unsigned>(s.head_dim), 0,
-                               ctx.stream()>>>(p.part_o, p.part_ml, static_cast<int>(splits), n * s.heads,
-                                               s.heads, p.hd, out, out_stride);
+    const unsigned threads = static_cast<unsigned>(std::max<int64_t>(s.head_dim, kWarp));
+    decode_combine_kernel<<<static_cast<unsigned>(n * s.heads), threads, 0, ctx.stream()>>>(p);
     CUDA_CHECK_LAUNCH();
   }
 }

@@ -1,12 +1,20 @@
-// defines: AttentionShape, kv_cache_write (append k, v to a layer's BF16 KV cache) and
+// defines: KvType, AttentionShape, kv_cache_write (append k, v to a layer's KV cache, BF16 or FP8),
 // attention_forward (causal GQA attention of n new queries over the cache), attention_scratch_bytes.
 //
-// KV cache of one layer: k_cache, v_cache (kv_heads, capacity, head_dim) bf16: each KV head's keys
-// are contiguous, so a decode step streams them in 16-byte loads.
+// KV cache of one layer: k_cache, v_cache (kv_heads, capacity, head_dim) of KvType: each KV head's
+// keys are contiguous, so a decode step streams them in 16-byte loads.
 // Attention (HF eager_attention_forward): query i of n sits at position pos0 + i and sees cache
-// positions [0, pos0 + i]; softmax(q k^T * scale) v in fp32 (online softmax, Milakov & Gimelshein
-// 2018; split-KV "flash-decoding", Dao et al. 2023), the G = heads / kv_heads query heads of a KV
-// head sharing each K/V tile loaded to shared memory.
+// positions [0, pos0 + i]; softmax(q k^T * scale) v with fp32 accumulation and online softmax
+// (Milakov & Gimelshein 2018). Decode (n <= 8, or any n on an FP8 cache): split-KV
+// "flash-decoding" (Dao et al. 2023): one block per (split, KV head, 8 or 16 query rows) serving all
+// G = heads / kv_heads query heads of its KV head, so each K/V byte is read once; q k^T and p v on
+// the tensor cores (mma.sync m16n8k16, fp32 accumulate: bf16 operands for a BF16 cache, f16 for FP8,
+// whose e4m3 values f16 holds exactly); the splits' partial results merged by a second kernel.
+//
+// Device-side positions (CUDA-graph replay): with d_pos0 non-null the kernels read pos0 from
+// *d_pos0 and the host pos0 is only an upper bound on it that sizes the launch. The launch depends
+// on (host pos0, n, shape, scratch, device) only, and the split partition on the actual key count
+// and those: the output is bitwise that of the host-pos0 call with pos0 = *d_pos0.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -34,19 +42,23 @@ struct AttentionShape {
 // Throws Error when the shape is not supported (the message says which limit).
 void check_attention_shape(const AttentionShape& s);
 
-// k (n, kv_heads, head_dim) and v (same) bf16 with token strides -> cache positions [pos0, pos0+n).
+// k (n, kv_heads, head_dim) and v (same) bf16 with token strides -> cache positions [pos0, pos0+n),
+// converted to e4m3 (saturating, round to nearest even) for an FP8 cache. d_pos0: see above (the
+// launch depends on n only; positions at or past capacity are not written).
 void kv_cache_write(Context& ctx, const __nv_bfloat16* k, int64_t k_stride, const __nv_bfloat16* v,
-                    int64_t v_stride, int64_t n, int64_t pos0, __nv_bfloat16* k_cache, __nv_bfloat16* v_cache,
-                    const AttentionShape& s);
+                    int64_t v_stride, int64_t n, int64_t pos0, const int32_t* d_pos0, void* k_cache,
+                    void* v_cache, KvType kv_type, const AttentionShape& s);
 
 // Scratch attention_forward may use for n queries (split-KV partial results); plan it once.
 size_t attention_scratch_bytes(const AttentionShape& s, int64_t n);
 
 // out (n, heads, head_dim) bf16, token stride out_stride = attention of q (n, heads, head_dim) bf16
 // (token stride q_stride, RoPE applied) over the cache, whose positions [0, pos0 + n) must be
-// written. scale: the softmax scale (head_dim^-0.5).
+// written. scale: the softmax scale (head_dim^-0.5). d_pos0: null, or the device-side pos0 (then
+// pos0 is its host upper bound, pos0 + n <= capacity; see above).
 void attention_forward(Context& ctx, const __nv_bfloat16* q, int64_t q_stride, int64_t n, int64_t pos0,
-                       const __nv_bfloat16* k_cache, const __nv_bfloat16* v_cache, const AttentionShape& s,
-                       float scale, __nv_bfloat16* out, int64_t out_stride, Scratch scratch);
+                       const int32_t* d_pos0, const void* k_cache, const void* v_cache, KvType kv_type,
+                       const AttentionShape& s, float scale, __nv_bfloat16* out, int64_t out_stride,
+                       Scratch scratch);
 
 }  // namespace nibble::cuda
