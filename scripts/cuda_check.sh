@@ -12,13 +12,14 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=c
 t0=$(date +%s)
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a >"$out/build.log" 2>&1 ||
   { tail -30 "$out/build.log"; exit 1; }
-ninja -C build-gpu -j16 cuda_test_cuda_ops cuda_test_cuda_model cuda_test_cuda_memory nibble >>"$out/build.log" 2>&1 ||
+suites=$(ls tests/cuda/test_*.cpp | sed 's#tests/cuda/#cuda_#; s#\.cpp$##')
+ninja -C build-gpu -j16 $suites nibble >>"$out/build.log" 2>&1 ||
   { grep -E "error|FAILED" "$out/build.log" | head -30; exit 1; }
 echo "build: $(( $(date +%s) - t0 )) s"
-for t in ops model memory; do
-  echo "===== cuda_test_cuda_$t" >>"$log"
-  timeout 150 "build-gpu/tests/cuda_test_cuda_$t" --gtest_color=no >>"$log" 2>&1
-  echo "cuda_test_cuda_$t: rc=$?"
+for t in $suites; do
+  echo "===== $t" >>"$log"
+  timeout 150 "build-gpu/tests/$t" --gtest_color=no >>"$log" 2>&1
+  echo "$t: rc=$?"
 done
 grep -E "^\[  (PASSED|FAILED) |^\[  FAILED  \]" "$log"
 grep -E "Failure|Expected|Which is|actual:|teacher-forced|free-running|greedy ids|write past|not written" "$log" | head -40
@@ -26,6 +27,9 @@ grep -E "NMSE|greedy:|llama2c|50 turns|warm-up|arena|GB" "$log" | head -60
 [ "${2:-}" = "--no-bench" ] && exit 0
 timeout 200 build-gpu/apps/nibble/nibble bench --preset qwen3-4b --random-weights --json >"$out/bench.json" 2>"$out/bench.err"
 echo "nibble bench: rc=$?"; cat "$out/bench.json"; tail -5 "$out/bench.err"
+timeout 120 build-gpu/apps/nibble/nibble bench --preset qwen3-4b --random-weights --kv-cache fp8 --prefill 2048 \
+  --json >"$out/bench_fp8.json" 2>>"$out/bench.err"
+echo "nibble bench --kv-cache fp8: rc=$?"; grep -E "tok_s|pct" "$out/bench_fp8.json"
 timeout 200 python3 scripts/bench_hf.py --json "$out/bench_hf.json" >"$out/bench_hf.log" 2>&1
 echo "bench_hf: rc=$?"; grep -E "tok_s|copy_gbps|peak|Error|error" "$out/bench_hf.log" | head -20
 echo "total: $(( $(date +%s) - t0 )) s"

@@ -147,6 +147,9 @@ TEST(CliGenerate, BadInputIsAClearError) {
   expect_error({"generate", "--model", llama(), "--prompt-ids", "1", "--top-p", "1.5"}, {"top-p"});
   expect_error({"generate", "--model", "/nonexistent/model", "--prompt-ids", "1"}, {"/nonexistent/model"});
   expect_error({"generate", "--model", llama(), "--prompt-ids", "1", "--top-logits", "3"}, {"--json"});
+  expect_error({"generate", "--model", llama(), "--prompt-ids", "1", "--kv-cache", "fp4"}, {"--kv-cache", "fp4"});
+  expect_error({"generate", "--model", llama(), "--prompt-ids", "1", "--device", "cpu", "--kv-cache", "fp8"},
+               {"FP8 KV cache", "--device cuda"});
 }
 
 TEST(CliGenerate, BrokenModelDirectoriesAreClearErrors) {

@@ -1,5 +1,6 @@
 // nibble bench (--model DIR | --preset qwen3-4b --random-weights) [--json]: the card's copy
-// bandwidth, then prefill tok/s at 512 and 2048 tokens, decode tok/s at contexts 0, 4K and 32K with
+// bandwidth and bf16 tensor-core rate, then prefill tok/s at 512 and 2048 tokens with the share of
+// the tensor-core rate reached on the model's FLOPs, decode tok/s at contexts 0, 4K and 32K with
 // the bytes each decoded token reads, the achieved GB/s and its share of the measured copy
 // bandwidth, and peak memory. A benchmark, not a test: warm-up, several runs, the median.
 //
@@ -27,11 +28,14 @@
 
 #ifdef NIBBLE_HAVE_CUDA
 #include <cuda_runtime_api.h>
+#include <nvtx3/nvToolsExt.h>
 
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/context.cuh"
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/fill.cuh"
+#include "backend/cuda/linear.cuh"
+#include "runtime/sampler.h"
 #endif
 
 namespace nibble::app {
@@ -43,6 +47,12 @@ struct BenchOptions {
   bool random_weights = false;
   bool json = false;
   int device = 0;
+  std::vector<int64_t> prefill = {512, 2048};
+  std::vector<int64_t> contexts = {0, 4096, 32768};
+  int64_t decode_steps = 32;
+  int reps = 4;  // timed runs after one warm-up; the median is reported
+  std::string kv_cache = "bf16";
+  bool no_graphs = false;
 };
 
 #ifdef NIBBLE_HAVE_CUDA
@@ -93,7 +103,7 @@ void parallel_rows(int64_t rows, F&& f) {
   for (auto& th : pool) th.join();
 }
 
-// Host weights of a random Qwen3 model with NVFP4 linears and a BF16 embedding (tied head).
+// Host weights of a random Qwen3 model with NVFP4 linears and head, and a BF16 embedding.
 struct RandomModel {
   std::vector<std::vector<uint8_t>> bytes;  // owns everything the views point to
   ModelWeights w;
@@ -168,7 +178,9 @@ struct RandomModel {
       w.layers.push_back(L);
     }
     w.final_norm = norm(dim, ++seed);
-    w.lm_head = w.embed_tokens;
+    // The head is NVFP4 too (the speed-of-light budget counts a 4-bit head); the BF16
+    // embedding stays for the lookup, which reads one row per token.
+    w.lm_head = nvfp4(c.vocab_size, dim, ++seed);
   }
 };
 
@@ -215,12 +227,58 @@ double copy_bandwidth_gbps(cuda::Context& ctx) {
   return median(gbps);
 }
 
+// bf16 GEMM 8192 x 8192 x 8192 through cuBLASLt (fp32 accumulation) on random data: the card's
+// tensor-core rate as this program reaches it, TFLOP/s, median of 10 after 2 warm-ups.
+double bf16_tensor_tflops(cuda::Context& ctx) {
+  const int64_t m = 8192;
+  const size_t bytes = static_cast<size_t>(m * m) * 2;
+  cuda::DeviceBuffer a(ctx, bytes, "GEMM A"), b(ctx, bytes, "GEMM B"), c(ctx, bytes, "GEMM C");
+  cuda::fill_random_bf16(ctx, a.get<__nv_bfloat16>(), m * m, 3, 1.0f);
+  cuda::fill_random_bf16(ctx, b.get<__nv_bfloat16>(), m * m, 4, 1.0f);
+  cudaEvent_t e0, e1;
+  CUDA_CHECK(cudaEventCreate(&e0));
+  CUDA_CHECK(cudaEventCreate(&e1));
+  std::vector<double> tflops;
+  for (int i = 0; i < 12; ++i) {
+    CUDA_CHECK(cudaEventRecord(e0, ctx.stream()));
+    cuda::gemm_bf16_nt(ctx, a.get<__nv_bfloat16>(), m, b.get<__nv_bfloat16>(), m, c.get(), DType::BF16, m, m, m,
+                       m, 1.0f);
+    CUDA_CHECK(cudaEventRecord(e1, ctx.stream()));
+    CUDA_CHECK(cudaEventSynchronize(e1));
+    float ms = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+    if (i >= 2) tflops.push_back(2.0 * m * m * m / (ms * 1e-3) / 1e12);
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  return median(tflops);
+}
+
+// FLOPs of a prefill of n tokens from position 0 with the head on the last token only: 2 per
+// weight per token for the linears, and causal attention (q k^T and p V: 2 * hd * H per visible
+// (query, key) pair, n (n + 1) / 2 pairs per layer).
+double prefill_flops(const ModelConfig& c, const ModelWeights& w, int64_t n) {
+  double linear = 0;
+  for (const LayerWeights& L : w.layers)
+    for (const Weight* p : {&L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.gate_proj, &L.up_proj, &L.down_proj})
+      linear += static_cast<double>(p->out) * static_cast<double>(p->in);
+  const double pairs = 0.5 * static_cast<double>(n) * static_cast<double>(n + 1);
+  const double attention = 4.0 * pairs * static_cast<double>(c.head_dim * c.num_heads * c.num_layers);
+  return 2.0 * linear * static_cast<double>(n) + attention +
+         2.0 * static_cast<double>(w.lm_head.out) * static_cast<double>(w.lm_head.in);
+}
+
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 void run_bench(const BenchOptions& o) {
   CudaBackendOptions bo;
   bo.device = o.device;
+  bo.graphs = !o.no_graphs;
+  if (o.kv_cache == "fp8")
+    bo.kv_dtype = DType::F8_E4M3;
+  else if (o.kv_cache != "bf16")
+    fail("--kv-cache {}: expected bf16 or fp8", o.kv_cache);
   CudaBackend gpu(bo);  // first: no GPU fails before minutes of weight generation
   cuda::Context& ctx = gpu.context();
   const double copy_gbps = copy_bandwidth_gbps(ctx);
@@ -243,51 +301,73 @@ void run_bench(const BenchOptions& o) {
     host = random->w;
     source = fmt::format("preset {} (random NVFP4 weights)", o.preset);
   }
-
-  const std::vector<int64_t> prefill_sizes = {512, 2048}, decode_contexts = {0, 4096, 32768};
-  const int64_t decode_steps = 32, context = 32768 + 2 * decode_steps, max_tokens = 2048;
+  if (o.reps < 1 || o.decode_steps < 1) fail("--reps and --decode-steps must be at least 1");
+  const int64_t max_prefill = o.prefill.empty() ? 1 : *std::max_element(o.prefill.begin(), o.prefill.end());
+  const int64_t max_context = o.contexts.empty() ? 0 : *std::max_element(o.contexts.begin(), o.contexts.end());
+  for (int64_t n : o.prefill)
+    if (n < 1) fail("--prefill {}: token counts must be positive", n);
+  const int64_t context = std::max(max_context + o.decode_steps, max_prefill), max_tokens = max_prefill;
 
   const std::string plan = gpu.prepare_model(config, host, context, max_tokens);
   if (!o.json) fmt::print(stderr, "{}", plan);
   Qwen3Model model(gpu, config, upload_model_weights(gpu, host), max_tokens);
   KvCache cache = model.make_kv_cache(context);
   const int64_t kv_elems = cache.layers * cache.kv_heads * cache.capacity * cache.head_dim;
-  cuda::fill_random_bf16(ctx, static_cast<__nv_bfloat16*>(cache.k.data()), kv_elems, 11, 1.0f);
-  cuda::fill_random_bf16(ctx, static_cast<__nv_bfloat16*>(cache.v.data()), kv_elems, 12, 1.0f);
+  if (cache.dtype == DType::F8_E4M3) {
+    cuda::fill_random_fp8(ctx, static_cast<uint8_t*>(cache.k.data()), kv_elems, 11, 1.0f);
+    cuda::fill_random_fp8(ctx, static_cast<uint8_t*>(cache.v.data()), kv_elems, 12, 1.0f);
+  } else {
+    cuda::fill_random_bf16(ctx, static_cast<__nv_bfloat16*>(cache.k.data()), kv_elems, 11, 1.0f);
+    cuda::fill_random_bf16(ctx, static_cast<__nv_bfloat16*>(cache.v.data()), kv_elems, 12, 1.0f);
+  }
   gpu.synchronize();
+  const double tc_tflops = bf16_tensor_tflops(ctx);
 
-  std::vector<int32_t> tokens(static_cast<size_t>(max_tokens));
+  std::vector<int32_t> tokens(static_cast<size_t>(std::max(max_tokens, o.decode_steps)));
   for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<int32_t>(mix64(i) % config.vocab_size);
   std::vector<float> logits(static_cast<size_t>(config.vocab_size));
+  SamplerParams greedy;
+  greedy.temperature = 0.0f;
 
   nlohmann::json out;
   out["device"] = gpu.name();
   out["model"] = source;
   out["copy_gbps"] = copy_gbps;
-  for (int64_t n : prefill_sizes) {
+  out["bf16_tensor_tflops"] = tc_tflops;
+  out["kv_cache"] = o.kv_cache;
+  out["graphs"] = !o.no_graphs;
+  for (int64_t n : o.prefill) {
     std::vector<double> t;
-    for (int rep = 0; rep < 4; ++rep) {
+    for (int rep = 0; rep <= o.reps; ++rep) {
       const auto t0 = Clock::now();
       model.forward(std::span<const int32_t>(tokens.data(), static_cast<size_t>(n)), 0, cache, 1, logits);
       if (rep > 0) t.push_back(seconds_since(t0));
     }
-    const double s = median(t);
-    out["prefill"].push_back({{"tokens", n}, {"seconds", s}, {"tok_s", n / s}});
+    const double s = median(t), flops = prefill_flops(config, host, n);
+    out["prefill"].push_back({{"tokens", n},
+                              {"seconds", s},
+                              {"tok_s", n / s},
+                              {"tflops", flops / s / 1e12},
+                              {"pct_of_tensor", 100.0 * flops / s / 1e12 / tc_tflops}});
   }
+  // Decode as generation runs it: one token per forward, the next id picked on the device (greedy)
+  // and copied back, which waits for the step.
   const size_t wbytes = decode_weight_bytes(host);
-  const size_t kv_per_token =
-      static_cast<size_t>(2 * config.num_layers * config.num_kv_heads * config.head_dim) * 2;
-  for (int64_t c : decode_contexts) {
+  const size_t kv_per_token = static_cast<size_t>(2 * config.num_layers * config.num_kv_heads * config.head_dim) *
+                              dtype_size(cache.dtype);
+  for (int64_t c : o.contexts) {
     std::vector<double> t;
-    for (int rep = 0; rep < 4; ++rep) {
+    for (int rep = 0; rep <= o.reps; ++rep) {
       const auto t0 = Clock::now();
-      for (int64_t s = 0; s < decode_steps; ++s)
-        model.forward(std::span<const int32_t>(&tokens[static_cast<size_t>(s)], 1), c + s, cache, 1, logits);
-      if (rep > 0) t.push_back(seconds_since(t0) / decode_steps);
+      for (int64_t s = 0; s < o.decode_steps; ++s) {
+        model.forward(std::span<const int32_t>(&tokens[static_cast<size_t>(s)], 1), c + s, cache, 1, {});
+        gpu.sample(model.device_logits(1), greedy, {}, 0.0);
+      }
+      if (rep > 0) t.push_back(seconds_since(t0) / static_cast<double>(o.decode_steps));
     }
     const double s = median(t);
     const double bytes =
-        static_cast<double>(wbytes) + static_cast<double>(kv_per_token) * (c + decode_steps / 2);
+        static_cast<double>(wbytes) + static_cast<double>(kv_per_token) * (c + o.decode_steps / 2);
     out["decode"].push_back({{"context", c},
                              {"ms_per_token", s * 1e3},
                              {"tok_s", 1.0 / s},
@@ -295,21 +375,39 @@ void run_bench(const BenchOptions& o) {
                              {"gbps", bytes / s / 1e9},
                              {"pct_of_copy", 100.0 * bytes / s / 1e9 / copy_gbps}});
   }
+  // One more step of each kind, outside the timing, inside NVTX ranges ("prefill_<n>",
+  // "decode_<context>") that a profiler can select: `ncu --nvtx --nvtx-include "decode_4096/"`.
+  for (int64_t n : o.prefill) {
+    nvtxRangePushA(fmt::format("prefill_{}", n).c_str());
+    model.forward(std::span<const int32_t>(tokens.data(), static_cast<size_t>(n)), 0, cache, 1, logits);
+    nvtxRangePop();
+  }
+  for (int64_t c : o.contexts) {
+    nvtxRangePushA(fmt::format("decode_{}", c).c_str());
+    model.forward(std::span<const int32_t>(tokens.data(), 1), c, cache, 1, {});
+    gpu.sample(model.device_logits(1), greedy, {}, 0.0);
+    nvtxRangePop();
+  }
+
   const auto [free_b, total_b] = ctx.mem_info();
   out["peak_bytes_model"] = gpu.arena_bytes();  // the plan: one arena, nothing allocated after load
   out["device_used_bytes"] = total_b - free_b;
   out["plan_bytes"] = gpu.arena_bytes();
   out["weight_bytes_per_token"] = wbytes;
+  out["device_allocations_after_load"] = gpu.device_alloc_count();
 
   if (o.json) {
     fmt::print("{}\n", out.dump(2));
     return;
   }
-  fmt::print("nibble bench on {}\nmodel: {}\n", gpu.name(), source);
+  fmt::print("nibble bench on {}\nmodel: {}, KV cache {}, CUDA graphs {}\n", gpu.name(), source, o.kv_cache,
+             o.no_graphs ? "off" : "on");
   fmt::print("copy bandwidth (device-to-device, read+write): {:.0f} GB/s\n", copy_gbps);
+  fmt::print("bf16 tensor-core rate (cuBLASLt 8192^3): {:.0f} TFLOP/s\n", tc_tflops);
   for (const auto& p : out["prefill"])
-    fmt::print("prefill {:>5} tokens: {:>9.0f} tok/s ({:.1f} ms)\n", p["tokens"].get<int64_t>(),
-               p["tok_s"].get<double>(), p["seconds"].get<double>() * 1e3);
+    fmt::print("prefill {:>5} tokens: {:>9.0f} tok/s ({:.1f} ms), {:.0f} TFLOP/s = {:.1f}% of the bf16 rate\n",
+               p["tokens"].get<int64_t>(), p["tok_s"].get<double>(), p["seconds"].get<double>() * 1e3,
+               p["tflops"].get<double>(), p["pct_of_tensor"].get<double>());
   for (const auto& d : out["decode"])
     fmt::print(
         "decode at context {:>5}: {:>7.1f} tok/s ({:.3f} ms/token), {:.2f} GB/token, {:.0f} GB/s = {:.1f}% "
@@ -332,6 +430,13 @@ void add_bench_command(CLI::App& app) {
   cmd->add_flag("--random-weights", opts->random_weights, "With --preset: random NVFP4 weights");
   cmd->add_flag("--json", opts->json, "Print the results as JSON");
   cmd->add_option("--device-index", opts->device, "CUDA device index (default 0)");
+  cmd->add_option("--prefill", opts->prefill, "Prefill sizes in tokens (default 512 2048)")->delimiter(',');
+  cmd->add_option("--decode-contexts", opts->contexts, "Decode contexts in tokens (default 0 4096 32768)")
+      ->delimiter(',');
+  cmd->add_option("--decode-steps", opts->decode_steps, "Tokens decoded per timed run (default 32)");
+  cmd->add_option("--reps", opts->reps, "Timed runs after one warm-up; the median is reported (default 4)");
+  cmd->add_option("--kv-cache", opts->kv_cache, "KV cache element type: bf16 or fp8 (E4M3)");
+  cmd->add_flag("--no-graphs", opts->no_graphs, "Launch every op of a decode step instead of a CUDA graph");
   cmd->callback([opts] {
 #ifdef NIBBLE_HAVE_CUDA
     run_bench(*opts);

@@ -20,6 +20,7 @@ EngineOptions GenerationOptions::engine_options() const {
 #endif
   }
   if (gpu_mem_budget_gb > 0) e.gpu_mem_budget_gb = gpu_mem_budget_gb;
+  e.kv_fp8 = kv_cache == "fp8";
   e.context_length = context;
   e.threads = threads;
   return e;
@@ -51,6 +52,9 @@ void add_generation_options(CLI::App& cmd, GenerationOptions& o, int64_t default
                  "GB of GPU memory the model may plan (weights + KV cache + activations + workspaces); "
                  "refuse to start, showing the plan, when it does not fit")
       ->check(CLI::PositiveNumber);
+  cmd.add_option("--kv-cache", o.kv_cache,
+                 "KV cache element type on the GPU: bf16, or fp8 (E4M3, half the bytes; the CPU keeps fp32)")
+      ->check(CLI::IsMember({"bf16", "fp8"}));
   cmd.add_option("--context", o.context,
                  "KV cache capacity in tokens (default: min(max_position_embeddings, 4096))")
       ->check(CLI::NonNegativeNumber);

@@ -24,6 +24,7 @@ struct GenerationOptions {
   std::string model;
   std::string device;            // "cpu" | "cuda"; empty: cuda when a GPU is present, else cpu
   double gpu_mem_budget_gb = 0;  // --gpu-mem-budget; 0: no budget
+  std::string kv_cache = "bf16";  // --kv-cache bf16 | fp8 (cuda)
   int64_t context = 0;
   int threads = 0;
   int64_t max_tokens = 0;  // set by add_generation_options (per-command default)

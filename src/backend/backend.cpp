@@ -71,6 +71,37 @@ KvCache Backend::alloc_kv_cache(int64_t layers, int64_t kv_heads, int64_t capaci
   return c;
 }
 
+void Backend::qk_norm_rope_forward(const Tensor& q, const Tensor& k, const Tensor& q_norm, const Tensor& k_norm,
+                                   float eps, int64_t pos0, const RopeTable& rope, const Tensor& q_out,
+                                   const Tensor& k_out) {
+  const int64_t n = q.dim(0), hq = q.dim(1), hkv = k.dim(1), hd = q.dim(2);
+  if (!q_norm.empty()) {
+    rmsnorm_forward(q.reshape({n * hq, hd}), q_norm, eps, q_out.reshape({n * hq, hd}), Tensor());
+    rmsnorm_forward(k.reshape({n * hkv, hd}), k_norm, eps, k_out.reshape({n * hkv, hd}), Tensor());
+  } else {
+    NIBBLE_ASSERT(q_out.data == q.data && k_out.data == k.data);
+  }
+  rope_forward(q_out, pos0, rope);
+  rope_forward(k_out, pos0, rope);
+}
+
+void Backend::linear_multi_forward(const Tensor& x, std::span<const LinearOut> outs) {
+  for (const LinearOut& o : outs) linear_forward(x, *o.w, *o.bias, *o.out);
+}
+
+void Backend::linear_swiglu_forward(const Tensor& x, const Weight& gate, const Weight& up, const Tensor& gate_tmp,
+                                    const Tensor& up_tmp, const Tensor& out) {
+  linear_forward(x, gate, Tensor(), gate_tmp);
+  linear_forward(x, up, Tensor(), up_tmp);
+  swiglu_forward(gate_tmp, up_tmp, out);
+}
+
+void Backend::linear_residual_forward(const Tensor& x, const Weight& w, const Tensor& bias, const Tensor& residual,
+                                      const Tensor& tmp, const Tensor& out) {
+  linear_forward(x, w, bias, tmp);
+  add_forward(residual, tmp, out);
+}
+
 static Tensor kv_layer_view(const Buffer& b, const KvCache& c, int64_t layer) {
   NIBBLE_ASSERT(layer >= 0 && layer < c.layers);
   const size_t per_layer = static_cast<size_t>(c.kv_heads * c.capacity * c.head_dim) * dtype_size(c.dtype);
@@ -82,11 +113,16 @@ Tensor KvCache::k_layer(int64_t layer) const { return kv_layer_view(k, *this, la
 Tensor KvCache::v_layer(int64_t layer) const { return kv_layer_view(v, *this, layer); }
 
 std::unique_ptr<Backend> make_backend(const std::string& device, const BackendOptions& opts) {
-  if (device == "cpu") return make_cpu_backend(opts);
+  if (device == "cpu") {
+    if (opts.kv_fp8)
+      fail("an FP8 KV cache is a CUDA option (--kv-cache fp8 needs --device cuda); the CPU keeps fp32");
+    return make_cpu_backend(opts);
+  }
   if (device == "cuda") {
 #ifdef NIBBLE_HAVE_CUDA
     CudaBackendOptions cuda;
     cuda.mem_budget_gb = opts.gpu_mem_budget_gb;
+    if (opts.kv_fp8) cuda.kv_dtype = DType::F8_E4M3;
     return make_cuda_backend(cuda);
 #else
     fail("device \"cuda\": this build has no CUDA backend (nvcc was not found when it was configured)");

@@ -32,6 +32,7 @@
 //                      out (n, hq, hd) = softmax(scale q K^T + causal mask) V over [0, pos0+n)
 //   swiglu_forward     gate (n, ffn), up (n, ffn)                            -> out = silu(gate) * up
 //   add_forward        a, b (same shape)                                     -> out = a + b (residual)
+//   fused: qk_norm_rope, linear_multi (q/k/v), linear_swiglu, linear_residual (defaults compose the above)
 //   copy_to_host / copy_from_host: any activation <-> host fp32
 //
 // How CUDA plugs in: backend/cuda/cuda_backend.{h,cu} derives from Backend (raw_alloc =
@@ -79,6 +80,7 @@ struct SamplerParams;
 struct BackendOptions {
   int threads = 0;                          // CPU: worker threads, 0 = hardware concurrency
   std::optional<double> gpu_mem_budget_gb;  // CUDA: refuse a memory plan larger than this
+  bool kv_fp8 = false;                      // CUDA: FP8 E4M3 KV cache
 };
 
 class Backend {
@@ -123,6 +125,43 @@ class Backend {
                                  int64_t layer, int64_t pos0, float scale, const Tensor& out) = 0;
   virtual void swiglu_forward(const Tensor& gate, const Tensor& up, const Tensor& out) = 0;
   virtual void add_forward(const Tensor& a, const Tensor& b, const Tensor& out) = 0;
+
+  // ---- fused ops. Each has a default made of the ops above (what the CPU backend runs); a backend
+  // may do the same work in fewer passes over memory (CUDA, for decode-sized n). Results equal the
+  // composition up to the order of fp32 sums. The `tmp` tensors hold the composition's
+  // intermediates and may be left unwritten by a fused implementation.
+  // Per-head RMSNorm of q and k (when q_norm and k_norm are given: Qwen3) then RoPE at positions
+  // pos0.. : q_out (n, hq, hd), k_out (n, hkv, hd). Without norms q_out and k_out must be q and k
+  // themselves (RoPE in place).
+  virtual void qk_norm_rope_forward(const Tensor& q, const Tensor& k, const Tensor& q_norm, const Tensor& k_norm,
+                                    float eps, int64_t pos0, const RopeTable& rope, const Tensor& q_out,
+                                    const Tensor& k_out);
+  // out_i = x W_i^T + bias_i for projections that share x (q, k and v). bias may be empty.
+  struct LinearOut {
+    const Weight* w;
+    const Tensor* bias;
+    const Tensor* out;
+  };
+  virtual void linear_multi_forward(const Tensor& x, std::span<const LinearOut> outs);
+  // out = silu(x Wg^T) * (x Wu^T); gate_tmp and up_tmp (n, ffn) are the two products.
+  virtual void linear_swiglu_forward(const Tensor& x, const Weight& gate, const Weight& up, const Tensor& gate_tmp,
+                                     const Tensor& up_tmp, const Tensor& out);
+  // out = residual + (x W^T + bias); tmp (n, W.out) is the product. out may not alias residual.
+  virtual void linear_residual_forward(const Tensor& x, const Weight& w, const Tensor& bias, const Tensor& residual,
+                                       const Tensor& tmp, const Tensor& out);
+
+  // ---- recorded steps (CUDA graphs). A backend that can record the ops of one forward and replay
+  // them: set_step_inputs puts the token ids and the first position in backend memory, where the
+  // ops of a recording read them (the host pos0 and tokens they are passed are then only checked),
+  // so one recording serves every later step of the same shape on the same tensors. Between
+  // begin_recording and end_recording ops are recorded, not run; end_recording stores the
+  // recording under `key` and runs it once; abort_recording drops it (an op threw).
+  virtual bool can_record() const { return false; }
+  virtual void set_step_inputs(std::span<const int32_t> /*tokens*/, int64_t /*pos0*/) {}
+  virtual bool replay(uint64_t /*key*/) { return false; }  // false: nothing recorded under key
+  virtual void begin_recording() {}
+  virtual void end_recording(uint64_t /*key*/) {}
+  virtual void abort_recording() {}
 
   // ---- sampling on the backend (runtime/sampler.h semantics; CUDA: only the id reaches the host)
   // The planned device memory (bytes of the one arena, and the part handed out so far), for the

@@ -211,30 +211,23 @@ void Qwen3Model::layer_forward(int64_t layer, const Tensor& x, const LayerActiva
 
   // Attention block.
   b.rmsnorm_forward(x, L.input_norm, eps, a.x_norm, none);
-  b.linear_forward(a.x_norm, L.q_proj, L.q_bias, a.q);
-  b.linear_forward(a.x_norm, L.k_proj, L.k_bias, a.k);
-  b.linear_forward(a.x_norm, L.v_proj, L.v_bias, a.v);
-  if (config_.qk_norm) {  // Qwen3: RMSNorm over each head's hd values
-    b.rmsnorm_forward(a.q.reshape({n * hq, hd}), L.q_norm, eps, a.q_rot.reshape({n * hq, hd}), none);
-    b.rmsnorm_forward(a.k.reshape({n * hkv, hd}), L.k_norm, eps, a.k_rot.reshape({n * hkv, hd}), none);
-  }
+  const Backend::LinearOut qkv[] = {{&L.q_proj, &L.q_bias, &a.q}, {&L.k_proj, &L.k_bias, &a.k},
+                                    {&L.v_proj, &L.v_bias, &a.v}};
+  b.linear_multi_forward(a.x_norm, qkv);
   const Tensor q3 = a.q_rot.reshape({n, hq, hd});
   const Tensor k3 = a.k_rot.reshape({n, hkv, hd});
-  b.rope_forward(q3, pos0, rope_);
-  b.rope_forward(k3, pos0, rope_);
+  // Qwen3: RMSNorm over each head's hd values, then RoPE (without q/k norm: RoPE on q, k in place).
+  b.qk_norm_rope_forward(a.q.reshape({n, hq, hd}), a.k.reshape({n, hkv, hd}), L.q_norm, L.k_norm, eps, pos0,
+                         rope_, q3, k3);
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   b.attention_forward(q3, k3, a.v.reshape({n, hkv, hd}), cache, layer, pos0, scale,
                       a.attn.reshape({n, hq, hd}));
-  b.linear_forward(a.attn, L.o_proj, L.o_bias, a.attn_proj);
-  b.add_forward(x, a.attn_proj, a.h);
+  b.linear_residual_forward(a.attn, L.o_proj, L.o_bias, x, a.attn_proj, a.h);
 
   // MLP block (SwiGLU).
   b.rmsnorm_forward(a.h, L.post_attention_norm, eps, a.h_norm, none);
-  b.linear_forward(a.h_norm, L.gate_proj, none, a.gate);
-  b.linear_forward(a.h_norm, L.up_proj, none, a.up);
-  b.swiglu_forward(a.gate, a.up, a.act);
-  b.linear_forward(a.act, L.down_proj, none, a.mlp_out);
-  b.add_forward(a.h, a.mlp_out, x_out);
+  b.linear_swiglu_forward(a.h_norm, L.gate_proj, L.up_proj, a.gate, a.up, a.act);
+  b.linear_residual_forward(a.act, L.down_proj, none, a.h, a.mlp_out, x_out);
 }
 
 void Qwen3Model::forward(std::span<const int32_t> tokens, int64_t pos0, KvCache& cache, int64_t logit_rows,
@@ -245,6 +238,30 @@ void Qwen3Model::forward(std::span<const int32_t> tokens, int64_t pos0, KvCache&
                 (static_cast<int64_t>(logits.size()) == logit_rows * vocab ||
                  (logits.empty() && logit_rows <= logit_chunk_)));
 
+  // A decode step (one token, its logits) is recorded once per cache and replayed after: its ops
+  // read the token id and position from backend memory (Backend::set_step_inputs).
+  if (n == 1 && logit_rows == 1 && backend_.can_record()) {
+    backend_.set_step_inputs(tokens, pos0);
+    const auto key = static_cast<uint64_t>(reinterpret_cast<uintptr_t>(cache.k.data()));
+    if (!backend_.replay(key)) {
+      backend_.begin_recording();
+      try {
+        run(tokens, pos0, cache, logit_rows, {});
+      } catch (...) {
+        backend_.abort_recording();
+        throw;
+      }
+      backend_.end_recording(key);
+    }
+    if (!logits.empty()) backend_.copy_to_host(logits_.slice_rows(0, 1), logits);
+    return;
+  }
+  run(tokens, pos0, cache, logit_rows, logits);
+}
+
+void Qwen3Model::run(std::span<const int32_t> tokens, int64_t pos0, KvCache& cache, int64_t logit_rows,
+                     std::span<float> logits) {
+  const int64_t n = static_cast<int64_t>(tokens.size()), vocab = config_.vocab_size;
   const LayerActivations a = slice(acts_, n);
   Tensor x = x_[0].slice_rows(0, n), y = x_[1].slice_rows(0, n);
   backend_.embedding_forward(weights_.embed_tokens, tokens, x);
@@ -253,7 +270,8 @@ void Qwen3Model::forward(std::span<const int32_t> tokens, int64_t pos0, KvCache&
     std::swap(x, y);
   }
 
-  // Final norm and head over the requested rows, logit_chunk_ rows at a time.
+  // Final norm and head over the requested rows, logit_chunk_ rows at a time; with an empty
+  // `logits` (logit_rows <= logit_chunk_) they stay on the backend (device_logits).
   const float eps = static_cast<float>(config_.rms_norm_eps);
   for (int64_t r = n - logit_rows; r < n; r += logit_chunk_) {
     const int64_t rows = std::min(logit_chunk_, n - r);
@@ -261,11 +279,10 @@ void Qwen3Model::forward(std::span<const int32_t> tokens, int64_t pos0, KvCache&
     const Tensor lg = logits_.slice_rows(0, rows);
     backend_.rmsnorm_forward(x.slice_rows(r, rows), weights_.final_norm, eps, xn, Tensor());
     backend_.linear_forward(xn, weights_.lm_head, Tensor(), lg);
-    if (logits.empty()) continue;  // kept on the backend (device_logits)
+    if (logits.empty()) continue;
     backend_.copy_to_host(lg, logits.subspan(static_cast<size_t>((r - (n - logit_rows)) * vocab),
                                              static_cast<size_t>(rows * vocab)));
   }
-  backend_.synchronize();
 }
 
 }  // namespace nibble

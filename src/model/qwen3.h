@@ -90,6 +90,8 @@ class Qwen3Model {
   // appending their keys and values to `cache`. Writes the logits of the last `logit_rows` tokens,
   // (logit_rows, V) row-major fp32, to `logits`.
   // With an empty `logits` (and logit_rows <= 16) the logits stay on the backend: device_logits().
+  // A backend that records (CUDA graphs) records a one-token, one-logit-row step the first time
+  // for `cache` and replays it after. Nothing waits for the backend unless logits are copied.
   void forward(std::span<const int32_t> tokens, int64_t pos0, KvCache& cache, int64_t logit_rows,
                std::span<float> logits);
   // The last forward's logits, its final `rows` rows (rows <= 16), (rows, V) F32 backend memory,
@@ -101,6 +103,9 @@ class Qwen3Model {
                      int64_t pos0, const Tensor& x_out);
 
  private:
+  // The forward without recording; logits as in forward().
+  void run(std::span<const int32_t> tokens, int64_t pos0, KvCache& cache, int64_t logit_rows,
+           std::span<float> logits);
   LayerActivations slice(const LayerActivations& a, int64_t n) const;
 
   Backend& backend_;

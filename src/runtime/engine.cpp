@@ -18,7 +18,7 @@ namespace nibble {
 namespace {
 
 constexpr int64_t kDefaultContext = 4096;
-constexpr int64_t kMaxChunk = 512;  // tokens per model forward; longer prompts run in chunks
+constexpr int64_t kMaxChunk = 2048;  // tokens per model forward; longer prompts run in chunks
 
 class ModelEngine final : public Engine {
  public:
@@ -53,7 +53,7 @@ class ModelEngine final : public Engine {
            (dir / "config.json").string());
     }
 
-    backend_ = make_backend(opts.device, BackendOptions{opts.threads, opts.gpu_mem_budget_gb});
+    backend_ = make_backend(opts.device, BackendOptions{opts.threads, opts.gpu_mem_budget_gb, opts.kv_fp8});
     const int64_t max_tokens = std::min(context_, kMaxChunk);
     // CUDA plans weights + KV cache + activations + workspaces and allocates them at once.
     const std::string plan = backend_->prepare_model(config_, host, context_, max_tokens);

@@ -23,6 +23,7 @@ struct SamplerParams;
 struct EngineOptions {
   std::string device = "cpu";               // "cpu" | "cuda"
   std::optional<double> gpu_mem_budget_gb;  // cuda: refuse to load when the memory plan exceeds it
+  bool kv_fp8 = false;                      // cuda: FP8 E4M3 KV cache (the CPU refuses it)
   int64_t context_length = 0;               // KV capacity in tokens; 0 = min(max_position_embeddings, 4096)
   int threads = 0;                          // 0 = hardware concurrency
 };

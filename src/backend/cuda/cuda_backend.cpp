@@ -9,6 +9,7 @@
 #include "backend/cpu/convert.h"
 #include "backend/cuda/activation.cuh"
 #include "backend/cuda/attention.cuh"
+#include "backend/cuda/attention_prefill.cuh"
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/context.cuh"
 #include "backend/cuda/embedding.cuh"
@@ -29,6 +30,8 @@ using cuda::bf16;
 
 constexpr size_t kBlasWorkspace = size_t{32} << 20;  // NVIDIA's suggestion for Hopper cuBLASLt
 constexpr size_t kSampleSlots = 4;                   // [0] chosen id, [1] uniform (float bits)
+constexpr int64_t kMaxStepTokens = 8;                // tokens of a recorded step at most
+constexpr size_t kStepSlots = 1 + kMaxStepTokens;    // [0] pos0, then the ids
 
 void require(bool ok, const char* what, const Tensor& t) {
   if (!ok) fail("cuda backend: {} (tensor {})", what, t.shape_string());
@@ -51,11 +54,20 @@ size_t weight_bytes(const Weight& w) {
 
 CudaBackend::CudaBackend(const CudaBackendOptions& opts)
     : ctx_(std::make_unique<cuda::Context>(opts.device)), opts_(opts) {
+  if (opts.kv_dtype != DType::BF16 && opts.kv_dtype != DType::F8_E4M3)
+    fail("cuda backend: KV cache type {} (BF16 or F8_E4M3 expected)", dtype_name(opts.kv_dtype));
   CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&host_id_), sizeof(int32_t)));
+  CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&host_step_), kStepSlots * sizeof(int32_t)));
+  cudaEvent_t e;
+  CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  step_copied_ = e;
 }
 
 CudaBackend::~CudaBackend() {
   if (ctx_) cudaStreamSynchronize(ctx_->stream());
+  for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec));
+  if (step_copied_) cudaEventDestroy(static_cast<cudaEvent_t>(step_copied_));
+  if (host_step_) cudaFreeHost(host_step_);
   uploads_.clear();  // Buffers free through raw_free while the arena still exists
   for (auto& [p, bytes] : own_allocs_) ctx_->device_free(p, bytes);
   own_allocs_.clear();
@@ -100,6 +112,9 @@ void* CudaBackend::raw_alloc(size_t bytes) {
 void CudaBackend::raw_free(void* p) {
   auto it = std::find_if(own_allocs_.begin(), own_allocs_.end(), [&](const auto& a) { return a.first == p; });
   if (it == own_allocs_.end()) return;  // arena memory lives as long as the backend
+  // A recording points at the buffers it ran on; a later allocation may reuse this address.
+  for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec));
+  graphs_.clear();
   ctx_->device_free(it->first, it->second);
   own_allocs_.erase(it);
 }
@@ -116,6 +131,7 @@ void CudaBackend::ensure_workspace(size_t scratch_bytes) {
     scratch_bytes_ = scratch_bytes;
   }
   if (!sample_out_) sample_out_ = static_cast<int32_t*>(carve(kSampleSlots * 4, "sampling output"));
+  if (!step_) step_ = static_cast<int32_t*>(carve(kStepSlots * 4, "step inputs"));
 }
 
 void CudaBackend::ensure_ids(size_t count) {
@@ -126,7 +142,7 @@ void CudaBackend::ensure_ids(size_t count) {
 }
 
 cuda::MemoryPlan plan_model_memory(const ModelConfig& c, const ModelWeights& host, int64_t context,
-                                   int64_t max_tokens) {
+                                   int64_t max_tokens, DType kv_dtype) {
   cuda::MemoryPlan plan;
   const int64_t dim = c.hidden_size, hd = c.head_dim, ffn = c.intermediate_size, V = c.vocab_size;
   const int64_t qd = c.num_heads * hd, kvd = c.num_kv_heads * hd, n = max_tokens;
@@ -157,7 +173,7 @@ cuda::MemoryPlan plan_model_memory(const ModelConfig& c, const ModelWeights& hos
   vec("final_norm", host.final_norm);
   if (host.lm_head.data != host.embed_tokens.data) weight("lm_head", host.lm_head);
 
-  const size_t kv = static_cast<size_t>(c.num_layers * c.num_kv_heads * context * hd) * 2;
+  const size_t kv = static_cast<size_t>(c.num_layers * c.num_kv_heads * context * hd) * dtype_size(kv_dtype);
   plan.add("kv cache", "k", kv);
   plan.add("kv cache", "v", kv);
 
@@ -190,6 +206,7 @@ cuda::MemoryPlan plan_model_memory(const ModelConfig& c, const ModelWeights& hos
   plan.add("workspace", "op scratch", scratch);
   plan.add("workspace", "token ids", static_cast<size_t>(std::max(n, context)) * 4);
   plan.add("workspace", "sampling output", kSampleSlots * 4);
+  plan.add("workspace", "step inputs", kStepSlots * 4);
   return plan;
 }
 
@@ -197,7 +214,7 @@ std::string CudaBackend::prepare_model(const ModelConfig& config, const ModelWei
                                        int64_t max_tokens) {
   if (arena_) fail("cuda backend: prepare_model called twice");
   if (blas_ws_ || scratch_ || ids_) fail("cuda backend: prepare_model must come before the first op");
-  const cuda::MemoryPlan plan = plan_model_memory(config, host, context, max_tokens);
+  const cuda::MemoryPlan plan = plan_model_memory(config, host, context, max_tokens, opts_.kv_dtype);
   std::optional<size_t> budget;
   if (opts_.mem_budget_gb) budget = static_cast<size_t>(*opts_.mem_budget_gb * 1e9);
   std::string text = plan.describe(budget);
@@ -230,6 +247,8 @@ std::string CudaBackend::prepare_model(const ModelConfig& config, const ModelWei
       ids_capacity_ = e.bytes / 4;
     } else if (e.name == "sampling output") {
       sample_out_ = static_cast<int32_t*>(carve(e.bytes, "sampling output"));
+    } else if (e.name == "step inputs") {
+      step_ = static_cast<int32_t*>(carve(e.bytes, "step inputs"));
     }
   }
   return text;
@@ -335,6 +354,11 @@ void CudaBackend::embedding_forward(const Weight& table, std::span<const int32_t
   require(
       out.dtype == DType::BF16 && out.rows() == static_cast<int64_t>(tokens.size()) && out.cols() == table.in,
       "embedding_forward: out must be (n, dim) BF16", out);
+  if (recording_) {  // the ids of every replay are at step_ + 1 (set_step_inputs)
+    cuda::embedding_forward(*ctx_, step_ + 1, static_cast<int64_t>(tokens.size()),
+                            static_cast<const bf16*>(table.data), table.out, table.in, out.as<bf16>());
+    return;
+  }
   ensure_ids(std::max<size_t>(tokens.size(), 1));
   CUDA_CHECK(cudaMemcpyAsync(ids_, tokens.data(), tokens.size() * 4, cudaMemcpyHostToDevice, ctx_->stream()));
   cuda::embedding_forward(*ctx_, ids_, static_cast<int64_t>(tokens.size()),
@@ -368,7 +392,7 @@ void CudaBackend::rope_forward(const Tensor& x, int64_t pos0, const RopeTable& r
   require(x.dtype == DType::BF16 && x.rank == 3, "rope_forward: x must be (n, heads, hd) BF16", x);
   const int64_t n = x.dim(0), heads = x.dim(1), hd = x.dim(2);
   require(rope.inv_freq.numel() == hd / 2, "rope_forward: inv_freq size", rope.inv_freq);
-  cuda::rope_forward(*ctx_, x.as<bf16>(), heads * hd, n, heads, hd, pos0, nullptr, opt_f32(rope.inv_freq),
+  cuda::rope_forward(*ctx_, x.as<bf16>(), heads * hd, n, heads, hd, pos0, step_pos(), opt_f32(rope.inv_freq),
                      rope.attention_scaling);
 }
 
@@ -377,18 +401,30 @@ void CudaBackend::attention_forward(const Tensor& q, const Tensor& k, const Tens
   require(q.rank == 3 && k.rank == 3 && v.rank == 3 && out.rank == 3 && q.dtype == DType::BF16 &&
               k.dtype == DType::BF16 && v.dtype == DType::BF16 && out.dtype == DType::BF16,
           "attention_forward: q, k, v, out must be rank-3 BF16", q);
-  require(cache.dtype == DType::BF16, "attention_forward: BF16 KV cache expected", q);
+  require(cache.dtype == DType::BF16 || cache.dtype == DType::F8_E4M3,
+          "attention_forward: BF16 or F8_E4M3 KV cache expected", q);
   const int64_t n = q.dim(0), hq = q.dim(1), hd = q.dim(2), hkv = k.dim(1);
   const cuda::AttentionShape s{hq, hkv, hd, cache.capacity};
   require(cache.kv_heads == hkv && cache.head_dim == hd && k.dim(0) == n && v.dim(0) == n && out.dim(1) == hq,
           "attention_forward: shapes disagree with the cache", q);
-  const size_t need = cuda::attention_scratch_bytes(s, n);
-  ensure_workspace(need);
-  bf16* kc = cache.k_layer(layer).as<bf16>();
-  bf16* vc = cache.v_layer(layer).as<bf16>();
-  cuda::kv_cache_write(*ctx_, k.as<const bf16>(), hkv * hd, v.as<const bf16>(), hkv * hd, n, pos0, kc, vc, s);
-  cuda::attention_forward(*ctx_, q.as<const bf16>(), hq * hd, n, pos0, kc, vc, s, scale, out.as<bf16>(),
-                          hq * hd, {scratch_, scratch_bytes_});
+  const cuda::KvType kv = cache.dtype == DType::F8_E4M3 ? cuda::KvType::FP8_E4M3 : cuda::KvType::BF16;
+  void* kc = cache.k_layer(layer).data;
+  void* vc = cache.v_layer(layer).data;
+  // While recording, positions come from step_ and the host pos0 only sizes the launch: every
+  // later replay may sit anywhere up to the end of the cache.
+  const int32_t* d_pos0 = step_pos();
+  const int64_t pos_bound = d_pos0 ? cache.capacity - n : pos0;
+  cuda::kv_cache_write(*ctx_, k.as<const bf16>(), hkv * hd, v.as<const bf16>(), hkv * hd, n, pos_bound, d_pos0, kc,
+                       vc, kv, s);
+  // Prompts: the tensor-core flash-attention kernel; decode-sized n: split-KV flash-decoding.
+  if (n > cuda::kGemvMaxTokens && !d_pos0 && cuda::attention_prefill_supported(hq, hkv, hd)) {
+    cuda::attention_prefill(*ctx_, q.as<const bf16>(), hq * hd, n, pos0, kc, vc, kv, hq, hkv, hd, cache.capacity,
+                            scale, out.as<bf16>(), hq * hd);
+    return;
+  }
+  ensure_workspace(cuda::attention_scratch_bytes(s, n));
+  cuda::attention_forward(*ctx_, q.as<const bf16>(), hq * hd, n, pos_bound, d_pos0, kc, vc, kv, s, scale,
+                          out.as<bf16>(), hq * hd, {scratch_, scratch_bytes_});
 }
 
 void CudaBackend::swiglu_forward(const Tensor& gate, const Tensor& up, const Tensor& out) {
@@ -405,6 +441,120 @@ void CudaBackend::add_forward(const Tensor& a, const Tensor& b, const Tensor& ou
               a.numel() == b.numel() && a.numel() == out.numel(),
           "add_forward: a, b, out must be BF16 of one shape", a);
   cuda::add_forward(*ctx_, a.as<const bf16>(), b.as<const bf16>(), a.numel(), out.as<bf16>());
+}
+
+void CudaBackend::qk_norm_rope_forward(const Tensor& q, const Tensor& k, const Tensor& q_norm,
+                                       const Tensor& k_norm, float eps, int64_t pos0, const RopeTable& rope,
+                                       const Tensor& q_out, const Tensor& k_out) {
+  require(q.rank == 3 && k.rank == 3 && q.dtype == DType::BF16 && k.dtype == DType::BF16 &&
+              q_out.dtype == DType::BF16 && k_out.dtype == DType::BF16 && q_out.numel() == q.numel() &&
+              k_out.numel() == k.numel() && k.dim(0) == q.dim(0) && k.dim(2) == q.dim(2),
+          "qk_norm_rope_forward: q (n, hq, hd), k (n, hkv, hd) and outputs of their shapes, BF16", q);
+  const int64_t n = q.dim(0), hq = q.dim(1), hkv = k.dim(1), hd = q.dim(2);
+  require(rope.inv_freq.numel() == hd / 2, "qk_norm_rope_forward: inv_freq size", rope.inv_freq);
+  require(q_norm.empty() || (q_norm.numel() == hd && k_norm.numel() == hd), "qk_norm_rope_forward: norm size",
+          q_norm);
+  cuda::qk_norm_rope_forward(*ctx_, q.as<const bf16>(), hq * hd, k.as<const bf16>(), hkv * hd, n, hq, hkv, hd,
+                             q_norm.empty() ? nullptr : opt_f32(q_norm), k_norm.empty() ? nullptr : opt_f32(k_norm),
+                             eps, pos0, step_pos(), opt_f32(rope.inv_freq), rope.attention_scaling,
+                             q_out.as<bf16>(), hq * hd, k_out.as<bf16>(), hkv * hd);
+}
+
+// The fused GEMVs (backend/cuda/linear.cuh) serve decode-sized n with NVFP4 weights; anything else
+// takes the composition (Backend's defaults: cuBLASLt products, then the elementwise op).
+namespace {
+bool bf16_rows(const Tensor& t, int64_t n, int64_t cols) {
+  return t.dtype == DType::BF16 && t.rows() == n && t.cols() == cols;
+}
+}  // namespace
+
+void CudaBackend::linear_multi_forward(const Tensor& x, std::span<const LinearOut> outs) {
+  const int64_t n = x.rows();
+  bool fused = x.dtype == DType::BF16 && !outs.empty() && outs.size() <= 3;
+  for (const LinearOut& o : outs)
+    fused = fused && cuda::nvfp4_gemv_fusable(*o.w, n) && o.w->in == x.cols() && bf16_rows(*o.out, n, o.w->out) &&
+            (o.bias->empty() || o.bias->numel() == o.w->out);
+  if (!fused) return Backend::linear_multi_forward(x, outs);
+  cuda::GemvTarget targets[3];
+  for (size_t i = 0; i < outs.size(); ++i)
+    targets[i] = {outs[i].w, opt_f32(*outs[i].bias), outs[i].out->as<bf16>(), outs[i].w->out};
+  cuda::nvfp4_gemv_multi(*ctx_, x.as<const bf16>(), x.cols(), n, targets, static_cast<int>(outs.size()));
+}
+
+void CudaBackend::linear_swiglu_forward(const Tensor& x, const Weight& gate, const Weight& up,
+                                        const Tensor& gate_tmp, const Tensor& up_tmp, const Tensor& out) {
+  const int64_t n = x.rows();
+  const bool fused = x.dtype == DType::BF16 && x.cols() == gate.in && cuda::nvfp4_gemv_fusable(gate, n) &&
+                     cuda::nvfp4_gemv_fusable(up, n) && gate.out == up.out && gate.in == up.in &&
+                     bf16_rows(out, n, gate.out);
+  if (!fused) return Backend::linear_swiglu_forward(x, gate, up, gate_tmp, up_tmp, out);
+  cuda::nvfp4_gemv_swiglu(*ctx_, x.as<const bf16>(), x.cols(), n, gate, up, out.as<bf16>(), out.cols());
+}
+
+void CudaBackend::linear_residual_forward(const Tensor& x, const Weight& w, const Tensor& bias,
+                                          const Tensor& residual, const Tensor& tmp, const Tensor& out) {
+  const int64_t n = x.rows();
+  const bool fused = x.dtype == DType::BF16 && x.cols() == w.in && cuda::nvfp4_gemv_fusable(w, n) &&
+                     bf16_rows(residual, n, w.out) && bf16_rows(out, n, w.out) &&
+                     (bias.empty() || bias.numel() == w.out) && out.data != x.data;
+  if (!fused) return Backend::linear_residual_forward(x, w, bias, residual, tmp, out);
+  cuda::nvfp4_gemv_residual(*ctx_, x.as<const bf16>(), x.cols(), n, w, opt_f32(bias), residual.as<const bf16>(),
+                            residual.cols(), out.as<bf16>(), out.cols());
+}
+
+// ---- recorded steps ---------------------------------------------------------------------------
+
+bool CudaBackend::can_record() const { return opts_.graphs; }
+
+void CudaBackend::set_step_inputs(std::span<const int32_t> tokens, int64_t pos0) {
+  if (static_cast<int64_t>(tokens.size()) > kMaxStepTokens)
+    fail("cuda backend: a recorded step takes at most {} tokens, got {}", kMaxStepTokens, tokens.size());
+  ensure_workspace(0);
+  auto* done = static_cast<cudaEvent_t>(step_copied_);
+  CUDA_CHECK(cudaEventSynchronize(done));  // the previous step's upload has read host_step_
+  host_step_[0] = static_cast<int32_t>(pos0);
+  std::copy(tokens.begin(), tokens.end(), host_step_ + 1);
+  CUDA_CHECK(cudaMemcpyAsync(step_, host_step_, (1 + tokens.size()) * 4, cudaMemcpyHostToDevice, ctx_->stream()));
+  CUDA_CHECK(cudaEventRecord(done, ctx_->stream()));
+}
+
+bool CudaBackend::replay(uint64_t key) {
+  const auto it = graphs_.find(key);
+  if (it == graphs_.end()) return false;
+  CUDA_CHECK(cudaGraphLaunch(static_cast<cudaGraphExec_t>(it->second), ctx_->stream()));
+  return true;
+}
+
+void CudaBackend::begin_recording() {
+  if (recording_) fail("cuda backend: begin_recording while recording");
+  ensure_workspace(0);
+  CUDA_CHECK(cudaStreamBeginCapture(ctx_->stream(), cudaStreamCaptureModeRelaxed));
+  recording_ = true;
+}
+
+void CudaBackend::end_recording(uint64_t key) {
+  if (!recording_) fail("cuda backend: end_recording without begin_recording");
+  recording_ = false;
+  cudaGraph_t graph = nullptr;
+  CUDA_CHECK(cudaStreamEndCapture(ctx_->stream(), &graph));
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);
+  CUDA_CHECK(err);
+  if (auto it = graphs_.find(key); it != graphs_.end()) {
+    cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(it->second));
+    graphs_.erase(it);
+  }
+  graphs_.emplace(key, exec);
+  CUDA_CHECK(cudaGraphLaunch(exec, ctx_->stream()));
+}
+
+void CudaBackend::abort_recording() {
+  if (!recording_) return;
+  recording_ = false;
+  cudaGraph_t graph = nullptr;
+  if (cudaStreamEndCapture(ctx_->stream(), &graph) == cudaSuccess && graph) cudaGraphDestroy(graph);
+  cudaGetLastError();  // the capture's error, if any, was reported by the op that threw
 }
 
 // ---- sampling ---------------------------------------------------------------------------------

@@ -12,6 +12,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <span>
@@ -35,6 +36,8 @@ class DeviceBuffer;
 struct CudaBackendOptions {
   int device = 0;
   std::optional<double> mem_budget_gb;  // --gpu-mem-budget: refuse a plan larger than this
+  bool graphs = true;                   // record decode steps as CUDA graphs and replay them
+  DType kv_dtype = DType::BF16;         // KV cache: BF16 or F8_E4M3 (scale 1, saturating)
 };
 
 class CudaBackend final : public Backend {
@@ -44,7 +47,7 @@ class CudaBackend final : public Backend {
 
   std::string name() const override;
   DType activation_dtype() const override { return DType::BF16; }
-  DType kv_dtype() const override { return DType::BF16; }
+  DType kv_dtype() const override { return opts_.kv_dtype; }
 
   Weight upload_weight(const Weight& host) override;
   Tensor upload_tensor(const Tensor& host) override;
@@ -61,6 +64,24 @@ class CudaBackend final : public Backend {
                          int64_t pos0, float scale, const Tensor& out) override;
   void swiglu_forward(const Tensor& gate, const Tensor& up, const Tensor& out) override;
   void add_forward(const Tensor& a, const Tensor& b, const Tensor& out) override;
+  void qk_norm_rope_forward(const Tensor& q, const Tensor& k, const Tensor& q_norm, const Tensor& k_norm,
+                            float eps, int64_t pos0, const RopeTable& rope, const Tensor& q_out,
+                            const Tensor& k_out) override;
+  void linear_multi_forward(const Tensor& x, std::span<const LinearOut> outs) override;
+  void linear_swiglu_forward(const Tensor& x, const Weight& gate, const Weight& up, const Tensor& gate_tmp,
+                             const Tensor& up_tmp, const Tensor& out) override;
+  void linear_residual_forward(const Tensor& x, const Weight& w, const Tensor& bias, const Tensor& residual,
+                               const Tensor& tmp, const Tensor& out) override;
+
+  // Decode steps as CUDA graphs: while recording, the ops read the token ids and the first
+  // position from step_ (device), written by set_step_inputs before each replay.
+  bool can_record() const override;
+  void set_step_inputs(std::span<const int32_t> tokens, int64_t pos0) override;
+  bool replay(uint64_t key) override;
+  void begin_recording() override;
+  void end_recording(uint64_t key) override;
+  void abort_recording() override;
+  int64_t recorded_steps() const { return static_cast<int64_t>(graphs_.size()); }
 
   // ---- CUDA only
   // Plans the memory of `config` with these host weights, a KV cache of `context` tokens and
@@ -94,6 +115,7 @@ class CudaBackend final : public Backend {
   void* carve(size_t bytes, const char* what);  // arena or a cudaMalloc of its own
   void ensure_workspace(size_t scratch_bytes);  // without a plan: grow the op scratch on demand
   void ensure_ids(size_t count);
+  const int32_t* step_pos() const { return recording_ ? step_ : nullptr; }  // device pos0 while recording
 
   std::unique_ptr<cuda::Context> ctx_;
   CudaBackendOptions opts_;
@@ -108,11 +130,18 @@ class CudaBackend final : public Backend {
   size_t ids_capacity_ = 0;
   int32_t* sample_out_ = nullptr;  // device: the chosen id, then the uniform (as float) at [1]
   int32_t* host_id_ = nullptr;     // pinned
+  // Step inputs of recorded forwards: [0] = pos0, [1, 1 + n) = token ids; device and pinned host.
+  int32_t* step_ = nullptr;
+  int32_t* host_step_ = nullptr;
+  void* step_copied_ = nullptr;  // cudaEvent_t: the last host_step_ upload has been read
+  bool recording_ = false;
+  std::map<uint64_t, void*> graphs_;  // key -> cudaGraphExec_t
 };
 
 // The plan prepare_model() allocates (exposed for `nibble bench` and the tests).
+// kv_dtype: BF16 or F8_E4M3.
 cuda::MemoryPlan plan_model_memory(const ModelConfig& config, const ModelWeights& host, int64_t context,
-                                   int64_t max_tokens);
+                                   int64_t max_tokens, DType kv_dtype = DType::BF16);
 
 std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& opts);
 

@@ -1,4 +1,5 @@
-// defines: rope_forward (rotary position embedding, rotate-half / NeoX form, in place).
+// defines: rope_forward (rotary position embedding, rotate-half / NeoX form, in place) and
+// qk_norm_rope_forward (Qwen3's per-head q/k RMSNorm and RoPE of q and k in one launch).
 //
 // HF apply_rotary_pos_emb: with x1 = x[:d/2], x2 = x[d/2:], f_i = pos * inv_freq[i] (fp32),
 //   out1 = x1 cos f - x2 sin f,  out2 = x2 cos f + x1 sin f,  cos/sin scaled by attention_scaling
@@ -14,9 +15,22 @@
 namespace nibble::cuda {
 
 // x: (n, heads, head_dim) bf16, token stride `stride` (elements), head stride head_dim; rotated in
-// place. Token t sits at position pos0 + t, or pos[t] (int32, device) when pos is given (a decode
-// step replayed as a graph reads its position from device memory). inv_freq: (head_dim/2) fp32.
+// place. Token t sits at position pos0 + t, or *d_pos0 + t when d_pos0 (int32, device) is given: a
+// decode step replayed as a CUDA graph reads its position from device memory. inv_freq:
+// (head_dim/2) fp32.
 void rope_forward(Context& ctx, __nv_bfloat16* x, int64_t stride, int64_t n, int64_t heads, int64_t head_dim,
-                  int64_t pos0, const int32_t* pos, const float* inv_freq, float attention_scaling);
+                  int64_t pos0, const int32_t* d_pos0, const float* inv_freq, float attention_scaling);
+
+// Per-head RMSNorm (weights q_norm / k_norm, fp32, head_dim each; both null: no norm) then RoPE,
+// for q (n, hq, hd) and k (n, hkv, hd) in one launch, one warp per (token, head) row:
+//   q_out = rope(rmsnorm(q)), k_out = rope(rmsnorm(k)); the normalised row is rounded to bf16 before
+// the rotation, as the separate rmsnorm_forward + rope_forward do. Inputs and outputs have token
+// strides; out may alias in (in place). head_dim even, at most 256.
+void qk_norm_rope_forward(Context& ctx, const __nv_bfloat16* q, int64_t q_stride, const __nv_bfloat16* k,
+                          int64_t k_stride, int64_t n, int64_t hq, int64_t hkv, int64_t head_dim,
+                          const float* q_norm, const float* k_norm, float eps, int64_t pos0,
+                          const int32_t* d_pos0, const float* inv_freq, float attention_scaling,
+                          __nv_bfloat16* q_out, int64_t q_out_stride, __nv_bfloat16* k_out,
+                          int64_t k_out_stride);
 
 }  // namespace nibble::cuda
