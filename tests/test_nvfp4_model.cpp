@@ -9,7 +9,7 @@
 //   on HF's own greedy continuation, top-1 agrees at 92% of positions; bound 85%.
 // - the random-weight HF fixtures (3 layers, every linear NVFP4): the layers' outputs dominate the
 //   residual stream (std-0.02 embeddings, unit-RMS normed inputs), so the noise of ~3 linears in
-//   series per layer accumulates: measured 0.18-0.32; bound 0.45.
+//   series per layer accumulates: measured 0.22-0.33; bound 0.45.
 // A broken codec is far outside: swapping the two nibbles of every byte gives > 0.2 on llama2c
 // (checked below, so the bound can fail).
 #include <gtest/gtest.h>
