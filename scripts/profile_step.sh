@@ -14,7 +14,7 @@ for r in "${ranges[@]}"; do
   args=(--prefill 16 --decode-contexts 4096 --decode-steps 2 --reps 1)
   [[ $r == decode_* ]] && args=(--prefill 16 --decode-contexts "$ctx" --decode-steps 2 --reps 1)
   [[ $r == prefill_* ]] && args=(--prefill "${r#prefill_}" --decode-contexts 0 --decode-steps 1 --reps 1)
-  timeout 280 ncu --clock-control none --nvtx --nvtx-include "$r/" --csv --print-units base \
+  timeout 280 ncu --clock-control none --cache-control none --nvtx --nvtx-include "$r/" --csv --print-units base \
     --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum \
     build-gpu/apps/nibble/nibble bench --preset qwen3-4b --random-weights "${args[@]}" \
     >"$out/ncu_$r.csv" 2>"$out/ncu_$r.err"

@@ -1,7 +1,7 @@
-// The decode step's fast path on the GPU: the fused ops against their compositions and the CPU
-// reference, a decode step recorded as a CUDA graph against the same step launched op by op
-// (bitwise), and the FP8 KV cache against the BF16 one and the CPU reference (its own bound).
-// Skips without a GPU.
+// The fast paths on the GPU: the fused ops against their compositions and the CPU reference, a
+// decode step recorded as a CUDA graph against the same step launched op by op (bitwise), the FP8
+// KV cache against the BF16 one and the CPU reference (its own bound), and the prefill's NVFP4 ->
+// bf16 tile conversion against the CPU codec (exact). Skips without a GPU.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -11,6 +11,8 @@
 #include <vector>
 
 #include "backend/cpu/cpu_backend.h"
+#include "backend/cuda/check.cuh"
+#include "backend/cuda/nvfp4_decode.cuh"
 #include "cuda/cuda_test_util.h"
 #include "format/safetensors.h"
 #include "model/qwen3.h"
@@ -72,6 +74,32 @@ TEST(CudaDecode, QkNormRopeMatchesComposition) {
     const auto fused = run(gpu, true), composed = run(gpu, false), reference = run(*cpu, false);
     EXPECT_LT(nmse(fused, reference), 8e-6);
     EXPECT_LT(nmse(fused, composed), 1e-6);
+  }
+}
+
+// e2m1 * fp8 scale is exact in bf16, so the tile equals the CPU codec's dequantisation (with the
+// global scale left out) bit for bit; shapes with K = 16 (one block per row), odd row counts and
+// totals that are not a multiple of a warp's 1024 elements; sentinels after the tile.
+TEST(CudaDecode, Nvfp4DequantIsExact) {
+  NIBBLE_REQUIRE_GPU();
+  CudaBackend gpu(CudaBackendOptions{});
+  std::mt19937 rng(9);
+  for (auto [rows, K] : {std::pair<int64_t, int64_t>{1, 16}, {7, 48}, {33, 2560}, {1000, 9728}, {3, 4096}}) {
+    SCOPED_TRACE(::testing::Message() << rows << " x " << K);
+    std::vector<float> w(static_cast<size_t>(rows * K));
+    for (auto& v : w) v = std::normal_distribution<float>(0.0f, 0.02f)(rng);
+    const Nvfp4Tensor q = quantize_nvfp4(w.data(), rows, K);
+    Weight unit = q.view();
+    unit.global_scale = 1.0f;
+    const std::vector<float> want = dequantize_nvfp4(unit);
+    const Weight dev = gpu.upload_weight(q.view());
+    DevTensor tile(gpu, DType::BF16, {rows, K});
+    cuda::nvfp4_dequant(gpu.context(), static_cast<const uint8_t*>(dev.data), dev.scales, rows, K,
+                        tile.t.as<__nv_bfloat16>());
+    const std::vector<float> got = tile.read(gpu, "tile");
+    size_t differ = 0;
+    for (size_t i = 0; i < got.size(); ++i) differ += got[i] != want[i];
+    EXPECT_EQ(differ, 0u);
   }
 }
 
