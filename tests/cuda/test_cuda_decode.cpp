@@ -11,8 +11,7 @@
 #include <vector>
 
 #include "backend/cpu/cpu_backend.h"
-#include "backend/cuda/check.cuh"
-#include "backend/cuda/nvfp4_decode.cuh"
+#include "backend/cuda/dequant.cuh"
 #include "cuda/cuda_test_util.h"
 #include "format/safetensors.h"
 #include "model/qwen3.h"

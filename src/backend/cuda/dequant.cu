@@ -1,4 +1,7 @@
+#include <algorithm>
+
 #include "backend/cuda/check.cuh"
+#include "backend/cuda/dequant.cuh"
 #include "backend/cuda/nvfp4_decode.cuh"
 
 namespace nibble::cuda {

@@ -1,6 +1,5 @@
 // defines: the NVFP4 decoding helpers the kernels share (e2m1 codes and fp8 e4m3 scales to
-// float), and nvfp4_dequant (rows of an NVFP4 weight -> bf16 tiles for the tensor-core GEMMs).
-// Only for .cu files: uses device code.
+// float). Only for .cu files: uses device code.
 //
 // E2M1 code c (bit 3 sign, bits 2..0 = e1 e0 m) placed at fp16 bits 15 and 11..9 is an fp16 whose
 // value is e2m1(c) * 2^-14: exponent field e, mantissa m<<9 gives 2^(e-15) (1 + m/2) for e >= 1 and
@@ -14,7 +13,6 @@
 #include <cstdint>
 
 #include "backend/cuda/common.cuh"
-#include "backend/cuda/context.cuh"
 
 namespace nibble::cuda {
 
@@ -31,11 +29,5 @@ __device__ __forceinline__ float fp8_to_float(uint8_t s) {
   const __half_raw r = __nv_cvt_fp8_to_halfraw(static_cast<__nv_fp8_storage_t>(s), __NV_E4M3);
   return __half2float(*reinterpret_cast<const __half*>(&r));
 }
-
-// Rows [0, rows) of an NVFP4 weight (codes (rows, K/2), scales (rows, K/16), both contiguous) ->
-// out (rows, K) bf16 without the global scale: e2m1 * fp8 is exact in bf16 (a 2-bit times a 4-bit
-// significand fits bf16's 8), so a GEMM with alpha = global scale gives the NVFP4 product.
-void nvfp4_dequant(Context& ctx, const uint8_t* codes, const uint8_t* scales, int64_t rows, int64_t K,
-                   __nv_bfloat16* out);
 
 }  // namespace nibble::cuda
