@@ -241,8 +241,8 @@ double bf16_tensor_tflops(cuda::Context& ctx) {
   std::vector<double> tflops;
   for (int i = 0; i < 12; ++i) {
     CUDA_CHECK(cudaEventRecord(e0, ctx.stream()));
-    cuda::gemm_bf16_nt(ctx, a.get<__nv_bfloat16>(), m, b.get<__nv_bfloat16>(), m, c.get(), DType::BF16, m, m, m,
-                       m, 1.0f);
+    cuda::gemm_bf16_nt(ctx, a.get<__nv_bfloat16>(), m, b.get<__nv_bfloat16>(), m, c.get(), DType::BF16, m, m,
+                       m, m, 1.0f);
     CUDA_CHECK(cudaEventRecord(e1, ctx.stream()));
     CUDA_CHECK(cudaEventSynchronize(e1));
     float ms = 0;
@@ -260,7 +260,8 @@ double bf16_tensor_tflops(cuda::Context& ctx) {
 double prefill_flops(const ModelConfig& c, const ModelWeights& w, int64_t n) {
   double linear = 0;
   for (const LayerWeights& L : w.layers)
-    for (const Weight* p : {&L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.gate_proj, &L.up_proj, &L.down_proj})
+    for (const Weight* p :
+         {&L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.gate_proj, &L.up_proj, &L.down_proj})
       linear += static_cast<double>(p->out) * static_cast<double>(p->in);
   const double pairs = 0.5 * static_cast<double>(n) * static_cast<double>(n + 1);
   const double attention = 4.0 * pairs * static_cast<double>(c.head_dim * c.num_heads * c.num_layers);
@@ -303,7 +304,8 @@ void run_bench(const BenchOptions& o) {
   }
   if (o.reps < 1 || o.decode_steps < 1) fail("--reps and --decode-steps must be at least 1");
   const int64_t max_prefill = o.prefill.empty() ? 1 : *std::max_element(o.prefill.begin(), o.prefill.end());
-  const int64_t max_context = o.contexts.empty() ? 0 : *std::max_element(o.contexts.begin(), o.contexts.end());
+  const int64_t max_context =
+      o.contexts.empty() ? 0 : *std::max_element(o.contexts.begin(), o.contexts.end());
   for (int64_t n : o.prefill)
     if (n < 1) fail("--prefill {}: token counts must be positive", n);
   const int64_t context = std::max(max_context + o.decode_steps, max_prefill), max_tokens = max_prefill;
@@ -353,8 +355,9 @@ void run_bench(const BenchOptions& o) {
   // Decode as generation runs it: one token per forward, the next id picked on the device (greedy)
   // and copied back, which waits for the step.
   const size_t wbytes = decode_weight_bytes(host);
-  const size_t kv_per_token = static_cast<size_t>(2 * config.num_layers * config.num_kv_heads * config.head_dim) *
-                              dtype_size(cache.dtype);
+  const size_t kv_per_token =
+      static_cast<size_t>(2 * config.num_layers * config.num_kv_heads * config.head_dim) *
+      dtype_size(cache.dtype);
   for (int64_t c : o.contexts) {
     std::vector<double> t;
     for (int rep = 0; rep <= o.reps; ++rep) {
@@ -405,9 +408,10 @@ void run_bench(const BenchOptions& o) {
   fmt::print("copy bandwidth (device-to-device, read+write): {:.0f} GB/s\n", copy_gbps);
   fmt::print("bf16 tensor-core rate (cuBLASLt 8192^3): {:.0f} TFLOP/s\n", tc_tflops);
   for (const auto& p : out["prefill"])
-    fmt::print("prefill {:>5} tokens: {:>9.0f} tok/s ({:.1f} ms), {:.0f} TFLOP/s = {:.1f}% of the bf16 rate\n",
-               p["tokens"].get<int64_t>(), p["tok_s"].get<double>(), p["seconds"].get<double>() * 1e3,
-               p["tflops"].get<double>(), p["pct_of_tensor"].get<double>());
+    fmt::print(
+        "prefill {:>5} tokens: {:>9.0f} tok/s ({:.1f} ms), {:.0f} TFLOP/s = {:.1f}% of the bf16 rate\n",
+        p["tokens"].get<int64_t>(), p["tok_s"].get<double>(), p["seconds"].get<double>() * 1e3,
+        p["tflops"].get<double>(), p["pct_of_tensor"].get<double>());
   for (const auto& d : out["decode"])
     fmt::print(
         "decode at context {:>5}: {:>7.1f} tok/s ({:.3f} ms/token), {:.2f} GB/token, {:.0f} GB/s = {:.1f}% "

@@ -71,9 +71,9 @@ KvCache Backend::alloc_kv_cache(int64_t layers, int64_t kv_heads, int64_t capaci
   return c;
 }
 
-void Backend::qk_norm_rope_forward(const Tensor& q, const Tensor& k, const Tensor& q_norm, const Tensor& k_norm,
-                                   float eps, int64_t pos0, const RopeTable& rope, const Tensor& q_out,
-                                   const Tensor& k_out) {
+void Backend::qk_norm_rope_forward(const Tensor& q, const Tensor& k, const Tensor& q_norm,
+                                   const Tensor& k_norm, float eps, int64_t pos0, const RopeTable& rope,
+                                   const Tensor& q_out, const Tensor& k_out) {
   const int64_t n = q.dim(0), hq = q.dim(1), hkv = k.dim(1), hd = q.dim(2);
   if (!q_norm.empty()) {
     rmsnorm_forward(q.reshape({n * hq, hd}), q_norm, eps, q_out.reshape({n * hq, hd}), Tensor());
@@ -89,15 +89,15 @@ void Backend::linear_multi_forward(const Tensor& x, std::span<const LinearOut> o
   for (const LinearOut& o : outs) linear_forward(x, *o.w, *o.bias, *o.out);
 }
 
-void Backend::linear_swiglu_forward(const Tensor& x, const Weight& gate, const Weight& up, const Tensor& gate_tmp,
-                                    const Tensor& up_tmp, const Tensor& out) {
+void Backend::linear_swiglu_forward(const Tensor& x, const Weight& gate, const Weight& up,
+                                    const Tensor& gate_tmp, const Tensor& up_tmp, const Tensor& out) {
   linear_forward(x, gate, Tensor(), gate_tmp);
   linear_forward(x, up, Tensor(), up_tmp);
   swiglu_forward(gate_tmp, up_tmp, out);
 }
 
-void Backend::linear_residual_forward(const Tensor& x, const Weight& w, const Tensor& bias, const Tensor& residual,
-                                      const Tensor& tmp, const Tensor& out) {
+void Backend::linear_residual_forward(const Tensor& x, const Weight& w, const Tensor& bias,
+                                      const Tensor& residual, const Tensor& tmp, const Tensor& out) {
   linear_forward(x, w, bias, tmp);
   add_forward(residual, tmp, out);
 }

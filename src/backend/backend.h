@@ -133,9 +133,9 @@ class Backend {
   // Per-head RMSNorm of q and k (when q_norm and k_norm are given: Qwen3) then RoPE at positions
   // pos0.. : q_out (n, hq, hd), k_out (n, hkv, hd). Without norms q_out and k_out must be q and k
   // themselves (RoPE in place).
-  virtual void qk_norm_rope_forward(const Tensor& q, const Tensor& k, const Tensor& q_norm, const Tensor& k_norm,
-                                    float eps, int64_t pos0, const RopeTable& rope, const Tensor& q_out,
-                                    const Tensor& k_out);
+  virtual void qk_norm_rope_forward(const Tensor& q, const Tensor& k, const Tensor& q_norm,
+                                    const Tensor& k_norm, float eps, int64_t pos0, const RopeTable& rope,
+                                    const Tensor& q_out, const Tensor& k_out);
   // out_i = x W_i^T + bias_i for projections that share x (q, k and v). bias may be empty.
   struct LinearOut {
     const Weight* w;
@@ -144,11 +144,11 @@ class Backend {
   };
   virtual void linear_multi_forward(const Tensor& x, std::span<const LinearOut> outs);
   // out = silu(x Wg^T) * (x Wu^T); gate_tmp and up_tmp (n, ffn) are the two products.
-  virtual void linear_swiglu_forward(const Tensor& x, const Weight& gate, const Weight& up, const Tensor& gate_tmp,
-                                     const Tensor& up_tmp, const Tensor& out);
+  virtual void linear_swiglu_forward(const Tensor& x, const Weight& gate, const Weight& up,
+                                     const Tensor& gate_tmp, const Tensor& up_tmp, const Tensor& out);
   // out = residual + (x W^T + bias); tmp (n, W.out) is the product. out may not alias residual.
-  virtual void linear_residual_forward(const Tensor& x, const Weight& w, const Tensor& bias, const Tensor& residual,
-                                       const Tensor& tmp, const Tensor& out);
+  virtual void linear_residual_forward(const Tensor& x, const Weight& w, const Tensor& bias,
+                                       const Tensor& residual, const Tensor& tmp, const Tensor& out);
 
   // ---- recorded steps (CUDA graphs). A backend that can record the ops of one forward and replay
   // them: set_step_inputs puts the token ids and the first position in backend memory, where the

@@ -211,8 +211,8 @@ void Qwen3Model::layer_forward(int64_t layer, const Tensor& x, const LayerActiva
 
   // Attention block.
   b.rmsnorm_forward(x, L.input_norm, eps, a.x_norm, none);
-  const Backend::LinearOut qkv[] = {{&L.q_proj, &L.q_bias, &a.q}, {&L.k_proj, &L.k_bias, &a.k},
-                                    {&L.v_proj, &L.v_bias, &a.v}};
+  const Backend::LinearOut qkv[] = {
+      {&L.q_proj, &L.q_bias, &a.q}, {&L.k_proj, &L.k_bias, &a.k}, {&L.v_proj, &L.v_bias, &a.v}};
   b.linear_multi_forward(a.x_norm, qkv);
   const Tensor q3 = a.q_rot.reshape({n, hq, hd});
   const Tensor k3 = a.k_rot.reshape({n, hkv, hd});

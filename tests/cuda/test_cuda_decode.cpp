@@ -41,8 +41,9 @@ TEST(CudaDecode, QkNormRopeMatchesComposition) {
     int64_t n, hq, hkv, hd, pos0;
     bool norm;
   };
-  for (const Case c : {Case{1, 32, 8, 128, 4095, true}, Case{7, 4, 2, 64, 0, true}, Case{3, 2, 1, 256, 100000, true},
-                       Case{5, 6, 3, 40, 17, true}, Case{2, 4, 4, 32, 9, false}}) {
+  for (const Case c :
+       {Case{1, 32, 8, 128, 4095, true}, Case{7, 4, 2, 64, 0, true}, Case{3, 2, 1, 256, 100000, true},
+        Case{5, 6, 3, 40, 17, true}, Case{2, 4, 4, 32, 9, false}}) {
     SCOPED_TRACE(::testing::Message() << "n " << c.n << " hq " << c.hq << " hkv " << c.hkv << " hd " << c.hd);
     const auto q = randn_bf16(static_cast<size_t>(c.n * c.hq * c.hd), rng, 2.0f);
     const auto k = randn_bf16(static_cast<size_t>(c.n * c.hkv * c.hd), rng, 2.0f);
@@ -54,14 +55,15 @@ TEST(CudaDecode, QkNormRopeMatchesComposition) {
     auto run = [&](Backend& b, bool fused) {
       DevTensor qd(b, {c.n, c.hq, c.hd}, &q), kd(b, {c.n, c.hkv, c.hd}, &k);
       DevTensor qo(b, {c.n, c.hq, c.hd}), ko(b, {c.n, c.hkv, c.hd});
-      DevTensor qn(b, DType::F32, {c.hd}, &qw), kn(b, DType::F32, {c.hd}, &kw), f(b, DType::F32, {c.hd / 2}, &freq);
+      DevTensor qn(b, DType::F32, {c.hd}, &qw), kn(b, DType::F32, {c.hd}, &kw),
+          f(b, DType::F32, {c.hd / 2}, &freq);
       const RopeTable rope{f.t, 1.0f};
       const Tensor& q_out = c.norm ? qo.t : qd.t;
       const Tensor& k_out = c.norm ? ko.t : kd.t;
       const Tensor none;
       if (fused)
-        b.qk_norm_rope_forward(qd.t, kd.t, c.norm ? qn.t : none, c.norm ? kn.t : none, 1e-6f, c.pos0, rope, q_out,
-                               k_out);
+        b.qk_norm_rope_forward(qd.t, kd.t, c.norm ? qn.t : none, c.norm ? kn.t : none, 1e-6f, c.pos0, rope,
+                               q_out, k_out);
       else
         b.Backend::qk_norm_rope_forward(qd.t, kd.t, c.norm ? qn.t : none, c.norm ? kn.t : none, 1e-6f, c.pos0,
                                         rope, q_out, k_out);
@@ -196,10 +198,10 @@ TEST(CudaDecode, GraphReplayEqualsDirectLaunches) {
 
 // The FP8 E4M3 KV cache. Keys and values are rounded to 3 mantissa bits (relative error up to
 // 2^-4, ~1.5% rms), which moves each attention output by about that much in rms; through the
-// layers the logits move by NMSE of order 1e-4..1e-3 on these models (measured 2026-11-26 on an
-// H100; printed below). Bound: NMSE vs the CPU fp32 reference < 1e-2, ten times the BF16 cache's
-// bound (kLogitNmse = 1e-3 in test_cuda_model.cpp) -- a wrong scale, a swapped K/V or an unwritten
-// position gives NMSE > 0.1. And FP8 must stay within 30x the BF16 cache's own error.
+// layers the logits move by NMSE 1.0e-3 to 1.7e-3 on these models, 10-14x the BF16 cache's
+// (measured 2026-11-26 on an H200; printed below). Bound: NMSE vs the CPU fp32 reference < 1e-2, ten times
+// the BF16 cache's bound (kLogitNmse = 1e-3 in test_cuda_model.cpp) -- a wrong scale, a swapped K/V or an
+// unwritten position gives NMSE > 0.1. And FP8 must stay within 30x the BF16 cache's own error.
 TEST(CudaDecode, Fp8KvCacheParity) {
   NIBBLE_REQUIRE_GPU();
   for (const char* name : {"qwen3_tied_gqa_f32", "qwen3_hd32_gqa_bf16", "llama_gqa_f32"}) {

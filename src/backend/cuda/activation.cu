@@ -56,11 +56,11 @@ void swiglu_forward(Context& ctx, const bf16* gate, int64_t gate_stride, const b
   const bool vec = d % 8 == 0 && gate_stride % 8 == 0 && up_stride % 8 == 0 && out_stride % 8 == 0 &&
                    aligned16(gate) && aligned16(up) && aligned16(out);
   if (vec)
-    swiglu_kernel<8><<<blocks_for(total / 8), 256, 0, ctx.stream()>>>(gate, gate_stride, up, up_stride, n, d, out,
-                                                                      out_stride);
+    swiglu_kernel<8><<<blocks_for(total / 8), 256, 0, ctx.stream()>>>(gate, gate_stride, up, up_stride, n, d,
+                                                                      out, out_stride);
   else
     swiglu_kernel<1><<<blocks_for(total), 256, 0, ctx.stream()>>>(gate, gate_stride, up, up_stride, n, d, out,
-                                                                   out_stride);
+                                                                  out_stride);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -414,12 +414,12 @@ void CudaBackend::attention_forward(const Tensor& q, const Tensor& k, const Tens
   // later replay may sit anywhere up to the end of the cache.
   const int32_t* d_pos0 = step_pos();
   const int64_t pos_bound = d_pos0 ? cache.capacity - n : pos0;
-  cuda::kv_cache_write(*ctx_, k.as<const bf16>(), hkv * hd, v.as<const bf16>(), hkv * hd, n, pos_bound, d_pos0, kc,
-                       vc, kv, s);
+  cuda::kv_cache_write(*ctx_, k.as<const bf16>(), hkv * hd, v.as<const bf16>(), hkv * hd, n, pos_bound,
+                       d_pos0, kc, vc, kv, s);
   // Prompts: the tensor-core flash-attention kernel; decode-sized n: split-KV flash-decoding.
   if (n > cuda::kGemvMaxTokens && !d_pos0 && cuda::attention_prefill_supported(hq, hkv, hd)) {
-    cuda::attention_prefill(*ctx_, q.as<const bf16>(), hq * hd, n, pos0, kc, vc, kv, hq, hkv, hd, cache.capacity,
-                            scale, out.as<bf16>(), hq * hd);
+    cuda::attention_prefill(*ctx_, q.as<const bf16>(), hq * hd, n, pos0, kc, vc, kv, hq, hkv, hd,
+                            cache.capacity, scale, out.as<bf16>(), hq * hd);
     return;
   }
   ensure_workspace(cuda::attention_scratch_bytes(s, n));
@@ -455,9 +455,10 @@ void CudaBackend::qk_norm_rope_forward(const Tensor& q, const Tensor& k, const T
   require(q_norm.empty() || (q_norm.numel() == hd && k_norm.numel() == hd), "qk_norm_rope_forward: norm size",
           q_norm);
   cuda::qk_norm_rope_forward(*ctx_, q.as<const bf16>(), hq * hd, k.as<const bf16>(), hkv * hd, n, hq, hkv, hd,
-                             q_norm.empty() ? nullptr : opt_f32(q_norm), k_norm.empty() ? nullptr : opt_f32(k_norm),
-                             eps, pos0, step_pos(), opt_f32(rope.inv_freq), rope.attention_scaling,
-                             q_out.as<bf16>(), hq * hd, k_out.as<bf16>(), hkv * hd);
+                             q_norm.empty() ? nullptr : opt_f32(q_norm),
+                             k_norm.empty() ? nullptr : opt_f32(k_norm), eps, pos0, step_pos(),
+                             opt_f32(rope.inv_freq), rope.attention_scaling, q_out.as<bf16>(), hq * hd,
+                             k_out.as<bf16>(), hkv * hd);
 }
 
 // The fused GEMVs (backend/cuda/linear.cuh) serve decode-sized n with NVFP4 weights; anything else
@@ -472,8 +473,8 @@ void CudaBackend::linear_multi_forward(const Tensor& x, std::span<const LinearOu
   const int64_t n = x.rows();
   bool fused = x.dtype == DType::BF16 && !outs.empty() && outs.size() <= 3;
   for (const LinearOut& o : outs)
-    fused = fused && cuda::nvfp4_gemv_fusable(*o.w, n) && o.w->in == x.cols() && bf16_rows(*o.out, n, o.w->out) &&
-            (o.bias->empty() || o.bias->numel() == o.w->out);
+    fused = fused && cuda::nvfp4_gemv_fusable(*o.w, n) && o.w->in == x.cols() &&
+            bf16_rows(*o.out, n, o.w->out) && (o.bias->empty() || o.bias->numel() == o.w->out);
   if (!fused) return Backend::linear_multi_forward(x, outs);
   cuda::GemvTarget targets[3];
   for (size_t i = 0; i < outs.size(); ++i)
@@ -498,8 +499,8 @@ void CudaBackend::linear_residual_forward(const Tensor& x, const Weight& w, cons
                      bf16_rows(residual, n, w.out) && bf16_rows(out, n, w.out) &&
                      (bias.empty() || bias.numel() == w.out) && out.data != x.data;
   if (!fused) return Backend::linear_residual_forward(x, w, bias, residual, tmp, out);
-  cuda::nvfp4_gemv_residual(*ctx_, x.as<const bf16>(), x.cols(), n, w, opt_f32(bias), residual.as<const bf16>(),
-                            residual.cols(), out.as<bf16>(), out.cols());
+  cuda::nvfp4_gemv_residual(*ctx_, x.as<const bf16>(), x.cols(), n, w, opt_f32(bias),
+                            residual.as<const bf16>(), residual.cols(), out.as<bf16>(), out.cols());
 }
 
 // ---- recorded steps ---------------------------------------------------------------------------
@@ -514,7 +515,8 @@ void CudaBackend::set_step_inputs(std::span<const int32_t> tokens, int64_t pos0)
   CUDA_CHECK(cudaEventSynchronize(done));  // the previous step's upload has read host_step_
   host_step_[0] = static_cast<int32_t>(pos0);
   std::copy(tokens.begin(), tokens.end(), host_step_ + 1);
-  CUDA_CHECK(cudaMemcpyAsync(step_, host_step_, (1 + tokens.size()) * 4, cudaMemcpyHostToDevice, ctx_->stream()));
+  CUDA_CHECK(
+      cudaMemcpyAsync(step_, host_step_, (1 + tokens.size()) * 4, cudaMemcpyHostToDevice, ctx_->stream()));
   CUDA_CHECK(cudaEventRecord(done, ctx_->stream()));
 }
 

@@ -60,8 +60,8 @@ void nvfp4_dequant(Context& ctx, const uint8_t* codes, const uint8_t* scales, in
   if (total == 0) return;
   const int64_t blocks = std::min<int64_t>(ceil_div(total, kWarpElems * kDequantWarps),
                                            static_cast<int64_t>(ctx.info().sm_count) * 16);
-  nvfp4_dequant_kernel<<<static_cast<unsigned>(blocks), kDequantWarps * kWarp, 0, ctx.stream()>>>(codes, scales,
-                                                                                                total, out);
+  nvfp4_dequant_kernel<<<static_cast<unsigned>(blocks), kDequantWarps * kWarp, 0, ctx.stream()>>>(
+      codes, scales, total, out);
   CUDA_CHECK_LAUNCH();
 }
 

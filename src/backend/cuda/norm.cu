@@ -94,8 +94,8 @@ void rmsnorm_forward(Context& ctx, const bf16* x, int64_t x_stride, int64_t n, i
   const bool vec = dim % 8 == 0 && x_stride % 8 == 0 && out_stride % 8 == 0 &&
                    reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0;
   if (vec && dim <= kWarp * 8 * kNormChunks)
-    rmsnorm_kernel<8, kNormChunks><<<grid, kNormWarps * kWarp, 0, ctx.stream()>>>(x, x_stride, rows, heads, dim,
-                                                                                   w, eps, out, out_stride, rstd);
+    rmsnorm_kernel<8, kNormChunks><<<grid, kNormWarps * kWarp, 0, ctx.stream()>>>(
+        x, x_stride, rows, heads, dim, w, eps, out, out_stride, rstd);
   else if (vec)
     rmsnorm_kernel<8, 0><<<grid, kNormWarps * kWarp, 0, ctx.stream()>>>(x, x_stride, rows, heads, dim, w, eps,
                                                                         out, out_stride, rstd);

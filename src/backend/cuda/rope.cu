@@ -104,9 +104,9 @@ void qk_norm_rope_forward(Context& ctx, const bf16* q, int64_t q_stride, const b
   const int64_t rows = n * (hq + hkv);
   if (rows == 0) return;
   qk_norm_rope_kernel<<<static_cast<unsigned>(ceil_div(rows, kQkWarps)), kQkWarps * kWarp, 0, ctx.stream()>>>(
-      q, q_stride, k, k_stride, n, static_cast<int>(hq), static_cast<int>(hkv), static_cast<int>(head_dim / 2),
-      q_norm, k_norm, eps, pos0, d_pos0, inv_freq, attention_scaling, q_out, q_out_stride, k_out,
-      k_out_stride);
+      q, q_stride, k, k_stride, n, static_cast<int>(hq), static_cast<int>(hkv),
+      static_cast<int>(head_dim / 2), q_norm, k_norm, eps, pos0, d_pos0, inv_freq, attention_scaling, q_out,
+      q_out_stride, k_out, k_out_stride);
   CUDA_CHECK_LAUNCH();
 }
 
