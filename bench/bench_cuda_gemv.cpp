@@ -11,11 +11,16 @@
 // residual) x 36 layers of distinct weights + the NVFP4 head, captured in one CUDA graph; median
 // of 20 replays against the floor of its weight bytes at the copy bandwidth. Weights are random
 // bytes (scales in [2^-4, 2], finite), x random bf16: speed does not depend on the values.
+// Rows "q+k+v (multi)" and "gate+up (swiglu)" time the fused launches on their own.
+// `bench_cuda_gemv N profile`: only 3 launches each of the head, o_proj and down_proj shapes (F32
+// out), for ncu --kernel-name regex:nvfp4_gemv_mma.
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <functional>
 #include <memory>
 #include <random>
 #include <string>
@@ -50,14 +55,16 @@ struct Shape {
 struct WeightSet {
   cuda::DeviceBuffer codes, scales;
   std::vector<Weight> w;
-  WeightSet(cuda::Context& ctx, const Shape& s, int copies, std::mt19937& rng) {
+  WeightSet(cuda::Context& ctx, const Shape& s, int copies, std::mt19937_64& rng) {
     const size_t cb = size_t(s.out * s.in / 2), sb = size_t(s.out * s.in / 16);
     codes = cuda::DeviceBuffer(ctx, cb * copies, "bench codes");
     scales = cuda::DeviceBuffer(ctx, sb * copies, "bench scales");
     std::vector<uint8_t> hc(cb), hs(sb);
-    std::uniform_int_distribution<int> byte(0, 255), scale(0x20, 0x40);  // e4m3 2^-4 .. 2
-    for (auto& b : hc) b = static_cast<uint8_t>(byte(rng));
-    for (auto& b : hs) b = static_cast<uint8_t>(scale(rng));
+    for (size_t i = 0; i < cb; i += 8) {  // random codes, 8 bytes per draw
+      const uint64_t r = rng();
+      std::memcpy(hc.data() + i, &r, std::min<size_t>(8, cb - i));
+    }
+    for (size_t i = 0; i < sb; ++i) hs[i] = static_cast<uint8_t>(0x20 + rng() % 0x21);  // e4m3 2^-4 .. 2
     for (int i = 0; i < copies; ++i) {
       CUDA_CHECK(cudaMemcpy(codes.get<uint8_t>() + i * cb, hc.data(), cb, cudaMemcpyHostToDevice));
       CUDA_CHECK(cudaMemcpy(scales.get<uint8_t>() + i * sb, hs.data(), sb, cudaMemcpyHostToDevice));
@@ -90,13 +97,28 @@ double time_per_call(cuda::Context& ctx, int per_batch, int batches, F f) {
   return median(t);
 }
 
+// For ncu: three launches each of the head (F32 logits), o_proj and down_proj shapes, nothing else.
+int profile(int64_t n) {
+  cuda::Context ctx(0);
+  std::mt19937_64 rng(7);
+  const Shape shapes[3] = {{"lm_head", 151936, 2560}, {"o_proj", 2560, 4096}, {"down_proj", 2560, 9728}};
+  cuda::DeviceBuffer xbuf(ctx, size_t(n) * 9728 * 2, "x"), ybuf(ctx, size_t(n) * 151936 * 4, "y");
+  CUDA_CHECK(cudaMemset(xbuf.get(), 0x3c, size_t(n) * 9728 * 2));  // bf16 0x3c3c: ~0.0115
+  for (const Shape& s : shapes) {
+    WeightSet set(ctx, s, 1, rng);
+    for (int i = 0; i < 3; ++i)
+      cuda::linear_forward(ctx, xbuf.get<bf16>(), s.in, n, set.w[0], nullptr, ybuf.get(), DType::F32, s.out,
+                           cuda::Scratch{});
+    CUDA_CHECK(cudaDeviceSynchronize());
+  }
+  return 0;
+}
+
 int run(int64_t n) {
   cuda::Context ctx(0);
   const auto& info = ctx.info();
-  int clock_khz = 0, mem_clock_khz = 0, bus_bits = 0;
+  int clock_khz = 0;
   CUDA_CHECK(cudaDeviceGetAttribute(&clock_khz, cudaDevAttrClockRate, info.index));
-  CUDA_CHECK(cudaDeviceGetAttribute(&mem_clock_khz, cudaDevAttrMemoryClockRate, info.index));
-  CUDA_CHECK(cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, info.index));
   fmt::print("device: {} ({} SMs, L2 {} MB, sm clock {} MHz), n = {} token(s)\n", info.name, info.sm_count,
              info.l2_bytes >> 20, clock_khz / 1000, n);
 
@@ -114,12 +136,15 @@ int run(int64_t n) {
   }
   fmt::print("copy bandwidth (1 GiB D2D, read + write): {:.0f} GB/s\n\n", copy_bw / 1e9);
 
-  std::mt19937 rng(7);
-  const std::vector<Shape> shapes = {{"q_proj", 4096, 2560},  {"k_proj", 1024, 2560},   {"v_proj", 1024, 2560},
-                                     {"o_proj", 2560, 4096},  {"gate_proj", 9728, 2560}, {"up_proj", 9728, 2560},
+  std::mt19937_64 rng(7);
+  const std::vector<Shape> shapes = {{"q_proj", 4096, 2560},    {"k_proj", 1024, 2560},
+                                     {"v_proj", 1024, 2560},    {"o_proj", 2560, 4096},
+                                     {"gate_proj", 9728, 2560}, {"up_proj", 9728, 2560},
                                      {"down_proj", 2560, 9728}, {"lm_head", 151936, 2560}};
   cuda::DeviceBuffer xbuf(ctx, size_t(n) * 151936 * 4 + 4096, "x");  // big enough for every x and y
   cuda::DeviceBuffer ybuf(ctx, size_t(n) * 151936 * 4 + 4096, "y");
+  cuda::DeviceBuffer y2buf(ctx, size_t(n) * 151936 * 4 + 4096, "y2");
+  cuda::DeviceBuffer y3buf(ctx, size_t(n) * 151936 * 4 + 4096, "y3");
   {
     std::vector<uint16_t> hx(size_t(n) * 9728);
     std::normal_distribution<float> d(0.0f, 1.0f);
@@ -128,24 +153,44 @@ int run(int64_t n) {
     CUDA_CHECK(cudaDeviceSynchronize());
   }
   const bf16* x = xbuf.get<bf16>();
+  bf16* y = ybuf.get<bf16>();
 
-  fmt::print("| shape | out x in | MB | FFMA us | FFMA GB/s | tensor-core us | tensor-core GB/s | % of copy |\n");
-  fmt::print("|---|---|---|---|---|---|---|---|\n");
-  for (const Shape& s : shapes) {
-    const int copies = std::max(2, static_cast<int>(256e6 / s.bytes()) + 1);
-    WeightSet set(ctx, s, copies, rng);
-    const int per_batch = std::max(copies, 20);
-    const double t_old = time_per_call(ctx, per_batch, 15, [&](int i) {
-      cuda::nvfp4_gemv_ffma(ctx, x, s.in, n, set.w[i % copies], nullptr, ybuf.get(), DType::BF16, s.out);
-    });
-    const double t_new = time_per_call(ctx, per_batch, 15, [&](int i) {
-      cuda::linear_forward(ctx, x, s.in, n, set.w[i % copies], nullptr, ybuf.get(), DType::BF16, s.out,
-                           cuda::Scratch{});
-    });
-    fmt::print("| {} | {} x {} | {:.2f} | {:.2f} | {:.0f} | {:.2f} | {:.0f} | {:.1f}% |\n", s.name, s.out, s.in,
-               s.bytes() / 1e6, t_old * 1e6, s.bytes() / t_old / 1e9, t_new * 1e6, s.bytes() / t_new / 1e9,
-               100.0 * s.bytes() / t_new / copy_bw);
+  std::vector<std::unique_ptr<WeightSet>> sets;
+  for (const Shape& s : shapes)
+    sets.push_back(
+        std::make_unique<WeightSet>(ctx, s, std::max(2, static_cast<int>(256e6 / s.bytes()) + 1), rng));
+  auto copies = [&](int i) { return static_cast<int>(sets[i]->w.size()); };
+  auto per_batch = [&](int i) { return std::max(copies(i), 20); };
+
+  // Rows: the 8 shapes through linear_forward, then q+k+v in one nvfp4_gemv_multi launch and gate+up
+  // in one nvfp4_gemv_swiglu launch.
+  struct Row {
+    std::string name;
+    double bytes;
+    std::function<void(int)> call;
+  };
+  std::vector<Row> rows;
+  for (int si = 0; si < 8; ++si) {
+    const Shape& s = shapes[si];
+    rows.push_back({s.name, s.bytes(), [&, si](int i) {
+                      const Weight& w = sets[si]->w[i % copies(si)];
+                      cuda::linear_forward(ctx, x, w.in, n, w, nullptr, ybuf.get(), DType::BF16, w.out,
+                                           cuda::Scratch{});
+                    }});
   }
+  rows.push_back({"q+k+v (multi)", shapes[0].bytes() + shapes[1].bytes() + shapes[2].bytes(), [&](int i) {
+                    const cuda::GemvTarget t[3] = {
+                        {&sets[0]->w[i % copies(0)], nullptr, y, 4096},
+                        {&sets[1]->w[i % copies(1)], nullptr, y2buf.get<bf16>(), 1024},
+                        {&sets[2]->w[i % copies(2)], nullptr, y3buf.get<bf16>(), 1024}};
+                    cuda::nvfp4_gemv_multi(ctx, x, 2560, n, t, 3);
+                  }});
+  rows.push_back({"gate+up (swiglu)", shapes[4].bytes() + shapes[5].bytes(), [&](int i) {
+                    cuda::nvfp4_gemv_swiglu(ctx, x, 2560, n, sets[4]->w[i % copies(4)],
+                                            sets[5]->w[i % copies(5)], y, 9728);
+                  }});
+  const int row_batch[10] = {per_batch(0), per_batch(1), per_batch(2), per_batch(3), per_batch(4),
+                             per_batch(5), per_batch(6), per_batch(7), per_batch(0), per_batch(4)};
 
   // Fused decode chain: 36 layers of distinct weights + head, one CUDA graph.
   constexpr int kLayers = 36;
@@ -166,7 +211,8 @@ int run(int64_t n) {
   }
   WeightSet head(ctx, shapes[7], 1, rng);
   chain_bytes += shapes[7].bytes();
-  cuda::DeviceBuffer act(ctx, size_t(n) * (4096 + 1024 + 1024 + 4096 + 2560 + 9728) * 2 + 4096, "activations");
+  cuda::DeviceBuffer act(ctx, size_t(n) * (4096 + 1024 + 1024 + 4096 + 2560 + 9728) * 2 + 4096,
+                         "activations");
   bf16* q = act.get<bf16>();
   bf16* k = q + n * 4096;
   bf16* v = k + n * 1024;
@@ -178,32 +224,59 @@ int run(int64_t n) {
   CUDA_CHECK(cudaDeviceSynchronize());
   auto step = [&] {
     for (auto& l : layers) {
-      const cuda::GemvTarget t[3] = {{&l.q->w[0], nullptr, q, 4096}, {&l.k->w[0], nullptr, k, 1024},
-                                     {&l.v->w[0], nullptr, v, 1024}};
+      const cuda::GemvTarget t[3] = {
+          {&l.q->w[0], nullptr, q, 4096}, {&l.k->w[0], nullptr, k, 1024}, {&l.v->w[0], nullptr, v, 1024}};
       cuda::nvfp4_gemv_multi(ctx, x, 2560, n, t, 3);
       cuda::nvfp4_gemv_residual(ctx, attn, 4096, n, l.o->w[0], nullptr, resid, 2560, resid, 2560);
       cuda::nvfp4_gemv_swiglu(ctx, x, 2560, n, l.gate->w[0], l.up->w[0], mlp, 9728);
       cuda::nvfp4_gemv_residual(ctx, mlp, 9728, n, l.down->w[0], nullptr, resid, 2560, resid, 2560);
     }
-    cuda::linear_forward(ctx, x, 2560, n, head.w[0], nullptr, ybuf.get(), DType::F32, 151936, cuda::Scratch{});
+    cuda::linear_forward(ctx, x, 2560, n, head.w[0], nullptr, ybuf.get(), DType::F32, 151936,
+                         cuda::Scratch{});
   };
-  cudaGraph_t graph;
-  cudaGraphExec_t exec;
-  CUDA_CHECK(cudaStreamBeginCapture(ctx.stream(), cudaStreamCaptureModeThreadLocal));
-  step();
-  CUDA_CHECK(cudaStreamEndCapture(ctx.stream(), &graph));
-  CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-  const double t_graph = time_per_call(ctx, 1, 20, [&](int) { CUDA_CHECK(cudaGraphLaunch(exec, ctx.stream())); });
-  const double t_stream = time_per_call(ctx, 1, 10, [&](int) { step(); });
-  CUDA_CHECK(cudaGraphExecDestroy(exec));
-  CUDA_CHECK(cudaGraphDestroy(graph));
+  auto time_chain = [&](double& t_stream) {
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    CUDA_CHECK(cudaStreamBeginCapture(ctx.stream(), cudaStreamCaptureModeThreadLocal));
+    step();
+    CUDA_CHECK(cudaStreamEndCapture(ctx.stream(), &graph));
+    CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    const double t = time_per_call(ctx, 1, 20, [&](int) { CUDA_CHECK(cudaGraphLaunch(exec, ctx.stream())); });
+    t_stream = time_per_call(ctx, 1, 10, [&](int) { step(); });
+    CUDA_CHECK(cudaGraphExecDestroy(exec));
+    CUDA_CHECK(cudaGraphDestroy(graph));
+    return t;
+  };
   const double floor = chain_bytes / copy_bw;
-  fmt::print("\nfused decode chain (36 x [qkv multi, o+residual, gate/up+swiglu, down+residual] + head, {} launches, "
-             "{:.3f} GB of weights):\n",
-             36 * 4 + 1, chain_bytes / 1e9);
-  fmt::print("  graph replay {:.1f} us ({:.0f} GB/s, {:.1f}% of copy), floor {:.1f} us; plain stream {:.1f} us\n",
-             t_graph * 1e6, chain_bytes / t_graph / 1e9, 100.0 * chain_bytes / t_graph / copy_bw, floor * 1e6,
-             t_stream * 1e6);
+
+  // The FFMA baseline (the GEMV before the tensor-core one), once per shape.
+  std::vector<double> t_ffma;
+  for (int si = 0; si < 8; ++si)
+    t_ffma.push_back(time_per_call(ctx, per_batch(si), 15, [&](int i) {
+      const Weight& w = sets[si]->w[i % copies(si)];
+      cuda::nvfp4_gemv_ffma(ctx, x, w.in, n, w, nullptr, ybuf.get(), DType::BF16, w.out);
+    }));
+
+  std::vector<double> t_new;
+  for (size_t r = 0; r < rows.size(); ++r)
+    t_new.push_back(time_per_call(ctx, row_batch[r], 15, rows[r].call));
+  double t_stream = 0;
+  const double t_graph = time_chain(t_stream);
+  fmt::print("| shape | MB | FFMA us | FFMA GB/s | tensor-core us | tensor-core GB/s | % of copy |\n");
+  fmt::print("|---|---|---|---|---|---|---|\n");
+  for (size_t r = 0; r < rows.size(); ++r)
+    fmt::print("| {} | {:.2f} | {} | {} | {:.2f} | {:.0f} | {:.1f}% |\n", rows[r].name, rows[r].bytes / 1e6,
+               r < 8 ? fmt::format("{:.2f}", t_ffma[r] * 1e6) : "-",
+               r < 8 ? fmt::format("{:.0f}", rows[r].bytes / t_ffma[r] / 1e9) : "-", t_new[r] * 1e6,
+               rows[r].bytes / t_new[r] / 1e9, 100.0 * rows[r].bytes / t_new[r] / copy_bw);
+  fmt::print(
+      "\nfused decode chain (36 x [qkv multi, o+residual, gate/up+swiglu, down+residual] + head, {} "
+      "launches, {:.3f} GB of weights):\n",
+      36 * 4 + 1, chain_bytes / 1e9);
+  fmt::print(
+      "  graph replay {:.1f} us ({:.0f} GB/s, {:.1f}% of copy), floor {:.1f} us; plain stream {:.1f} us\n",
+      t_graph * 1e6, chain_bytes / t_graph / 1e9, 100.0 * chain_bytes / t_graph / copy_bw, floor * 1e6,
+      t_stream * 1e6);
   return 0;
 }
 
@@ -216,6 +289,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
+    if (argc > 2 && std::string(argv[2]) == "profile") return profile(n);
     return run(n);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_cuda_gemv: %s\n", e.what());
@@ -226,7 +300,8 @@ int main(int argc, char** argv) {
 #else
 
 int main() {
-  std::fprintf(stderr, "bench_cuda_gemv: built without CUDA (nvcc not found at configure time); nothing to run\n");
+  std::fprintf(stderr,
+               "bench_cuda_gemv: built without CUDA (nvcc not found at configure time); nothing to run\n");
   return 1;
 }
 
