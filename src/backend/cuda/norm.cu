@@ -1,6 +1,7 @@
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/norm.cuh"
+#include "backend/cuda/pdl.cuh"
 
 namespace nibble::cuda {
 namespace {
@@ -16,6 +17,8 @@ template <int VEC, int CHUNKS>
 __global__ void __launch_bounds__(kNormWarps* kWarp)
     rmsnorm_kernel(const bf16* x, int64_t xs, int64_t rows, int64_t heads, int64_t dim,
                    const float* __restrict__ w, float eps, bf16* out, int64_t os, float* rstd) {
+  pdl_wait();  // x comes from the previous kernel (launched with launch_pdl)
+  pdl_launch_dependents();
   const int64_t r = static_cast<int64_t>(blockIdx.x) * kNormWarps + threadIdx.x / kWarp;
   const int lane = threadIdx.x % kWarp;
   if (r >= rows) return;
@@ -93,16 +96,11 @@ void rmsnorm_forward(Context& ctx, const bf16* x, int64_t x_stride, int64_t n, i
   const unsigned grid = static_cast<unsigned>(ceil_div(rows, kNormWarps));
   const bool vec = dim % 8 == 0 && x_stride % 8 == 0 && out_stride % 8 == 0 &&
                    reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0;
-  if (vec && dim <= kWarp * 8 * kNormChunks)
-    rmsnorm_kernel<8, kNormChunks><<<grid, kNormWarps * kWarp, 0, ctx.stream()>>>(
-        x, x_stride, rows, heads, dim, w, eps, out, out_stride, rstd);
-  else if (vec)
-    rmsnorm_kernel<8, 0><<<grid, kNormWarps * kWarp, 0, ctx.stream()>>>(x, x_stride, rows, heads, dim, w, eps,
-                                                                        out, out_stride, rstd);
-  else
-    rmsnorm_kernel<1, 0><<<grid, kNormWarps * kWarp, 0, ctx.stream()>>>(x, x_stride, rows, heads, dim, w, eps,
-                                                                        out, out_stride, rstd);
-  CUDA_CHECK_LAUNCH();
+  const dim3 block(kNormWarps * kWarp);
+  auto* kernel = vec && dim <= kWarp * 8 * kNormChunks ? rmsnorm_kernel<8, kNormChunks>
+                 : vec                                 ? rmsnorm_kernel<8, 0>
+                                                       : rmsnorm_kernel<1, 0>;
+  launch_pdl(ctx, kernel, dim3(grid), block, 0, x, x_stride, rows, heads, dim, w, eps, out, out_stride, rstd);
 }
 
 }  // namespace nibble::cuda

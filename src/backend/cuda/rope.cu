@@ -1,5 +1,6 @@
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/common.cuh"
+#include "backend/cuda/pdl.cuh"
 #include "backend/cuda/rope.cuh"
 
 namespace nibble::cuda {
@@ -41,6 +42,8 @@ __global__ void __launch_bounds__(kQkWarps* kWarp)
                         int half, const float* __restrict__ qw, const float* __restrict__ kw, float eps,
                         int64_t pos0, const int32_t* __restrict__ d_pos0, const float* __restrict__ inv_freq,
                         float scaling, bf16* qo, int64_t qos, bf16* ko, int64_t kos) {
+  pdl_wait();  // q and k come from the previous kernel (launched with launch_pdl)
+  pdl_launch_dependents();
   const int64_t r = static_cast<int64_t>(blockIdx.x) * kQkWarps + threadIdx.x / kWarp;
   const int lane = threadIdx.x % kWarp;
   if (r >= n * (hq + hkv)) return;
@@ -103,11 +106,10 @@ void qk_norm_rope_forward(Context& ctx, const bf16* q, int64_t q_stride, const b
     fail("qk_norm_rope_forward: q_norm and k_norm must be given together");
   const int64_t rows = n * (hq + hkv);
   if (rows == 0) return;
-  qk_norm_rope_kernel<<<static_cast<unsigned>(ceil_div(rows, kQkWarps)), kQkWarps * kWarp, 0, ctx.stream()>>>(
-      q, q_stride, k, k_stride, n, static_cast<int>(hq), static_cast<int>(hkv),
-      static_cast<int>(head_dim / 2), q_norm, k_norm, eps, pos0, d_pos0, inv_freq, attention_scaling, q_out,
-      q_out_stride, k_out, k_out_stride);
-  CUDA_CHECK_LAUNCH();
+  launch_pdl(ctx, qk_norm_rope_kernel, dim3(static_cast<unsigned>(ceil_div(rows, kQkWarps))), dim3(kQkWarps * kWarp),
+             0, q, q_stride, k, k_stride, n, static_cast<int>(hq), static_cast<int>(hkv),
+             static_cast<int>(head_dim / 2), q_norm, k_norm, eps, pos0, d_pos0, inv_freq, attention_scaling, q_out,
+             q_out_stride, k_out, k_out_stride);
 }
 
 }  // namespace nibble::cuda
