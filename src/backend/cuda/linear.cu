@@ -5,31 +5,19 @@
 
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/common.cuh"
+#include "backend/cuda/dequant.cuh"
+#include "backend/cuda/nvfp4_decode.cuh"
 #include "backend/cuda/linear.cuh"
 
 namespace nibble::cuda {
 namespace {
 
-// ---- NVFP4 decoding (DESIGN.md "NVFP4") -------------------------------------------------------
-// E2M1 code c (bit 3 sign, bits 2..0 = e1 e0 m) placed at fp16 bits 15 and 11..9 is an fp16 whose
-// value is e2m1(c) * 2^-14: exponent field e, mantissa m<<9 gives 2^(e-15) (1 + m/2) for e >= 1 and
-// the subnormal m * 2^-15 for e = 0 (0 or 0.5 after scaling). The 2^14 is folded into the scales.
-constexpr float kE2m1HalfScale = 16384.0f;
-
-// Byte b = hi << 4 | lo (even element in the low nibble) -> half2 {e2m1(lo), e2m1(hi)} * 2^-14.
-__device__ __forceinline__ float2 e2m1x2_to_float2(uint32_t b) {
-  const uint32_t h = ((b & 0x7u) << 9) | ((b & 0x8u) << 12) | ((b & 0x70u) << 21) | ((b & 0x80u) << 24);
-  return __half22float2(*reinterpret_cast<const __half2*>(&h));
-}
+// ---- NVFP4 decoding: e2m1x2_to_float2, fp8_to_float, kE2m1HalfScale in nvfp4_decode.cuh ------
 
 // Two fp8 e4m3 scales (low byte first) -> float2, exact (cvt.rn.f16x2.e4m3x2, PTX ISA 8.x).
 __device__ __forceinline__ float2 fp8x2_to_float2(uint16_t s) {
   const __half2_raw r = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(s), __NV_E4M3);
   return __half22float2(*reinterpret_cast<const __half2*>(&r));
-}
-__device__ __forceinline__ float fp8_to_float(uint8_t s) {
-  const __half_raw r = __nv_cvt_fp8_to_halfraw(static_cast<__nv_fp8_storage_t>(s), __NV_E4M3);
-  return __half2float(*reinterpret_cast<const __half*>(&r));
 }
 
 __device__ __forceinline__ uint4 load_stream16(const void* p) {
@@ -157,31 +145,6 @@ __global__ void __launch_bounds__(kGemvWarps* kWarp)
         y[t * ldy + row] = __float2bfloat16_rn(v);
     }
   }
-}
-
-// Rows [0, rows) of an NVFP4 weight -> bf16 (rows, K) without the global scale (exact, see top).
-// One thread per 16-element block: 8 bytes of codes and one scale in, 32 bytes out.
-__global__ void nvfp4_dequant_kernel(const uint8_t* __restrict__ wq, const uint8_t* __restrict__ ws,
-                                     int64_t rows, int64_t K, bf16* __restrict__ out) {
-  const int64_t blocks_per_row = K / 16;
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= rows * blocks_per_row) return;
-  const uint2 codes = *reinterpret_cast<const uint2*>(wq + i * 8);
-  const float s = fp8_to_float(ws[i]) * kE2m1HalfScale;
-  float f[16];
-#pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    const float2 lo = e2m1x2_to_float2(codes.x >> (8 * j));
-    const float2 hi = e2m1x2_to_float2(codes.y >> (8 * j));
-    f[2 * j] = lo.x * s, f[2 * j + 1] = lo.y * s;
-    f[8 + 2 * j] = hi.x * s, f[8 + 2 * j + 1] = hi.y * s;
-  }
-  Bf16x8* o = reinterpret_cast<Bf16x8*>(out + i * 16);
-  float a[8], b[8];
-#pragma unroll
-  for (int j = 0; j < 8; ++j) a[j] = f[j], b[j] = f[8 + j];
-  o[0] = float_to_bf16x8(a);
-  o[1] = float_to_bf16x8(b);
 }
 
 template <int NT, int BPC, typename OutT>
@@ -584,7 +547,7 @@ void bias_add(Context& ctx, void* y, DType y_dtype, int64_t ldy, int64_t n, int6
   CUDA_CHECK_LAUNCH();
 }
 
-constexpr size_t kMaxDequantScratch = size_t{32} << 20;  // bf16 rows of W per cuBLASLt call
+constexpr size_t kMaxDequantScratch = size_t{64} << 20;  // bf16 rows of W per cuBLASLt call
 constexpr int64_t kDequantRowAlign = 16;
 
 int64_t dequant_rows_per_chunk(const Weight& w, size_t scratch_bytes) {
@@ -721,10 +684,7 @@ void linear_forward(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const W
     const auto* wq = static_cast<const uint8_t*>(w.data);
     for (int64_t r0 = 0; r0 < w.out; r0 += rows) {
       const int64_t r = std::min(rows, w.out - r0);
-      const int64_t nblocks = r * (w.in / 16);
-      nvfp4_dequant_kernel<<<static_cast<unsigned>(ceil_div(nblocks, 256)), 256, 0, ctx.stream()>>>(
-          wq + r0 * (w.in / 2), w.scales + r0 * (w.in / 16), r, w.in, tile);
-      CUDA_CHECK_LAUNCH();
+      nvfp4_dequant(ctx, wq + r0 * (w.in / 2), w.scales + r0 * (w.in / 16), r, w.in, tile);
       gemm_bf16_nt(ctx, x, ldx, tile, w.in, static_cast<char*>(out) + r0 * osize, out_dtype, ld_out, n, r,
                    w.in, w.global_scale);
     }
