@@ -2,6 +2,8 @@
 #include <cuda_fp8.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 
 #include "backend/cuda/attention.cuh"
 #include "backend/cuda/check.cuh"
@@ -209,21 +211,37 @@ void launch_simt_dpl(Context& ctx, const Params& p, dim3 grid) {
 //   [g*HDP/8, (g+1)*HDP/8) (output tile u <-> dim g*HDP/8 + u), loads them for keys 2c, 2c+1, 2c+8,
 //   2c+9 and interleaves the two keys' halves (bf16) or bytes (fp8, then cvt e4m3x2 -> f16x2).
 // - The C fragment of O puts row g's dims [c*HDP/4, (c+1)*HDP/4) in lane c.
+//
+// The splits' partials (unnormalised o, max m, sum l) are merged by decode_combine_kernel. Both
+// kernels use programmatic dependent launch (the rule in linear.cuh): each may start while the
+// previous kernel of the stream still runs. Before griddepcontrol.wait a decode block only reads
+// *d_pos0 (written before the previous kernel: the step inputs) and asks L2 to prefetch its first
+// keys, a hint: every byte it uses is read after the wait, so a cache write still in flight cannot
+// leave it stale. After its main loop it lets the combine launch, whose blocks then wait on the
+// device, ready, instead of being launched after the decode kernel ends; the combine lets the next
+// kernel launch at once (it waits for the combine, which waits for the decode kernel). Every block
+// of either kernel that does work waits first, so each kernel completes after its predecessor.
+//
+// Grid (KVH, splits, row tiles): the blocks are dispatched in that order, so when a launch sized
+// for a bound has more splits than the keys need, the blocks with work come first and spread over
+// the SMs.
 constexpr int kDecodeWarps = 4;
 constexpr int kChunkKeys = 16;
 constexpr int kBlockKeys = kDecodeWarps * kChunkKeys;  // split lengths are multiples of this
-constexpr int64_t kMinKeysPerSplit = 128;
+constexpr int kMinKeysPerSplit = 128;
 constexpr int kDecodeMaxSplits = 64;  // scratch is planned for this many
-constexpr int kStages = 3;            // chunks in each warp's shared-memory ring (2 in flight)
+constexpr int kCombineBatch = 16;     // splits whose partials a combine thread loads at once
 
-// Resident blocks per SM (registers and the shared-memory ring allow this many): splits are chosen
-// to fill exactly one wave of them.
+constexpr int kStages = 3;  // chunks in each warp's shared-memory ring (2 in flight)
+
+// Resident blocks per SM the registers and the shared-memory ring allow (the kernel's launch bounds);
+// splits are chosen to fill one wave of the blocks the device actually keeps resident.
 constexpr int decode_blocks_per_sm(KvType kv, int hdp) {
   return hdp > 128 ? 1 : kv == KvType::FP8_E4M3 ? 3 : 2;
 }
 
-// Shared memory of the decode kernel: each warp's ring of kStages chunks (16 K rows, 16 V rows,
-// each padded to HDP elements + 16 bytes), reused after the loop for the warps' merge.
+// Shared memory of the decode kernel: each warp's ring of chunks (16 K rows, 16 V rows, each padded
+// to HDP elements + 16 bytes), reused after the loop for the warps' merge.
 constexpr size_t decode_row_bytes(KvType kv, int hdp) { return hdp * (kv == KvType::BF16 ? 2 : 1) + 16; }
 constexpr size_t decode_smem_bytes(KvType kv, int hdp, bool full) {
   const size_t ring = size_t{kDecodeWarps} * kStages * 2 * kChunkKeys * decode_row_bytes(kv, hdp);
@@ -243,35 +261,52 @@ struct DecodeParams {
   float scale_log2;            // softmax scale * log2(e): scores in the exp2 domain
   bf16* out;                   // (n, H, hd), token stride out_stride
   int64_t out_stride;
-  int max_splits;  // from the shape, scratch and device only (never from pos0)
-  float* part_o;   // (max_splits, n*H, hd) unnormalised partial outputs
-  float* part_ml;  // (max_splits, n*H, 2) max (log2 domain) and sum of each split
+  int max_splits;      // from the shape, scratch and device only (never from pos0)
+  int min_split_keys;  // kMinKeysPerSplit (DEV: NIBBLE_DECODE_SPLIT_KEYS)
+  float* part_o;       // (max_splits, n*H, hd) unnormalised partial outputs
+  float* part_ml;      // (max_splits, n*H, 2) max (log2 domain) and sum of each split
 };
 
 // The split partition of `keys` keys: `count` splits of `len` keys (a multiple of kBlockKeys; the
-// last one shorter). count <= min(max_splits, ceil(keys / kMinKeysPerSplit)), which grows with
-// keys: a launch sized for the largest keys covers every smaller count.
+// last one shorter). count <= min(max_splits, ceil(keys / min_keys)), which grows with keys: a
+// launch sized for the largest keys covers every smaller count.
 struct SplitPlan {
   int count;
-  int64_t len;
+  int len;
 };
-__host__ __device__ inline int64_t max_split_count(int64_t keys, int max_splits) {
-  const int64_t s = ceil_div(keys, kMinKeysPerSplit);
+// In 32-bit arithmetic (positions fit int; 64-bit divisions lengthen the blocks' start-up).
+__host__ __device__ inline int max_split_count(int keys, int max_splits, int min_keys) {
+  const int s = (keys + min_keys - 1) / min_keys;
   return s < 1 ? 1 : s > max_splits ? max_splits : s;
 }
-__host__ __device__ inline SplitPlan plan_splits(int64_t keys, int max_splits) {
-  const int64_t s = max_split_count(keys, max_splits);
-  const int64_t len = ceil_div(ceil_div(keys, s), kBlockKeys) * kBlockKeys;
-  return {static_cast<int>(ceil_div(keys, len)), len};
+__host__ __device__ inline SplitPlan plan_splits(int keys, int max_splits, int min_keys) {
+  const int s = max_split_count(keys, max_splits, min_keys);
+  const int len = ((keys + s - 1) / s + kBlockKeys - 1) / kBlockKeys * kBlockKeys;
+  return {(keys + len - 1) / len, len};
 }
 
-__device__ __forceinline__ int64_t decode_keys(const DecodeParams& p, int64_t* pos0_out) {
-  const int64_t pos0 = p.d_pos0 ? static_cast<int64_t>(*p.d_pos0) : p.pos0;
+// Keys of this call (the host checked that pos0 + n fits int); pos0 from the device or the host.
+__device__ __forceinline__ int decode_keys(const DecodeParams& p, int* pos0_out) {
+  const int pos0 = p.d_pos0 ? *p.d_pos0 : static_cast<int>(p.pos0);
   *pos0_out = pos0;
-  const int64_t keys = pos0 + p.n;
-  return keys < p.cap ? keys : p.cap;  // a device pos0 past its bound must not read past the cache
+  // A device pos0 past its bound counts as the bound (<= cap - n): the partition must fit the launch
+  // and the reads the cache.
+  const int keys = pos0 + static_cast<int>(p.n), bound = static_cast<int>(p.pos0 + p.n);
+  return keys < bound ? keys : bound;
 }
 
+// Programmatic dependent launch (PTX griddepcontrol, sm_90): wait = every prerequisite grid has
+// completed and its writes are visible; launch_dependents = this block no longer holds back the
+// launch of the next grid in the stream. Both are no-ops in a kernel launched the ordinary way.
+__device__ __forceinline__ void grid_dependency_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+__device__ __forceinline__ void grid_dependents_launch() {
+  asm volatile("griddepcontrol.launch_dependents;" :::);
+}
+
+// Asks L2 to fetch [p, p + bytes) (p and bytes multiples of 16); no data comes to the SM.
+__device__ __forceinline__ void prefetch_l2(const void* p, uint32_t bytes) {
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+}
 // Loads BYTES bytes (a multiple of 8) at src into words, of which only the first `valid` bytes (a
 // multiple of 8, may be <= 0) may be read: the rest are zero. `narrow`: src is only 8-byte aligned
 // (FP8 rows of a head_dim that is 8 mod 16), so 8-byte loads. Read-only, no L1 allocation: K/V are
@@ -382,19 +417,88 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarp, decode_blocks_per_sm(KV, 
   constexpr int KB = HDP / 4 * EB;              // K bytes a lane loads per key
   constexpr int VB = HDP / 8 * EB;              // V bytes a lane loads per key
   constexpr int QW = HDP / 8;                   // q words (bf16 pairs) a lane holds per row
+  constexpr int STAGES = kStages;
 
   constexpr int ROWB = static_cast<int>(decode_row_bytes(KV, HDP));
   extern __shared__ __align__(16) unsigned char smem[];
 
-  int64_t pos0_64;
-  const int keys = static_cast<int>(decode_keys(p, &pos0_64));  // positions fit int (capacity does)
-  const int pos0 = static_cast<int>(pos0_64);
-  const SplitPlan plan = plan_splits(keys, p.max_splits);
-  const int split = blockIdx.x;
+  int pos0;
+  const int keys = decode_keys(p, &pos0);
+  const SplitPlan plan = plan_splits(keys, p.max_splits, p.min_split_keys);
+  const int split = blockIdx.y;
   if (split >= plan.count) return;  // a launch sized for the bound: this split has no keys
-  const int kvh = blockIdx.y, row0 = blockIdx.z * RT;
+  const int kvh = blockIdx.x, row0 = blockIdx.z * RT;
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, g = lane / 4, c = lane % 4;
-  const int hd = p.hd;
+  const int hd = p.hd, row_bytes = hd * EB;
+
+  // This block's keys, cut at the causal limit of its last row.
+  const int last_row = min(row0 + RT, p.rows) - 1;
+  const int kbeg = split * plan.len;
+  const int kend = min(min(kbeg + plan.len, keys), pos0 + last_row / p.group + 1);
+  const int64_t head_off = static_cast<int64_t>(kvh) * p.cap * row_bytes;
+  const unsigned char* kg = static_cast<const unsigned char*>(p.kc) + head_off;
+  const unsigned char* vg = static_cast<const unsigned char*>(p.vc) + head_off;
+
+  // Before waiting for the previous kernel: L2 prefetch of the keys the rings load first (K by
+  // thread 0, V by thread 1; the range trimmed to 16-byte bounds).
+  if (threadIdx.x < 2 && kend > kbeg) {
+    const int nk = min(kend - kbeg, kBlockKeys * (STAGES - 1));
+    const uintptr_t a =
+        reinterpret_cast<uintptr_t>((threadIdx.x ? vg : kg) + static_cast<int64_t>(kbeg) * row_bytes);
+    const uintptr_t lo = (a + 15) & ~uintptr_t{15},
+                    hi = (a + static_cast<uintptr_t>(nk) * row_bytes) & ~uintptr_t{15};
+    if (hi > lo) prefetch_l2(reinterpret_cast<const void*>(lo), static_cast<uint32_t>(hi - lo));
+  }
+  grid_dependency_wait();
+
+  // This warp's ring: stage st holds K rows [0, 16) then V rows [16, 32), ROWB bytes each.
+  unsigned char* ring = smem + static_cast<size_t>(warp) * STAGES * 2 * kChunkKeys * ROWB;
+  // Copies chunk t of this warp (keys kbeg + (warp + 4t) * 16 + [0, 16)) into its stage; keys at or
+  // past kend are zero-filled. head_dim == HDP (the usual case): each lane copies fixed 16-byte
+  // pieces of fixed rows, no index arithmetic per piece. Otherwise a generic loop; FP8 rows of a
+  // head_dim that is 8 mod 16 are only 8-byte aligned.
+  const int unit = F16 && hd % 16 != 0 ? 8 : 16, units = row_bytes / unit;
+  const int chunks = kend > kbeg + warp * kChunkKeys
+                         ? static_cast<int>(ceil_div(kend - kbeg - warp * kChunkKeys, kBlockKeys))
+                         : 0;
+  auto issue = [&](int t) {
+    if (t < chunks) {
+      unsigned char* st = ring + (t % STAGES) * 2 * kChunkKeys * ROWB;
+      const int key0 = kbeg + (warp + kDecodeWarps * t) * kChunkKeys;
+      if (hd == HDP) {
+        constexpr int U = HDP * EB / 16;  // 16-byte pieces per row: 4 to 32, a power of two
+        constexpr int RPP = kWarp / U;    // rows per pass of the warp
+        const int r0 = lane / U, off = (lane % U) * 16;
+        const unsigned char* ks = kg + static_cast<int64_t>(key0) * (HDP * EB) + off;
+        const unsigned char* vs = vg + static_cast<int64_t>(key0) * (HDP * EB) + off;
+#pragma unroll
+        for (int j = 0; j < kChunkKeys / RPP; ++j) {
+          const int r = r0 + RPP * j;
+          const bool ok = key0 + r < kend;
+          const int src = ok ? r * (HDP * EB) : 0;
+          cp_async16(st + r * ROWB + off, ks + src, ok ? 16 : 0);
+          cp_async16(st + (kChunkKeys + r) * ROWB + off, vs + src, ok ? 16 : 0);
+        }
+      } else {
+        for (int idx = lane; idx < kChunkKeys * units; idx += kWarp) {
+          const int r = idx / units, off = (idx % units) * unit, key = key0 + r;
+          const int64_t src = static_cast<int64_t>(key < kend ? key : key0) * row_bytes + off;
+          const int bytes = key < kend ? unit : 0;
+          if (unit == 16) {
+            cp_async16(st + r * ROWB + off, kg + src, bytes);
+            cp_async16(st + (kChunkKeys + r) * ROWB + off, vg + src, bytes);
+          } else {
+            cp_async8(st + r * ROWB + off, kg + src, bytes);
+            cp_async8(st + (kChunkKeys + r) * ROWB + off, vg + src, bytes);
+          }
+        }
+      }
+    }
+    cp_async_commit();  // one group per chunk index, empty or not: the wait count stays uniform
+  };
+  // The first chunks go out before q is loaded: their latency covers q's.
+#pragma unroll
+  for (int t = 0; t < STAGES - 1; ++t) issue(t);
 
   // q A fragments (zero for rows past the end and dims past hd), causal limits of rows g, g + 8.
   uint32_t qa[KS][4];
@@ -430,47 +534,13 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarp, decode_blocks_per_sm(KV, 
     for (int j = 0; j < KS; ++j) qa[j][1] = qa[j][3] = 0;
   }
 
-  // This block's keys, cut at the causal limit of its last row.
-  const int last_row = min(row0 + RT, p.rows) - 1;
-  const int kbeg = split * static_cast<int>(plan.len);
-  const int kend = min(min(kbeg + static_cast<int>(plan.len), keys), pos0 + last_row / p.group + 1);
-  const int64_t head_off = static_cast<int64_t>(kvh) * p.cap * hd * EB;
-  const unsigned char* kg = static_cast<const unsigned char*>(p.kc) + head_off;
-  const unsigned char* vg = static_cast<const unsigned char*>(p.vc) + head_off;
-  // This warp's ring: stage st holds K rows [0, 16) then V rows [16, 32), ROWB bytes each.
-  unsigned char* ring = smem + static_cast<size_t>(warp) * kStages * 2 * kChunkKeys * ROWB;
   // Bytes [hd*EB, HDP*EB) of every row stay zero (the copies write [0, hd*EB) only): q is zero there,
   // and 0 * garbage could be NaN.
   if (hd < HDP) {
     const int pad = (HDP - hd) * EB / 8;  // 8-byte words per row
-    for (int idx = lane; idx < kStages * 2 * kChunkKeys * pad; idx += kWarp)
+    for (int idx = lane; idx < STAGES * 2 * kChunkKeys * pad; idx += kWarp)
       *reinterpret_cast<uint2*>(ring + (idx / pad) * ROWB + hd * EB + (idx % pad) * 8) = make_uint2(0, 0);
   }
-  // Copies chunk t of this warp (keys kbeg + (warp + 4t) * 16 + [0, 16)) into its stage; keys at or
-  // past kend are zero-filled. FP8 rows of a head_dim that is 8 mod 16 are only 8-byte aligned.
-  const int unit = F16 && hd % 16 != 0 ? 8 : 16, units = hd * EB / unit;
-  const int chunks = kend > kbeg + warp * kChunkKeys
-                         ? static_cast<int>(ceil_div(kend - kbeg - warp * kChunkKeys, kBlockKeys))
-                         : 0;
-  auto issue = [&](int t) {
-    if (t < chunks) {
-      unsigned char* st = ring + (t % kStages) * 2 * kChunkKeys * ROWB;
-      const int key0 = kbeg + (warp + kDecodeWarps * t) * kChunkKeys;
-      for (int idx = lane; idx < kChunkKeys * units; idx += kWarp) {
-        const int r = idx / units, off = (idx % units) * unit, key = key0 + r;
-        const int64_t src = static_cast<int64_t>(key < kend ? key : key0) * hd * EB + off;
-        const int bytes = key < kend ? unit : 0;
-        if (unit == 16) {
-          cp_async16(st + r * ROWB + off, kg + src, bytes);
-          cp_async16(st + (kChunkKeys + r) * ROWB + off, vg + src, bytes);
-        } else {
-          cp_async8(st + r * ROWB + off, kg + src, bytes);
-          cp_async8(st + (kChunkKeys + r) * ROWB + off, vg + src, bytes);
-        }
-      }
-    }
-    cp_async_commit();  // one group per chunk index, empty or not: the wait count stays uniform
-  };
 
   float m[RH], l[RH], o[NT][2 * RH];
 #pragma unroll
@@ -480,16 +550,14 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarp, decode_blocks_per_sm(KV, 
 #pragma unroll
     for (int e = 0; e < 2 * RH; ++e) o[u][e] = 0.0f;
 
-#pragma unroll
-  for (int t = 0; t < kStages - 1; ++t) issue(t);
 #pragma unroll 1
   for (int t = 0; t < chunks; ++t) {
-    __syncwarp();  // every lane has read the stage that chunk t + kStages - 1 overwrites
-    issue(t + kStages - 1);
-    cp_async_wait<kStages - 1>();  // chunk t has landed (this lane's copies)
-    __syncwarp();                  // and every lane's
+    __syncwarp();  // every lane has read the stage that chunk t + STAGES - 1 overwrites
+    issue(t + STAGES - 1);
+    cp_async_wait<STAGES - 1>();  // chunk t has landed (this lane's copies)
+    __syncwarp();                 // and every lane's
     const int base = kbeg + (warp + kDecodeWarps * t) * kChunkKeys;
-    const unsigned char* st = ring + (t % kStages) * 2 * kChunkKeys * ROWB;
+    const unsigned char* st = ring + (t % STAGES) * 2 * kChunkKeys * ROWB;
     // K rows g and 8 + g at dims [c*HDP/4, (c+1)*HDP/4); V rows 2c + (0, 1, 8, 9) at dims
     // [g*HDP/8, (g+1)*HDP/8). Keys past kend are zeros.
     uint32_t kw[2][KB / 4], vw[4][VB / 4];
@@ -563,6 +631,7 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarp, decode_blocks_per_sm(KV, 
       mma16816<F16, FULL>(o[u], pa, b0, b1);
     }
   }
+  grid_dependents_launch();  // this block streams nothing more: the combine may launch
 
   // Merge the warps: each writes its (m, l, o) rows (over the rings, once every warp is done with
   // its ring), then the block combines them per element.
@@ -582,9 +651,9 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarp, decode_blocks_per_sm(KV, 
     }
   }
   __syncthreads();
-  for (int idx = threadIdx.x; idx < RT * hd; idx += kDecodeWarps * kWarp) {
+  const int nrows = min(RT, p.rows - row0);
+  for (int idx = threadIdx.x; idx < nrows * hd; idx += kDecodeWarps * kWarp) {
     const int row = idx / hd, d = idx % hd, r = row0 + row;
-    if (r >= p.rows) break;  // rows are in order: the rest are past the end too
     float mmax = -INFINITY;
 #pragma unroll
     for (int w = 0; w < kDecodeWarps; ++w) mmax = fmaxf(mmax, m_s[w][row]);
@@ -609,58 +678,108 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarp, decode_blocks_per_sm(KV, 
   }
 }
 
-// Merges the splits' partial results: grid (n*H), block head_dim threads; nothing to do when the
-// partition has one split (the decode kernel wrote out itself).
-// O = sum_s 2^(m_s - M) o_s / sum_s 2^(m_s - M) l_s, M = max_s m_s.
+// Merges the splits' partial results: grid (n*H), block max(head_dim, 32) threads; nothing to do
+// when the partition has one split (the decode kernel wrote out itself).
+// O = sum_s 2^(m_s - M) o_s / sum_s 2^(m_s - M) l_s, M = max_s m_s. Each thread loads its first
+// kCombineBatch splits' partials before the weights are known, so the loads overlap warp 0's
+// reduction of the (m, l) pairs; the partials bypass L1 (other SMs wrote them).
 __global__ void decode_combine_kernel(DecodeParams p) {
   __shared__ float w_s[kDecodeMaxSplits];
   __shared__ float den_s;
-  int64_t pos0;
-  const SplitPlan plan = plan_splits(decode_keys(p, &pos0), p.max_splits);
+  int pos0;
+  const SplitPlan plan = plan_splits(decode_keys(p, &pos0), p.max_splits, p.min_split_keys);
+  grid_dependents_launch();  // the next kernel waits for this one, which waits for the decode kernel
+  grid_dependency_wait();    // the decode kernel has completed: partials (or out) written
   if (plan.count <= 1) return;
   const int64_t rows = p.n * p.heads, row = blockIdx.x;  // i * H + h
-  const float* ml = p.part_ml + 2 * row;                 // split s at ml[2 * s * rows]
-  if (threadIdx.x < kWarp) {                             // one warp: the weights 2^(m_s - M) and their sum
+  const int d = threadIdx.x, count = plan.count;
+  const bool has_d = d < p.hd;
+  const float* po = p.part_o + row * p.hd + d;  // split s at po[s * rows * hd]
+  float ov[kCombineBatch];
+#pragma unroll
+  for (int s = 0; s < kCombineBatch; ++s) ov[s] = has_d && s < count ? __ldcg(po + s * rows * p.hd) : 0.0f;
+  if (threadIdx.x < kWarp) {                // one warp: the weights 2^(m_s - M) and their sum
+    const float* ml = p.part_ml + 2 * row;  // split s at ml[2 * s * rows]
+    float2 v[kDecodeMaxSplits / kWarp];
+#pragma unroll
+    for (int t = 0; t < kDecodeMaxSplits / kWarp; ++t) {
+      const int s = threadIdx.x + kWarp * t;
+      v[t] = s < count ? __ldcg(reinterpret_cast<const float2*>(ml + 2 * s * rows))
+                       : make_float2(-INFINITY, 0.0f);
+    }
     float mmax = -INFINITY;
-    for (int s = threadIdx.x; s < plan.count; s += kWarp) mmax = fmaxf(mmax, ml[2 * s * rows]);
+#pragma unroll
+    for (int t = 0; t < kDecodeMaxSplits / kWarp; ++t) mmax = fmaxf(mmax, v[t].x);
     mmax = warp_max(mmax);
     float den = 0.0f;
-    for (int s = threadIdx.x; s < plan.count; s += kWarp) {
-      const float ms = ml[2 * s * rows];
-      const float w = ms == -INFINITY ? 0.0f : exp2f(ms - mmax);  // a split with no visible key: 0
-      w_s[s] = w;
-      den += w * ml[2 * s * rows + 1];
+#pragma unroll
+    for (int t = 0; t < kDecodeMaxSplits / kWarp; ++t) {
+      const int s = threadIdx.x + kWarp * t;
+      const float w = v[t].x == -INFINITY ? 0.0f : exp2f(v[t].x - mmax);  // a split with no visible key: 0
+      if (s < count) w_s[s] = w;
+      den += w * v[t].y;
     }
     den = warp_sum(den);
     if (threadIdx.x == 0) den_s = den;
   }
   __syncthreads();
-  const int d = threadIdx.x;
-  if (d >= p.hd) return;
+  if (!has_d) return;
   float num = 0.0f;
+#pragma unroll
+  for (int s = 0; s < kCombineBatch; ++s)
+    if (s < count) num += w_s[s] * ov[s];
 #pragma unroll 8
-  for (int s = 0; s < plan.count; ++s) num += w_s[s] * p.part_o[(s * rows + row) * p.hd + d];
+  for (int s = kCombineBatch; s < count; ++s) num += w_s[s] * __ldcg(po + s * rows * p.hd);
   const int64_t i = row / p.heads, h = row % p.heads;
   p.out[i * p.out_stride + h * p.hd + d] = __float2bfloat16_rn(den_s > 0.0f ? num / den_s : 0.0f);
 }
 
+// cudaLaunchKernelEx, with programmatic stream serialisation when `pdl`.
+template <class... Params, class... Args>
+void launch_kernel(Context& ctx, void (*kernel)(Params...), dim3 grid, unsigned threads, size_t smem,
+                   bool pdl, Args... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = dim3(threads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = ctx.stream();
+  cudaLaunchAttribute attr[1] = {};
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, args...));
+}
+
+// The decode kernel instance for a cache type, head_dim and tile height, made ready to launch: its
+// dynamic shared memory allowed and the largest shared-memory carveout asked for (without it the
+// driver may keep fewer blocks resident than the launch bounds plan), and how many blocks of it
+// the device actually keeps resident per SM (the splits fill one wave of those).
+struct DecodeKernel {
+  void (*fn)(DecodeParams);
+  size_t smem;
+  int blocks_per_sm;
+};
+
 template <KvType KV, int HDP, bool FULL>
-void launch_decode(Context& ctx, const DecodeParams& p, dim3 grid) {
-  constexpr size_t smem = decode_smem_bytes(KV, HDP, FULL);
-  if (smem > 48 * 1024)
-    CUDA_CHECK(cudaFuncSetAttribute(attention_decode_kernel<KV, HDP, FULL>,
-                                    cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  attention_decode_kernel<KV, HDP, FULL><<<grid, kDecodeWarps * kWarp, smem, ctx.stream()>>>(p);
-  CUDA_CHECK_LAUNCH();
+DecodeKernel decode_kernel() {
+  DecodeKernel k{attention_decode_kernel<KV, HDP, FULL>, decode_smem_bytes(KV, HDP, FULL), 0};
+  CUDA_CHECK(
+      cudaFuncSetAttribute(k.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(k.smem)));
+  const char* env = std::getenv("NIBBLE_DECODE_CARVEOUT");  // DEV: 0 leaves the carveout to the driver
+  if (!(env && env[0] == '0'))
+    CUDA_CHECK(cudaFuncSetAttribute(k.fn, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                    cudaSharedmemCarveoutMaxShared));
+  CUDA_CHECK(
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&k.blocks_per_sm, k.fn, kDecodeWarps * kWarp, k.smem));
+  return k;
 }
 
 template <KvType KV>
-void launch_decode_hd(Context& ctx, const DecodeParams& p, dim3 grid, bool full) {
-  if (p.hd <= 64)
-    return full ? launch_decode<KV, 64, true>(ctx, p, grid) : launch_decode<KV, 64, false>(ctx, p, grid);
-  if (p.hd <= 128)
-    return full ? launch_decode<KV, 128, true>(ctx, p, grid) : launch_decode<KV, 128, false>(ctx, p, grid);
-  launch_decode<KV, 256, false>(ctx, p, grid);  // 16-row tiles would not fit the registers
+DecodeKernel decode_kernel_hd(int64_t hd, bool full) {
+  if (hd <= 64) return full ? decode_kernel<KV, 64, true>() : decode_kernel<KV, 64, false>();
+  if (hd <= 128) return full ? decode_kernel<KV, 128, true>() : decode_kernel<KV, 128, false>();
+  return decode_kernel<KV, 256, false>();  // 16-row tiles would not fit the registers
 }
 
 // k, v (n, KVH, hd) bf16 -> cache (KVH, cap, hd) of KV, positions pos0 + i; one thread per 8 elements.
@@ -768,6 +887,7 @@ void attention_forward(Context& ctx, const bf16* q, int64_t q_stride, int64_t n,
     fail("attention: positions [{}, {}) outside the cache capacity {}", pos0, pos0 + n, s.capacity);
   if (!aligned16(q) || q_stride % 8) fail("attention: q must be 16-byte aligned with q_stride % 8 == 0");
   if (!aligned16(k_cache) || !aligned16(v_cache)) fail("attention: the KV cache must be 16-byte aligned");
+  if (s.capacity > INT32_MAX) fail("attention: capacity {} (positions must fit 32 bits)", s.capacity);
   if (kv_type == KvType::BF16 && n > kSplitMaxTokens)
     return attention_simt(ctx, q, q_stride, n, pos0, d_pos0, static_cast<const bf16*>(k_cache),
                           static_cast<const bf16*>(v_cache), s, scale, out, out_stride);
@@ -779,17 +899,22 @@ void attention_forward(Context& ctx, const bf16* q, int64_t q_stride, int64_t n,
   p.group = static_cast<int>(s.heads / s.kv_heads), p.rows = static_cast<int>(n * p.group);
   p.scale_log2 = scale * kLog2e;
   p.out = out, p.out_stride = out_stride;
+  const char* split_env = std::getenv("NIBBLE_DECODE_SPLIT_KEYS");  // DEV: keys per split at least
+  p.min_split_keys = split_env ? std::max(std::atoi(split_env), kBlockKeys) : kMinKeysPerSplit;
+  const char* pdl_env = std::getenv("NIBBLE_DECODE_PDL");  // DEV: 0 launches the ordinary way
+  const bool pdl = !(pdl_env && pdl_env[0] == '0');
 
   // 8-row tiles when they hold every row (one decode token), else 16-row tiles (head_dim <= 128).
   const bool full = p.rows > 8 && s.head_dim <= 128;
   const int64_t tiles = ceil_div(p.rows, full ? 16 : 8);
-  // Splits: one wave of resident blocks, within the scratch; none for prefill-sized n
-  // (its scratch is not planned). From the shape, scratch and device only: never from pos0.
+  const DecodeKernel kernel = kv_type == KvType::BF16 ? decode_kernel_hd<KvType::BF16>(s.head_dim, full)
+                                                      : decode_kernel_hd<KvType::FP8_E4M3>(s.head_dim, full);
+  // Splits: one wave of resident blocks, within the scratch; none for prefill-sized n (its scratch
+  // is not planned). From the shape, scratch and device only: never from pos0.
   int64_t max_splits = 1;
-  if (n <= kSplitMaxTokens) {
+  if (n <= kSplitMaxTokens && aligned16(scratch.ptr)) {
     const int64_t per_split = n * s.heads * (s.head_dim + 2) * static_cast<int64_t>(sizeof(float));
-    const int hdp = s.head_dim <= 64 ? 64 : s.head_dim <= 128 ? 128 : 256;
-    const int64_t slots = int64_t{decode_blocks_per_sm(kv_type, hdp)} * ctx.info().sm_count;
+    const int64_t slots = int64_t{std::max(kernel.blocks_per_sm, 1)} * ctx.info().sm_count;
     max_splits = std::min<int64_t>(
         {slots / (s.kv_heads * tiles), kDecodeMaxSplits, static_cast<int64_t>(scratch.bytes) / per_split});
     max_splits = std::max<int64_t>(max_splits, 1);
@@ -798,17 +923,22 @@ void attention_forward(Context& ctx, const bf16* q, int64_t q_stride, int64_t n,
   p.part_o = static_cast<float*>(scratch.ptr);
   p.part_ml = p.part_o + max_splits * n * s.heads * s.head_dim;
   // The launch covers the largest partition a pos0 <= the host value can have.
-  const int64_t splits = max_split_count(pos0 + n, p.max_splits);
-  const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(s.kv_heads),
+  const int splits = max_split_count(static_cast<int>(pos0 + n), p.max_splits, p.min_split_keys);
+  const dim3 grid(static_cast<unsigned>(s.kv_heads), static_cast<unsigned>(splits),
                   static_cast<unsigned>(tiles));
-  if (kv_type == KvType::BF16)
-    launch_decode_hd<KvType::BF16>(ctx, p, grid, full);
-  else
-    launch_decode_hd<KvType::FP8_E4M3>(ctx, p, grid, full);
+  if (std::getenv("NIBBLE_DECODE_VERBOSE"))  // DEV
+    std::fprintf(stderr,
+                 "[decode] kv %s hd %lld n %lld: %d blocks/SM resident (bounds %d), grid %d x %d x %lld\n",
+                 kv_type == KvType::BF16 ? "bf16" : "fp8", static_cast<long long>(s.head_dim),
+                 static_cast<long long>(n), kernel.blocks_per_sm,
+                 decode_blocks_per_sm(kv_type, s.head_dim <= 64    ? 64
+                                               : s.head_dim <= 128 ? 128
+                                                                   : 256),
+                 static_cast<int>(s.kv_heads), splits, static_cast<long long>(tiles));
+  launch_kernel(ctx, kernel.fn, grid, kDecodeWarps * kWarp, kernel.smem, pdl, p);
   if (splits > 1) {
     const unsigned threads = static_cast<unsigned>(std::max<int64_t>(s.head_dim, kWarp));
-    decode_combine_kernel<<<static_cast<unsigned>(n * s.heads), threads, 0, ctx.stream()>>>(p);
-    CUDA_CHECK_LAUNCH();
+    launch_kernel(ctx, decode_combine_kernel, dim3(static_cast<unsigned>(n * s.heads)), threads, 0, pdl, p);
   }
 }
 

@@ -10,6 +10,10 @@
 // G = heads / kv_heads query heads of its KV head, so each K/V byte is read once; q k^T and p v on
 // the tensor cores (mma.sync m16n8k16, fp32 accumulate: bf16 operands for a BF16 cache, f16 for FP8,
 // whose e4m3 values f16 holds exactly); the splits' partial results merged by a second kernel.
+// Both kernels use programmatic dependent launch (see linear.cuh): they may start while the
+// previous kernel of the stream runs, and touch nothing it may write before waiting for it, except
+// that the decode kernel reads *d_pos0 at once: *d_pos0 must hold its value before the kernels just
+// before attention_forward start (the backend copies its step inputs from the host before the step).
 //
 // Device-side positions (CUDA-graph replay): with d_pos0 non-null the kernels read pos0 from
 // *d_pos0 and the host pos0 is only an upper bound on it that sizes the launch. The launch depends
