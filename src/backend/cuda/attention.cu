@@ -262,7 +262,7 @@ struct DecodeParams {
   bf16* out;                   // (n, H, hd), token stride out_stride
   int64_t out_stride;
   int max_splits;      // from the shape, scratch and device only (never from pos0)
-  int min_split_keys;  // kMinKeysPerSplit (DEV: NIBBLE_DECODE_SPLIT_KEYS)
+  int min_split_keys;  // kMinKeysPerSplit
   float* part_o;       // (max_splits, n*H, hd) unnormalised partial outputs
   float* part_ml;      // (max_splits, n*H, 2) max (log2 domain) and sum of each split
 };
@@ -766,10 +766,8 @@ DecodeKernel decode_kernel() {
   DecodeKernel k{attention_decode_kernel<KV, HDP, FULL>, decode_smem_bytes(KV, HDP, FULL), 0};
   CUDA_CHECK(
       cudaFuncSetAttribute(k.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(k.smem)));
-  const char* env = std::getenv("NIBBLE_DECODE_CARVEOUT");  // DEV: 0 leaves the carveout to the driver
-  if (!(env && env[0] == '0'))
-    CUDA_CHECK(cudaFuncSetAttribute(k.fn, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                    cudaSharedmemCarveoutMaxShared));
+  CUDA_CHECK(cudaFuncSetAttribute(k.fn, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                  cudaSharedmemCarveoutMaxShared));
   CUDA_CHECK(
       cudaOccupancyMaxActiveBlocksPerMultiprocessor(&k.blocks_per_sm, k.fn, kDecodeWarps * kWarp, k.smem));
   return k;
@@ -899,10 +897,8 @@ void attention_forward(Context& ctx, const bf16* q, int64_t q_stride, int64_t n,
   p.group = static_cast<int>(s.heads / s.kv_heads), p.rows = static_cast<int>(n * p.group);
   p.scale_log2 = scale * kLog2e;
   p.out = out, p.out_stride = out_stride;
-  const char* split_env = std::getenv("NIBBLE_DECODE_SPLIT_KEYS");  // DEV: keys per split at least
-  p.min_split_keys = split_env ? std::max(std::atoi(split_env), kBlockKeys) : kMinKeysPerSplit;
-  const char* pdl_env = std::getenv("NIBBLE_DECODE_PDL");  // DEV: 0 launches the ordinary way
-  const bool pdl = !(pdl_env && pdl_env[0] == '0');
+  p.min_split_keys = kMinKeysPerSplit;
+  const bool pdl = true;
 
   // 8-row tiles when they hold every row (one decode token), else 16-row tiles (head_dim <= 128).
   const bool full = p.rows > 8 && s.head_dim <= 128;
@@ -926,15 +922,6 @@ void attention_forward(Context& ctx, const bf16* q, int64_t q_stride, int64_t n,
   const int splits = max_split_count(static_cast<int>(pos0 + n), p.max_splits, p.min_split_keys);
   const dim3 grid(static_cast<unsigned>(s.kv_heads), static_cast<unsigned>(splits),
                   static_cast<unsigned>(tiles));
-  if (std::getenv("NIBBLE_DECODE_VERBOSE"))  // DEV
-    std::fprintf(stderr,
-                 "[decode] kv %s hd %lld n %lld: %d blocks/SM resident (bounds %d), grid %d x %d x %lld\n",
-                 kv_type == KvType::BF16 ? "bf16" : "fp8", static_cast<long long>(s.head_dim),
-                 static_cast<long long>(n), kernel.blocks_per_sm,
-                 decode_blocks_per_sm(kv_type, s.head_dim <= 64    ? 64
-                                               : s.head_dim <= 128 ? 128
-                                                                   : 256),
-                 static_cast<int>(s.kv_heads), splits, static_cast<long long>(tiles));
   launch_kernel(ctx, kernel.fn, grid, kDecodeWarps * kWarp, kernel.smem, pdl, p);
   if (splits > 1) {
     const unsigned threads = static_cast<unsigned>(std::max<int64_t>(s.head_dim, kWarp));
