@@ -2,6 +2,7 @@
 #include <cuda_fp8.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/common.cuh"
@@ -192,14 +193,17 @@ void nvfp4_gemv_ffma_typed(Context& ctx, const bf16* x, int64_t ldx, int64_t n, 
 }
 
 // ---- tensor-core NVFP4 GEMV (n <= 8, K % 32 == 0) ---------------------------------------------
-// A block owns one 16-row tile of W (two for SwiGLU: the gate and the up tile of the same rows),
-// and its gemv_warps(K) warps split K. Each warp runs mma.sync m16n8k16 (bf16 in, fp32 accumulate):
-// A = the tile's 16 rows dequantised in registers, B = x for 8 token slots (slots >= n repeat
-// token n-1 and their columns are dropped). Thread (g = lane/4, t = lane%4) owns rows g and g+8;
-// chunk c (16 bytes = 32 codes of a row) of group j is c = 4j + t, so the 4 threads of a row read
-// 64 contiguous bytes, and warp s takes groups s, s + warps, s + 2 warps, ... (U of them per
-// iteration, all loaded before the first is used). The summation order depends on K alone (through
-// gemv_warps), never on U or on the fused variant: every variant equals linear_forward bit for bit.
+// Work item = R consecutive 16-row tiles of W (each with P parts: SwiGLU's gate and up tiles of the
+// same rows). A block of gemv_warps(K) warps loops over items (grid-stride: item blockIdx.x,
+// + gridDim.x, ...) and its warps split K. Each warp runs mma.sync m16n8k16 (bf16 in, fp32
+// accumulate): A = a tile's 16 rows dequantised in registers, B = x for 8 token slots (slots >= n
+// repeat token n-1 and their columns are dropped). Thread (g = lane/4, t = lane%4) owns rows g and
+// g+8; chunk c (16 bytes = 32 codes of a row) of group j is c = 4j + t, so the 4 threads of a row
+// read 64 contiguous bytes, and warp s takes groups s, s + warps, s + 2 warps, ... in batches of U.
+// Software pipeline: the loads of a warp's next batch (of this item or of its next item) are
+// issued before the current batch is computed (two register buffers), so the memory system never
+// waits for the dequantisation. The summation order depends on K alone (through gemv_warps), never
+// on R, U, the grid or the fused variant: every variant equals linear_forward bit for bit.
 //
 // Element order: a dot product may visit k in any order as long as A and B agree. The 8 codes of a
 // 32-bit word (k0..k0+7) are taken as 4 pairs {k0+j, k0+j+4}: codes j and j+4 lie 16 bits apart,
@@ -210,11 +214,20 @@ void nvfp4_gemv_ffma_typed(Context& ctx, const bf16* x, int64_t ldx, int64_t n, 
 // 2^-127; bf16 FMA has no flush-to-zero mode). Multiplied by the block scale * 2^119 it becomes
 // e2m1 * scale * 2^-7, exact in bf16 (2 + 4 significant bits) and normal (2^-17 .. 21); its products
 // with x are exact in fp32, and y = D * 2^7 * global.
-constexpr int kMmaTile = 16;     // rows per tile (the M of m16n8k16)
-constexpr int kMmaMaxWarps = 8;  // warps splitting K in a block
+constexpr int kMmaTile = 16;      // rows per tile (the M of m16n8k16)
+constexpr int kMmaMaxWarps = 16;  // warps splitting K in a block
 constexpr float kMmaOutScale = 128.0f;
 
-int gemv_warps(int64_t K) { return static_cast<int>(std::min<int64_t>(kMmaMaxWarps, ceil_div(K / 32, 4))); }
+// Warps splitting K: a function of K alone (the summation order must not depend on anything else).
+// About 4 groups per warp and at least 4 warps; measured on an H200 (n = 1): for K = 2560 4 warps
+// beat 8 on the q+k+v, gate/up and head launches (1190 vs 1060, 1644 vs 1561, 2499 vs 2214 GB/s);
+// K = 4096 takes 8 and K = 9728 16.
+int gemv_warps(int64_t K) {
+  const int64_t groups = ceil_div(K / 32, 4);
+  int64_t s = 4;
+  while (s < kMmaMaxWarps && 2 * s <= groups / 4) s *= 2;
+  return static_cast<int>(std::min(groups, s));
+}
 
 __device__ __forceinline__ int tile_rows(int64_t N, int64_t r0) {
   return static_cast<int>(N - r0 < kMmaTile ? N - r0 : kMmaTile);
@@ -223,7 +236,7 @@ __device__ __forceinline__ int tile_rows(int64_t N, int64_t r0) {
 struct GemvTile {
   const uint8_t* codes;   // (rows, K/2): row 0 of the tile
   const uint8_t* scales;  // (rows, K/16)
-  int rows;               // valid rows, 1..16
+  int rows;               // valid rows, 0..16
 };
 
 template <int J>  // codes J and J+4 of a word -> bf16x2 {e2m1 * 2^-126, ...}
@@ -269,113 +282,187 @@ __device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
 __device__ __forceinline__ void grid_dependency_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 __device__ __forceinline__ void grid_dependents_launch() { asm volatile("griddepcontrol.launch_dependents;" :::); }
 
-// acc[p][q]: tile p, q = 2h + e -> row g + 8h of the tile, token 2t + e.
-template <int P, int U, class Epi>
-__global__ void __launch_bounds__(kMmaMaxWarps* kWarp)
-    nvfp4_gemv_mma_kernel(const bf16* __restrict__ x, int64_t ldx, int n, int64_t K, const Epi epi) {
-  __shared__ float partial[kMmaMaxWarps - 1][P][4][kWarp];
+template <int B>
+using BufIdx = std::integral_constant<int, B>;
+
+// acc[r][p][q]: tile r of the item, part p, q = 2h + e -> row g + 8h of the tile, token 2t + e.
+// Dynamic shared memory: 2 (parity) x (warps - 1) x R*P x 4 x 32 floats for the K-split sums.
+template <int P, int R, int U, class Epi>
+__global__ void __launch_bounds__(kMmaMaxWarps* kWarp, 1)
+    nvfp4_gemv_mma_kernel(const bf16* __restrict__ x, int64_t ldx, int n, int64_t K, int64_t tiles,
+                          const Epi epi) {
+  extern __shared__ float partial[];  // [2][warps - 1][R * P][4][kWarp]
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, warps = blockDim.x / kWarp;
   const int g = lane / 4, t = lane % 4;
-  GemvTile tile[P];
-  epi.tiles(tile);
   const int64_t chunks = K / 32, groups = ceil_div(chunks, 4);
-  const uint8_t* wq[P][2];
-  const uint8_t* ws[P][2];
-#pragma unroll
-  for (int p = 0; p < P; ++p)
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const bool valid = g + 8 * h < tile[p].rows;
-      wq[p][h] = valid ? tile[p].codes + (g + 8 * h) * (K / 2) : nullptr;
-      ws[p][h] = valid ? tile[p].scales + (g + 8 * h) * (K / 16) : nullptr;
-    }
+  const int64_t items = ceil_div(tiles, R);
+  const int gw = static_cast<int>((groups - warp + warps - 1) / warps);  // this warp's groups per item
+  const int nb = (gw + U - 1) / U;                                     // and batches per item
 
-  uint4 wv[P][2][U];
-  uint32_t sv[P][2][U];
-  auto load = [&](int64_t j0) {
+  // The load stream: item l_item, batch l_b; row pointers of l_item's tiles (null: no such row).
+  const uint8_t* lq[R][P][2];
+  const uint8_t* ls[R][P][2];
+  int64_t l_item = blockIdx.x;
+  int l_b = 0;
+  auto set_item = [&](int64_t item) {
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int64_t c = 4 * (j0 + static_cast<int64_t>(warps) * u) + t;
+    for (int r = 0; r < R; ++r) {
+      GemvTile tl[P];
+      const int64_t idx = item * R + r;
+      if (idx < tiles) {
+        epi.tile(idx, tl);
+      } else {
+#pragma unroll
+        for (int p = 0; p < P; ++p) tl[p] = {nullptr, nullptr, 0};
+      }
 #pragma unroll
       for (int p = 0; p < P; ++p)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-          if (c < chunks && wq[p][h]) {
-            wv[p][h][u] = load_stream16(wq[p][h] + c * 16);
-            sv[p][h][u] = *reinterpret_cast<const uint16_t*>(ws[p][h] + c * 2);
-          } else {
-            wv[p][h][u] = make_uint4(0, 0, 0, 0);
-            sv[p][h][u] = 0;
-          }
+          const bool valid = g + 8 * h < tl[p].rows;
+          lq[r][p][h] = valid ? tl[p].codes + (g + 8 * h) * (K / 2) : nullptr;
+          ls[r][p][h] = valid ? tl[p].scales + (g + 8 * h) * (K / 16) : nullptr;
         }
     }
   };
 
-  float acc[P][4];
+  uint4 wv[2][R][P][2][U];
+  uint32_t sv[2][R][P][2][U];
+  auto load = [&](auto buf) {
+    constexpr int B = decltype(buf)::value;
+    if (l_item >= items) return;
 #pragma unroll
-  for (int p = 0; p < P; ++p)
+    for (int u = 0; u < U; ++u) {
+      const int jj = l_b * U + u;
+      const int64_t c = 4 * (warp + static_cast<int64_t>(warps) * jj) + t;
+      const bool in = jj < gw && c < chunks;
 #pragma unroll
-    for (int q = 0; q < 4; ++q) acc[p][q] = 0.0f;
+      for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int p = 0; p < P; ++p)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            if (in && lq[r][p][h]) {
+              wv[B][r][p][h][u] = load_stream16(lq[r][p][h] + c * 16);
+              sv[B][r][p][h][u] = *reinterpret_cast<const uint16_t*>(ls[r][p][h] + c * 2);
+            } else {
+              wv[B][r][p][h][u] = make_uint4(0, 0, 0, 0);
+              sv[B][r][p][h][u] = 0;
+            }
+          }
+    }
+    if (++l_b == nb) {
+      l_b = 0;
+      l_item += gridDim.x;
+      if (l_item < items) set_item(l_item);
+    }
+  };
+
+  float acc[R][P][4];
+  auto clear = [&] {
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int p = 0; p < P; ++p)
+#pragma unroll
+        for (int q = 0; q < 4; ++q) acc[r][p][q] = 0.0f;
+  };
+  clear();
 
   // Weights never change: the first loads go out before waiting for the kernel that writes x.
-  load(warp);
+  set_item(l_item);
+  load(BufIdx<0>{});
   grid_dependents_launch();
   grid_dependency_wait();
   const bf16* xr = x + static_cast<int64_t>(min(g, n - 1)) * ldx;
-  for (int64_t j0 = warp; j0 < groups; j0 += static_cast<int64_t>(warps) * U) {
+
+  auto compute = [&](auto buf, int b) {
+    constexpr int B = decltype(buf)::value;
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const int64_t j = j0 + static_cast<int64_t>(warps) * u;
-      if (j >= groups) break;  // uniform over the warp
-      const int64_t c = 4 * j + t;
+      const int jj = b * U + u;
+      if (jj >= gw) break;  // uniform over the warp
+      const int64_t c = 4 * (warp + static_cast<int64_t>(warps) * jj) + t;
       uint4 xv[4];
 #pragma unroll
       for (int i = 0; i < 4; ++i)
         xv[i] = c < chunks ? *reinterpret_cast<const uint4*>(xr + c * 32 + i * 8) : make_uint4(0, 0, 0, 0);
-      uint32_t sc[P][2][2];
+      uint32_t sc[R][P][2][2];
 #pragma unroll
-      for (int p = 0; p < P; ++p)
+      for (int r = 0; r < R; ++r)
 #pragma unroll
-        for (int h = 0; h < 2; ++h) scale_pairs(sv[p][h][u], sc[p][h][0], sc[p][h][1]);
+        for (int p = 0; p < P; ++p)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) scale_pairs(sv[B][r][p][h][u], sc[r][p][h][0], sc[r][p][h][1]);
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         // x[k0..k0+7] as words {x0,x1} {x2,x3} {x4,x5} {x6,x7} -> pairs {x_j, x_j+4}
         const uint32_t b0 = __byte_perm(xv[i].x, xv[i].z, 0x5410), b1 = __byte_perm(xv[i].x, xv[i].z, 0x7632);
         const uint32_t b2 = __byte_perm(xv[i].y, xv[i].w, 0x5410), b3 = __byte_perm(xv[i].y, xv[i].w, 0x7632);
 #pragma unroll
-        for (int p = 0; p < P; ++p) {
-          const uint32_t w0 = word_of(wv[p][0][u], i), w1 = word_of(wv[p][1][u], i);
-          const uint32_t s0 = sc[p][0][i / 2], s1 = sc[p][1][i / 2];
-          mma_bf16(acc[p], bf16x2_mul(e2m1_pair_bf16<0>(w0), s0), bf16x2_mul(e2m1_pair_bf16<0>(w1), s1),
-                   bf16x2_mul(e2m1_pair_bf16<1>(w0), s0), bf16x2_mul(e2m1_pair_bf16<1>(w1), s1), b0, b1);
-          mma_bf16(acc[p], bf16x2_mul(e2m1_pair_bf16<2>(w0), s0), bf16x2_mul(e2m1_pair_bf16<2>(w1), s1),
-                   bf16x2_mul(e2m1_pair_bf16<3>(w0), s0), bf16x2_mul(e2m1_pair_bf16<3>(w1), s1), b2, b3);
-        }
+        for (int r = 0; r < R; ++r)
+#pragma unroll
+          for (int p = 0; p < P; ++p) {
+            const uint32_t w0 = word_of(wv[B][r][p][0][u], i), w1 = word_of(wv[B][r][p][1][u], i);
+            const uint32_t s0 = sc[r][p][0][i / 2], s1 = sc[r][p][1][i / 2];
+            mma_bf16(acc[r][p], bf16x2_mul(e2m1_pair_bf16<0>(w0), s0), bf16x2_mul(e2m1_pair_bf16<0>(w1), s1),
+                     bf16x2_mul(e2m1_pair_bf16<1>(w0), s0), bf16x2_mul(e2m1_pair_bf16<1>(w1), s1), b0, b1);
+            mma_bf16(acc[r][p], bf16x2_mul(e2m1_pair_bf16<2>(w0), s0), bf16x2_mul(e2m1_pair_bf16<2>(w1), s1),
+                     bf16x2_mul(e2m1_pair_bf16<3>(w0), s0), bf16x2_mul(e2m1_pair_bf16<3>(w1), s1), b2, b3);
+          }
       }
     }
-    if (j0 + static_cast<int64_t>(warps) * U < groups) load(j0 + static_cast<int64_t>(warps) * U);
-  }
+  };
 
-  // Warps 1.. hand their sums to warp 0, which adds them in warp order (deterministic).
-  if (warps > 1) {
-    if (warp > 0)
+  // After the last batch of an item: warps 1.. hand their sums to warp 0, which adds them in warp
+  // order (deterministic) and stores. Two parity buffers: a warp writing item i+2's sums has passed
+  // item i+1's barrier, which warp 0 reaches only after reading item i's.
+  int64_t c_item = blockIdx.x;
+  int c_b = 0, parity = 0;
+  auto finish = [&]() -> bool {  // true when this block has no item left
+    if (++c_b < nb) return false;
+    c_b = 0;
+    if (warps > 1) {
+      float* part = partial + static_cast<int64_t>(parity) * (warps - 1) * R * P * 4 * kWarp;
+      if (warp > 0)
 #pragma unroll
-      for (int p = 0; p < P; ++p)
+        for (int r = 0; r < R; ++r)
 #pragma unroll
-        for (int q = 0; q < 4; ++q) partial[warp - 1][p][q][lane] = acc[p][q];
-    __syncthreads();
-    if (warp > 0) return;
-    for (int w = 0; w < warps - 1; ++w)
+          for (int p = 0; p < P; ++p)
 #pragma unroll
-      for (int p = 0; p < P; ++p)
+            for (int q = 0; q < 4; ++q) part[(((warp - 1) * R + r) * P + p) * 4 * kWarp + q * kWarp + lane] = acc[r][p][q];
+      __syncthreads();
+      if (warp == 0)
+        for (int w = 0; w < warps - 1; ++w)
 #pragma unroll
-        for (int q = 0; q < 4; ++q) acc[p][q] += partial[w][p][q][lane];
+          for (int r = 0; r < R; ++r)
+#pragma unroll
+            for (int p = 0; p < P; ++p)
+#pragma unroll
+              for (int q = 0; q < 4; ++q) acc[r][p][q] += part[((w * R + r) * P + p) * 4 * kWarp + q * kWarp + lane];
+      parity ^= 1;
+    }
+    if (warp == 0)
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+        if (c_item * R + r < tiles) epi.store(c_item * R + r, acc[r], g, t, n);
+    clear();
+    c_item += gridDim.x;
+    return c_item >= items;
+  };
+
+  for (;;) {
+    load(BufIdx<1>{});
+    compute(BufIdx<0>{}, c_b);
+    if (finish()) break;
+    load(BufIdx<0>{});
+    compute(BufIdx<1>{}, c_b);
+    if (finish()) break;
   }
-  epi.store(acc, g, t, n);
 }
 
-// Epilogues: tiles() names the block's tiles, store() writes what thread (g, t) holds. Every write
-// of these kernels comes after grid_dependency_wait() (PDL rule in linear.cuh).
+// Epilogues: tile(idx) names tile idx's parts, store(idx) writes what thread (g, t) holds of it.
+// Every write of these kernels comes after grid_dependency_wait() (PDL rule in linear.cuh).
 template <typename OutT>
 struct GemvLinear {  // y = x W^T * scale + bias
   const uint8_t* codes;
@@ -386,14 +473,14 @@ struct GemvLinear {  // y = x W^T * scale + bias
   OutT* y;
   int64_t ldy;
 
-  __device__ void tiles(GemvTile (&tl)[1]) const {
-    const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kMmaTile;
+  __device__ void tile(int64_t idx, GemvTile (&tl)[1]) const {
+    const int64_t r0 = idx * kMmaTile;
     tl[0] = {codes + r0 * (K / 2), scales + r0 * (K / 16), tile_rows(N, r0)};
   }
-  __device__ void store(const float (&acc)[1][4], int g, int t, int n) const {
+  __device__ void store(int64_t idx, const float (&acc)[1][4], int g, int t, int n) const {
 #pragma unroll
     for (int q = 0; q < 4; ++q) {
-      const int64_t row = static_cast<int64_t>(blockIdx.x) * kMmaTile + g + 8 * (q / 2);
+      const int64_t row = idx * kMmaTile + g + 8 * (q / 2);
       const int tok = 2 * t + q % 2;
       if (row >= N || tok >= n) continue;
       const float v = gemv_value(acc[0][q], scale, bias, row);
@@ -416,29 +503,26 @@ struct GemvMultiPart {
   int64_t ldy;
 };
 
-struct GemvMulti {  // up to 3 weights of one K, the blocks of each following those of the one before
+struct GemvMulti {  // up to 3 weights of one K, the tiles of each following those of the one before
   GemvMultiPart part[3];
   int count;
   int64_t K;
 
   __device__ int locate(int64_t& tile) const {
-    tile = blockIdx.x;
     int i = 0;
     while (i + 1 < count && tile >= part[i].tiles) tile -= part[i++].tiles;
     return i;
   }
-  __device__ void tiles(GemvTile (&tl)[1]) const {
-    int64_t tile;
-    const GemvMultiPart& m = part[locate(tile)];
-    const int64_t r0 = tile * kMmaTile;
+  __device__ void tile(int64_t idx, GemvTile (&tl)[1]) const {
+    const GemvMultiPart& m = part[locate(idx)];
+    const int64_t r0 = idx * kMmaTile;
     tl[0] = {m.codes + r0 * (K / 2), m.scales + r0 * (K / 16), tile_rows(m.N, r0)};
   }
-  __device__ void store(const float (&acc)[1][4], int g, int t, int n) const {
-    int64_t tile;
-    const GemvMultiPart& m = part[locate(tile)];
+  __device__ void store(int64_t idx, const float (&acc)[1][4], int g, int t, int n) const {
+    const GemvMultiPart& m = part[locate(idx)];
 #pragma unroll
     for (int q = 0; q < 4; ++q) {
-      const int64_t row = tile * kMmaTile + g + 8 * (q / 2);
+      const int64_t row = idx * kMmaTile + g + 8 * (q / 2);
       const int tok = 2 * t + q % 2;
       if (row >= m.N || tok >= n) continue;
       m.y[tok * m.ldy + row] = __float2bfloat16_rn(gemv_value(acc[0][q], m.scale, m.bias, row));
@@ -457,14 +541,14 @@ struct GemvResidual {  // y = residual + bf16(x W^T * scale + bias); y may be re
   bf16* y;
   int64_t ldy;
 
-  __device__ void tiles(GemvTile (&tl)[1]) const {
-    const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kMmaTile;
+  __device__ void tile(int64_t idx, GemvTile (&tl)[1]) const {
+    const int64_t r0 = idx * kMmaTile;
     tl[0] = {codes + r0 * (K / 2), scales + r0 * (K / 16), tile_rows(N, r0)};
   }
-  __device__ void store(const float (&acc)[1][4], int g, int t, int n) const {
+  __device__ void store(int64_t idx, const float (&acc)[1][4], int g, int t, int n) const {
 #pragma unroll
     for (int q = 0; q < 4; ++q) {
-      const int64_t row = static_cast<int64_t>(blockIdx.x) * kMmaTile + g + 8 * (q / 2);
+      const int64_t row = idx * kMmaTile + g + 8 * (q / 2);
       const int tok = 2 * t + q % 2;
       if (row >= N || tok >= n) continue;
       const float v = __bfloat162float(__float2bfloat16_rn(gemv_value(acc[0][q], scale, bias, row)));
@@ -481,16 +565,16 @@ struct GemvSwiglu {  // out = bf16(silu(bf16(x Wg^T)) * bf16(x Wu^T)), as swiglu
   bf16* out;
   int64_t ldo;
 
-  __device__ void tiles(GemvTile (&tl)[2]) const {
-    const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kMmaTile;
+  __device__ void tile(int64_t idx, GemvTile (&tl)[2]) const {
+    const int64_t r0 = idx * kMmaTile;
     const int rows = tile_rows(N, r0);
 #pragma unroll
     for (int p = 0; p < 2; ++p) tl[p] = {codes[p] + r0 * (K / 2), scales[p] + r0 * (K / 16), rows};
   }
-  __device__ void store(const float (&acc)[2][4], int g, int t, int n) const {
+  __device__ void store(int64_t idx, const float (&acc)[2][4], int g, int t, int n) const {
 #pragma unroll
     for (int q = 0; q < 4; ++q) {
-      const int64_t row = static_cast<int64_t>(blockIdx.x) * kMmaTile + g + 8 * (q / 2);
+      const int64_t row = idx * kMmaTile + g + 8 * (q / 2);
       const int tok = 2 * t + q % 2;
       if (row >= N || tok >= n) continue;
       const float gate = __bfloat162float(__float2bfloat16_rn(gemv_value(acc[0][q], scale[0], nullptr, row)));
@@ -500,20 +584,48 @@ struct GemvSwiglu {  // out = bf16(silu(bf16(x Wg^T)) * bf16(x Wu^T)), as swiglu
   }
 };
 
-template <int P, int U, class Epi>
-void launch_gemv_mma(Context& ctx, int64_t blocks, const bf16* x, int64_t ldx, int64_t n, int64_t K,
-                     const Epi& epi) {
+// persistent: grid = the blocks that fit on the device at once, looping over the items (the loads
+// of a block's next item overlap the current one); otherwise one block per item.
+template <int P, int R, int U, class Epi>
+void launch_gemv_mma(Context& ctx, int64_t tiles, const bf16* x, int64_t ldx, int64_t n, int64_t K,
+                     const Epi& epi, bool persistent = false) {
+  const auto kernel = nvfp4_gemv_mma_kernel<P, R, U, Epi>;
+  const int warps = gemv_warps(K);
+  const int threads = warps * kWarp;
+  const size_t smem = warps > 1 ? size_t{2} * (warps - 1) * R * P * 4 * kWarp * sizeof(float) : 0;
+  const int64_t items = ceil_div(tiles, R);
+  int64_t blocks = items;
+  if (persistent) {
+    int resident = 0;
+    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, threads, smem));
+    blocks = std::min<int64_t>(items, std::max<int64_t>(1, int64_t{resident} * ctx.info().sm_count));
+  }
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(static_cast<unsigned>(blocks));
-  cfg.blockDim = dim3(static_cast<unsigned>(gemv_warps(K) * kWarp));
-  cfg.dynamicSmemBytes = 0;
+  cfg.blockDim = dim3(static_cast<unsigned>(threads));
+  cfg.dynamicSmemBytes = smem;
   cfg.stream = ctx.stream();
   cudaLaunchAttribute attr[1] = {};
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  CUDA_CHECK(cudaLaunchKernelEx(&cfg, nvfp4_gemv_mma_kernel<P, U, Epi>, x, ldx, static_cast<int>(n), K, epi));
+  CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, x, ldx, static_cast<int>(n), K, tiles, epi));
+}
+
+// (R, U) per call site, from a sweep on an H200 at n = 1 (R = 1/2, U = 1/2/4, 4/8/16 warps, one
+// block per item or persistent; U = 4 and R = U = 2 spill at the 128-register cap):
+//   many tiles (the head, 9496): R = 2, U = 1, persistent: 2499 GB/s (1 tile, U = 4: 1492);
+//   fewer tiles: R = 1, U = 2 (R = 2 halves the blocks: q 881 -> 646 GB/s);
+//   SwiGLU (2 parts already): U = 1; residual with 16 warps (K = 9728: 1 block per SM at 128
+//   registers): R = 2 keeps the 160 tiles in one wave (1267 vs 1021 GB/s).
+constexpr int64_t kGemvManyTiles = 2048;
+
+template <class Epi>
+void launch_gemv_linear(Context& ctx, int64_t tiles, const bf16* x, int64_t ldx, int64_t n, int64_t K,
+                        const Epi& epi) {
+  if (tiles >= kGemvManyTiles) return launch_gemv_mma<1, 2, 1>(ctx, tiles, x, ldx, n, K, epi, true);
+  launch_gemv_mma<1, 1, 2>(ctx, tiles, x, ldx, n, K, epi);
 }
 
 const uint8_t* codes_of(const Weight& w) { return static_cast<const uint8_t*>(w.data); }
@@ -650,16 +762,16 @@ void linear_forward(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const W
     if (!is_aligned(x, 16) || ldx % 8 != 0)
       fail("linear_forward: x must be 16-byte aligned with ldx % 8 == 0");
     if (!nvfp4_gemv_fusable(w, n)) return nvfp4_gemv_ffma(ctx, x, ldx, n, w, bias, y, y_dtype, ldy);
-    const int64_t blocks = ceil_div(w.out, kMmaTile);
+    const int64_t tiles = ceil_div(w.out, kMmaTile);
     const float scale = w.global_scale * kMmaOutScale;
     if (y_dtype == DType::F32)
-      launch_gemv_mma<1, 4>(ctx, blocks, x, ldx, n, w.in,
-                            GemvLinear<float>{codes_of(w), w.scales, w.out, w.in, scale, bias,
-                                              static_cast<float*>(y), ldy});
+      launch_gemv_linear(ctx, tiles, x, ldx, n, w.in,
+                         GemvLinear<float>{codes_of(w), w.scales, w.out, w.in, scale, bias,
+                                           static_cast<float*>(y), ldy});
     else
-      launch_gemv_mma<1, 4>(ctx, blocks, x, ldx, n, w.in,
-                            GemvLinear<bf16>{codes_of(w), w.scales, w.out, w.in, scale, bias,
-                                             static_cast<bf16*>(y), ldy});
+      launch_gemv_linear(ctx, tiles, x, ldx, n, w.in,
+                         GemvLinear<bf16>{codes_of(w), w.scales, w.out, w.in, scale, bias,
+                                          static_cast<bf16*>(y), ldy});
     return;
   }
   // A biased bf16 product is staged in fp32 at the start of the scratch (see linear_scratch_bytes).
@@ -732,7 +844,7 @@ void nvfp4_gemv_multi(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const
   GemvMulti epi{};
   epi.count = count;
   epi.K = targets[0].w->in;
-  int64_t blocks = 0;
+  int64_t total = 0;
   for (int i = 0; i < count; ++i) {
     const Weight& w = *targets[i].w;
     check_fused("nvfp4_gemv_multi", x, ldx, n, w);
@@ -740,9 +852,9 @@ void nvfp4_gemv_multi(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const
     const int64_t tiles = ceil_div(w.out, kMmaTile);
     epi.part[i] = {codes_of(w), w.scales, w.out, tiles, w.global_scale * kMmaOutScale, targets[i].bias,
                    targets[i].y, targets[i].ldy};
-    blocks += tiles;
+    total += tiles;
   }
-  launch_gemv_mma<1, 4>(ctx, blocks, x, ldx, n, epi.K, epi);
+  launch_gemv_mma<1, 1, 2>(ctx, total, x, ldx, n, epi.K, epi);
 }
 
 void nvfp4_gemv_swiglu(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const Weight& wg, const Weight& wu,
@@ -758,7 +870,7 @@ void nvfp4_gemv_swiglu(Context& ctx, const bf16* x, int64_t ldx, int64_t n, cons
                        {wg.global_scale * kMmaOutScale, wu.global_scale * kMmaOutScale},
                        out,
                        ldo};
-  launch_gemv_mma<2, 2>(ctx, ceil_div(wg.out, kMmaTile), x, ldx, n, wg.in, epi);
+  launch_gemv_mma<2, 1, 1>(ctx, ceil_div(wg.out, kMmaTile), x, ldx, n, wg.in, epi);
 }
 
 void nvfp4_gemv_residual(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const Weight& w, const float* bias,
@@ -766,7 +878,11 @@ void nvfp4_gemv_residual(Context& ctx, const bf16* x, int64_t ldx, int64_t n, co
   check_fused("nvfp4_gemv_residual", x, ldx, n, w);
   const GemvResidual epi{codes_of(w), w.scales, w.out, w.in, w.global_scale * kMmaOutScale, bias,
                          residual, ldr, y, ldy};
-  launch_gemv_mma<1, 4>(ctx, ceil_div(w.out, kMmaTile), x, ldx, n, w.in, epi);
+  const int64_t tiles = ceil_div(w.out, kMmaTile);
+  if (gemv_warps(w.in) >= kMmaMaxWarps)
+    launch_gemv_mma<1, 2, 1>(ctx, tiles, x, ldx, n, w.in, epi);
+  else
+    launch_gemv_mma<1, 1, 2>(ctx, tiles, x, ldx, n, w.in, epi);
 }
 
 }  // namespace nibble::cuda
