@@ -8,6 +8,7 @@
 #include "backend/cuda/attention.cuh"
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/common.cuh"
+#include "backend/cuda/pdl.cuh"
 
 namespace nibble::cuda {
 namespace {
@@ -295,13 +296,6 @@ __device__ __forceinline__ int decode_keys(const DecodeParams& p, int* pos0_out)
   return keys < bound ? keys : bound;
 }
 
-// Programmatic dependent launch (PTX griddepcontrol, sm_90): wait = every prerequisite grid has
-// completed and its writes are visible; launch_dependents = this block no longer holds back the
-// launch of the next grid in the stream. Both are no-ops in a kernel launched the ordinary way.
-__device__ __forceinline__ void grid_dependency_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
-__device__ __forceinline__ void grid_dependents_launch() {
-  asm volatile("griddepcontrol.launch_dependents;" :::);
-}
 
 // Asks L2 to fetch [p, p + bytes) (p and bytes multiples of 16); no data comes to the SM.
 __device__ __forceinline__ void prefetch_l2(const void* p, uint32_t bytes) {
@@ -449,7 +443,7 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarp, decode_blocks_per_sm(KV, 
                     hi = (a + static_cast<uintptr_t>(nk) * row_bytes) & ~uintptr_t{15};
     if (hi > lo) prefetch_l2(reinterpret_cast<const void*>(lo), static_cast<uint32_t>(hi - lo));
   }
-  grid_dependency_wait();
+  pdl_wait();
 
   // This warp's ring: stage st holds K rows [0, 16) then V rows [16, 32), ROWB bytes each.
   unsigned char* ring = smem + static_cast<size_t>(warp) * STAGES * 2 * kChunkKeys * ROWB;
@@ -631,7 +625,7 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarp, decode_blocks_per_sm(KV, 
       mma16816<F16, FULL>(o[u], pa, b0, b1);
     }
   }
-  grid_dependents_launch();  // this block streams nothing more: the combine may launch
+  pdl_launch_dependents();  // this block streams nothing more: the combine may launch
 
   // Merge the warps: each writes its (m, l, o) rows (over the rings, once every warp is done with
   // its ring), then the block combines them per element.
@@ -688,8 +682,8 @@ __global__ void decode_combine_kernel(DecodeParams p) {
   __shared__ float den_s;
   int pos0;
   const SplitPlan plan = plan_splits(decode_keys(p, &pos0), p.max_splits, p.min_split_keys);
-  grid_dependents_launch();  // the next kernel waits for this one, which waits for the decode kernel
-  grid_dependency_wait();    // the decode kernel has completed: partials (or out) written
+  pdl_launch_dependents();  // the next kernel waits for this one, which waits for the decode kernel
+  pdl_wait();    // the decode kernel has completed: partials (or out) written
   if (plan.count <= 1) return;
   const int64_t rows = p.n * p.heads, row = blockIdx.x;  // i * H + h
   const int d = threadIdx.x, count = plan.count;
@@ -732,23 +726,6 @@ __global__ void decode_combine_kernel(DecodeParams p) {
   for (int s = kCombineBatch; s < count; ++s) num += w_s[s] * __ldcg(po + s * rows * p.hd);
   const int64_t i = row / p.heads, h = row % p.heads;
   p.out[i * p.out_stride + h * p.hd + d] = __float2bfloat16_rn(den_s > 0.0f ? num / den_s : 0.0f);
-}
-
-// cudaLaunchKernelEx, with programmatic stream serialisation when `pdl`.
-template <class... Params, class... Args>
-void launch_kernel(Context& ctx, void (*kernel)(Params...), dim3 grid, unsigned threads, size_t smem,
-                   bool pdl, Args... args) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid;
-  cfg.blockDim = dim3(threads);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = ctx.stream();
-  cudaLaunchAttribute attr[1] = {};
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = pdl ? 1 : 0;
-  CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, args...));
 }
 
 // The decode kernel instance for a cache type, head_dim and tile height, made ready to launch: its
@@ -898,7 +875,6 @@ void attention_forward(Context& ctx, const bf16* q, int64_t q_stride, int64_t n,
   p.scale_log2 = scale * kLog2e;
   p.out = out, p.out_stride = out_stride;
   p.min_split_keys = kMinKeysPerSplit;
-  const bool pdl = true;
 
   // 8-row tiles when they hold every row (one decode token), else 16-row tiles (head_dim <= 128).
   const bool full = p.rows > 8 && s.head_dim <= 128;
@@ -922,10 +898,10 @@ void attention_forward(Context& ctx, const bf16* q, int64_t q_stride, int64_t n,
   const int splits = max_split_count(static_cast<int>(pos0 + n), p.max_splits, p.min_split_keys);
   const dim3 grid(static_cast<unsigned>(s.kv_heads), static_cast<unsigned>(splits),
                   static_cast<unsigned>(tiles));
-  launch_kernel(ctx, kernel.fn, grid, kDecodeWarps * kWarp, kernel.smem, pdl, p);
+  launch_pdl(ctx, kernel.fn, grid, dim3(kDecodeWarps * kWarp), kernel.smem, p);
   if (splits > 1) {
     const unsigned threads = static_cast<unsigned>(std::max<int64_t>(s.head_dim, kWarp));
-    launch_kernel(ctx, decode_combine_kernel, dim3(static_cast<unsigned>(n * s.heads)), threads, 0, pdl, p);
+    launch_pdl(ctx, decode_combine_kernel, dim3(static_cast<unsigned>(n * s.heads)), dim3(threads), 0, p);
   }
 }
 
