@@ -32,7 +32,8 @@
 //                      out (n, hq, hd) = softmax(scale q K^T + causal mask) V over [0, pos0+n)
 //   swiglu_forward     gate (n, ffn), up (n, ffn)                            -> out = silu(gate) * up
 //   add_forward        a, b (same shape)                                     -> out = a + b (residual)
-//   fused: qk_norm_rope, linear_multi (q/k/v), linear_swiglu, linear_residual (defaults compose the above)
+//   fused: qk_norm_rope, linear_multi (q/k/v), linear_swiglu, linear_residual, rmsnorm_linear_multi,
+//          rmsnorm_linear_swiglu (defaults compose the above)
 //   copy_to_host / copy_from_host: any activation <-> host fp32
 //
 // How CUDA plugs in: backend/cuda/cuda_backend.{h,cu} derives from Backend (raw_alloc =
@@ -146,6 +147,14 @@ class Backend {
   // out = silu(x Wg^T) * (x Wu^T); gate_tmp and up_tmp (n, ffn) are the two products.
   virtual void linear_swiglu_forward(const Tensor& x, const Weight& gate, const Weight& up,
                                      const Tensor& gate_tmp, const Tensor& up_tmp, const Tensor& out);
+  // The RMSNorm in front of the two above: x_norm (n, dim) = rmsnorm(x) with norm_w (dim), then
+  // linear_multi_forward / linear_swiglu_forward of x_norm. x_norm is always written (a kept
+  // activation); a fused implementation reads x and x_norm's values bit for bit as the default.
+  virtual void rmsnorm_linear_multi_forward(const Tensor& x, const Tensor& norm_w, float eps, const Tensor& x_norm,
+                                            std::span<const LinearOut> outs);
+  virtual void rmsnorm_linear_swiglu_forward(const Tensor& x, const Tensor& norm_w, float eps,
+                                             const Tensor& x_norm, const Weight& gate, const Weight& up,
+                                             const Tensor& gate_tmp, const Tensor& up_tmp, const Tensor& out);
   // out = residual + (x W^T + bias); tmp (n, W.out) is the product. out may not alias residual.
   virtual void linear_residual_forward(const Tensor& x, const Weight& w, const Tensor& bias,
                                        const Tensor& residual, const Tensor& tmp, const Tensor& out);

@@ -210,10 +210,9 @@ void Qwen3Model::layer_forward(int64_t layer, const Tensor& x, const LayerActiva
   const Tensor none;
 
   // Attention block.
-  b.rmsnorm_forward(x, L.input_norm, eps, a.x_norm, none);
   const Backend::LinearOut qkv[] = {
       {&L.q_proj, &L.q_bias, &a.q}, {&L.k_proj, &L.k_bias, &a.k}, {&L.v_proj, &L.v_bias, &a.v}};
-  b.linear_multi_forward(a.x_norm, qkv);
+  b.rmsnorm_linear_multi_forward(x, L.input_norm, eps, a.x_norm, qkv);
   const Tensor q3 = a.q_rot.reshape({n, hq, hd});
   const Tensor k3 = a.k_rot.reshape({n, hkv, hd});
   // Qwen3: RMSNorm over each head's hd values, then RoPE (without q/k norm: RoPE on q, k in place).
@@ -225,8 +224,8 @@ void Qwen3Model::layer_forward(int64_t layer, const Tensor& x, const LayerActiva
   b.linear_residual_forward(a.attn, L.o_proj, L.o_bias, x, a.attn_proj, a.h);
 
   // MLP block (SwiGLU).
-  b.rmsnorm_forward(a.h, L.post_attention_norm, eps, a.h_norm, none);
-  b.linear_swiglu_forward(a.h_norm, L.gate_proj, L.up_proj, a.gate, a.up, a.act);
+  b.rmsnorm_linear_swiglu_forward(a.h, L.post_attention_norm, eps, a.h_norm, L.gate_proj, L.up_proj, a.gate, a.up,
+                                  a.act);
   b.linear_residual_forward(a.act, L.down_proj, none, a.h, a.mlp_out, x_out);
 }
 

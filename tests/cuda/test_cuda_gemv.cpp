@@ -1,7 +1,7 @@
 // The decode GEMVs (backend/cuda/linear.cuh, NVFP4, n <= 8 tokens): linear_forward's GEMV path
 // against an fp64 CPU reference of the dequantised weights, the fused variants (q/k/v multi,
-// gate/up + SwiGLU, projection + residual) bit for bit against the unfused ops, sentinels after
-// every output, and a chain of 50 dependent GEMVs (programmatic dependent launch) equal bit for bit
+// gate/up + SwiGLU, projection + residual, and q/k/v and gate/up with the RMSNorm in front) bit for
+// bit against the unfused ops, sentinels after every output, and a chain of 50 dependent GEMVs (programmatic dependent launch) equal bit for bit
 // whether run one launch at a time, back to back, or replayed from a CUDA graph. Skips without a GPU.
 //
 // Bounds. A bf16 output is rounded once (relative error <= 2^-9: NMSE <= 2^-18 = 3.8e-6 if every
@@ -320,6 +320,89 @@ TEST_F(CudaGemv, ResidualEqualsLinearThenAdd) {
   }
 }
 
+// A norm weight around 1 (as trained RMSNorm weights are), fp32.
+cuda::DeviceBuffer random_norm_weight(cuda::Context& ctx, int64_t dim, std::mt19937& rng) {
+  std::normal_distribution<float> d(1.0f, 0.25f);
+  std::vector<float> w(static_cast<size_t>(dim));
+  for (auto& v : w) v = d(rng);
+  cuda::DeviceBuffer b(ctx, w.size() * 4, "norm weight");
+  to_device(b.get(), w.data(), w.size() * 4);
+  return b;
+}
+
+// The RMSNorm fused in front of the q/k/v GEMV: outputs and the kept x_norm equal rmsnorm_forward
+// then nvfp4_gemv_multi bit for bit (dims of Qwen3-4B, 4096, and 1056 = 33 * 32: K % 256 != 0, so
+// lanes own different numbers of chunks); x_norm_out null gives the same outputs.
+TEST_F(CudaGemv, RmsnormMultiEqualsNormThenMulti) {
+  struct Case {
+    int64_t in;
+    std::vector<int64_t> outs;
+    int biased;
+  };
+  for (const Case& c : {Case{2560, {4096, 1024, 1024}, -1}, Case{4096, {512, 128}, 0}, Case{1056, {40, 33, 7}, 2}}) {
+    std::vector<std::unique_ptr<DevWeight>> dws;
+    for (int64_t o : c.outs) dws.push_back(std::make_unique<DevWeight>(*ctx, random_weight(o, c.in, rng)));
+    const auto bias = random_bias(c.outs[0], rng);
+    cuda::DeviceBuffer bias_dev(*ctx, bias.size() * 4, "bias");
+    to_device(bias_dev.get(), bias.data(), bias.size() * 4);
+    const cuda::DeviceBuffer norm_w = random_norm_weight(*ctx, c.in, rng);
+    for (int64_t n = 1; n <= 8; ++n) {
+      DevArray xd(*ctx, n * c.in), xn_plain(*ctx, n * c.in), xn_fused(*ctx, n * c.in);
+      xd.upload(test::randn_bf16(static_cast<size_t>(n * c.in), rng, 3.0f));
+      std::vector<std::unique_ptr<DevArray>> fused, fused_nokeep, plain;
+      std::vector<cuda::GemvTarget> t_plain, t_fused, t_nokeep;
+      for (size_t i = 0; i < c.outs.size(); ++i) {
+        const float* b = static_cast<int>(i) == c.biased ? bias_dev.get<float>() : nullptr;
+        for (auto* v : {&fused, &fused_nokeep, &plain}) v->push_back(std::make_unique<DevArray>(*ctx, n * c.outs[i]));
+        t_plain.push_back({&dws[i]->w, b, plain.back()->bf(), c.outs[i]});
+        t_fused.push_back({&dws[i]->w, b, fused.back()->bf(), c.outs[i]});
+        t_nokeep.push_back({&dws[i]->w, b, fused_nokeep.back()->bf(), c.outs[i]});
+      }
+      const int count = static_cast<int>(c.outs.size());
+      cuda::rmsnorm_forward(*ctx, xd.bf(), c.in, n, 1, c.in, norm_w.get<float>(), 1e-6f, xn_plain.bf(), c.in);
+      cuda::nvfp4_gemv_multi(*ctx, xn_plain.bf(), c.in, n, t_plain.data(), count);
+      cuda::nvfp4_gemv_multi_rmsnorm(*ctx, xd.bf(), c.in, n, norm_w.get<float>(), 1e-6f, t_fused.data(), count,
+                                     xn_fused.bf());
+      cuda::nvfp4_gemv_multi_rmsnorm(*ctx, xd.bf(), c.in, n, norm_w.get<float>(), 1e-6f, t_nokeep.data(), count,
+                                     nullptr);
+      sync();
+      const std::string what = "rmsnorm+multi K=" + std::to_string(c.in) + " n=" + std::to_string(n);
+      EXPECT_EQ(xn_fused.bits(what + " x_norm"), xn_plain.bits(what + " x_norm (unfused)")) << what;
+      for (size_t i = 0; i < c.outs.size(); ++i) {
+        const std::string wi = what + " target " + std::to_string(i);
+        const auto want = plain[i]->bits(wi + " (unfused)");
+        EXPECT_EQ(fused[i]->bits(wi), want) << wi;
+        EXPECT_EQ(fused_nokeep[i]->bits(wi + " no x_norm"), want) << wi << " no x_norm";
+        fused[i]->values(wi);
+      }
+      EXPECT_EQ(xd.bits("x").size(), static_cast<size_t>(n * c.in));  // input's sentinels intact
+    }
+  }
+}
+
+// The RMSNorm fused in front of gate/up + SwiGLU: bit for bit rmsnorm_forward then nvfp4_gemv_swiglu.
+TEST_F(CudaGemv, RmsnormSwigluEqualsNormThenSwiglu) {
+  for (auto [out, in] : {std::pair<int64_t, int64_t>{9728, 2560}, {1024, 4096}, {40, 1056}}) {
+    DevWeight g(*ctx, random_weight(out, in, rng)), u(*ctx, random_weight(out, in, rng));
+    const cuda::DeviceBuffer norm_w = random_norm_weight(*ctx, in, rng);
+    for (int64_t n = 1; n <= 8; ++n) {
+      DevArray xd(*ctx, n * in), xn_plain(*ctx, n * in), xn_fused(*ctx, n * in), plain(*ctx, n * out),
+          fused(*ctx, n * out);
+      xd.upload(test::randn_bf16(static_cast<size_t>(n * in), rng, 0.5f));
+      cuda::rmsnorm_forward(*ctx, xd.bf(), in, n, 1, in, norm_w.get<float>(), 1e-6f, xn_plain.bf(), in);
+      cuda::nvfp4_gemv_swiglu(*ctx, xn_plain.bf(), in, n, g.w, u.w, plain.bf(), out);
+      cuda::nvfp4_gemv_swiglu_rmsnorm(*ctx, xd.bf(), in, n, norm_w.get<float>(), 1e-6f, g.w, u.w, fused.bf(), out,
+                                      xn_fused.bf());
+      sync();
+      const std::string what = "rmsnorm+swiglu " + std::to_string(out) + "x" + std::to_string(in) + " n=" +
+                               std::to_string(n);
+      EXPECT_EQ(xn_fused.bits(what + " x_norm"), xn_plain.bits(what + " x_norm (unfused)")) << what;
+      EXPECT_EQ(fused.bits(what), plain.bits(what + " (unfused)")) << what;
+      fused.values(what);
+    }
+  }
+}
+
 TEST_F(CudaGemv, FusedVariantsRefuseWhatTheyCannotTake) {
   const HostWeight h = random_weight(8, 48, rng);  // K % 32 != 0: FFMA only
   DevWeight dw(*ctx, h);
@@ -330,6 +413,16 @@ TEST_F(CudaGemv, FusedVariantsRefuseWhatTheyCannotTake) {
   DevWeight dw2(*ctx, h2);
   EXPECT_TRUE(cuda::nvfp4_gemv_fusable(dw2.w, 8));
   EXPECT_FALSE(cuda::nvfp4_gemv_fusable(dw2.w, 9));
+  // the RMSNorm variants: no norm weight, or x_norm_out on top of x
+  DevArray x2(*ctx, 64), y2(*ctx, 8);
+  const cuda::DeviceBuffer norm_w = random_norm_weight(*ctx, 64, rng);
+  const cuda::GemvTarget t{&dw2.w, nullptr, y2.bf(), 8};
+  EXPECT_THROW(cuda::nvfp4_gemv_multi_rmsnorm(*ctx, x2.bf(), 64, 1, nullptr, 1e-6f, &t, 1, nullptr), Error);
+  EXPECT_THROW(cuda::nvfp4_gemv_multi_rmsnorm(*ctx, x2.bf(), 64, 1, norm_w.get<float>(), 1e-6f, &t, 1, x2.bf()),
+               Error);
+  EXPECT_THROW(cuda::nvfp4_gemv_swiglu_rmsnorm(*ctx, x2.bf(), 64, 1, norm_w.get<float>(), 1e-6f, dw2.w, dw2.w,
+                                               y2.bf(), 8, x2.bf()),
+               Error);
 }
 
 // 50 dependent steps on two ping-pong buffers x (n, 2560): a mix of linear_forward, the residual,

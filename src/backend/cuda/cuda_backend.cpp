@@ -469,27 +469,61 @@ bool bf16_rows(const Tensor& t, int64_t n, int64_t cols) {
 }
 }  // namespace
 
-void CudaBackend::linear_multi_forward(const Tensor& x, std::span<const LinearOut> outs) {
+namespace {
+bool multi_fusable(const Tensor& x, std::span<const Backend::LinearOut> outs) {
   const int64_t n = x.rows();
   bool fused = x.dtype == DType::BF16 && !outs.empty() && outs.size() <= 3;
-  for (const LinearOut& o : outs)
+  for (const Backend::LinearOut& o : outs)
     fused = fused && cuda::nvfp4_gemv_fusable(*o.w, n) && o.w->in == x.cols() &&
             bf16_rows(*o.out, n, o.w->out) && (o.bias->empty() || o.bias->numel() == o.w->out);
-  if (!fused) return Backend::linear_multi_forward(x, outs);
+  return fused;
+}
+
+bool swiglu_fusable(const Tensor& x, const Weight& gate, const Weight& up, const Tensor& out) {
+  const int64_t n = x.rows();
+  return x.dtype == DType::BF16 && x.cols() == gate.in && cuda::nvfp4_gemv_fusable(gate, n) &&
+         cuda::nvfp4_gemv_fusable(up, n) && gate.out == up.out && gate.in == up.in && bf16_rows(out, n, gate.out);
+}
+
+// The RMSNorm can go in front of a fused GEMV: x_norm (n, dim) BF16 apart from x, an F32 weight.
+bool norm_fusable(const Tensor& x, const Tensor& norm_w, const Tensor& x_norm) {
+  return bf16_rows(x_norm, x.rows(), x.cols()) && norm_w.dtype == DType::F32 && norm_w.numel() == x.cols() &&
+         x_norm.data != x.data;
+}
+}  // namespace
+
+void CudaBackend::linear_multi_forward(const Tensor& x, std::span<const LinearOut> outs) {
+  if (!multi_fusable(x, outs)) return Backend::linear_multi_forward(x, outs);
   cuda::GemvTarget targets[3];
   for (size_t i = 0; i < outs.size(); ++i)
     targets[i] = {outs[i].w, opt_f32(*outs[i].bias), outs[i].out->as<bf16>(), outs[i].w->out};
-  cuda::nvfp4_gemv_multi(*ctx_, x.as<const bf16>(), x.cols(), n, targets, static_cast<int>(outs.size()));
+  cuda::nvfp4_gemv_multi(*ctx_, x.as<const bf16>(), x.cols(), x.rows(), targets, static_cast<int>(outs.size()));
 }
 
 void CudaBackend::linear_swiglu_forward(const Tensor& x, const Weight& gate, const Weight& up,
                                         const Tensor& gate_tmp, const Tensor& up_tmp, const Tensor& out) {
-  const int64_t n = x.rows();
-  const bool fused = x.dtype == DType::BF16 && x.cols() == gate.in && cuda::nvfp4_gemv_fusable(gate, n) &&
-                     cuda::nvfp4_gemv_fusable(up, n) && gate.out == up.out && gate.in == up.in &&
-                     bf16_rows(out, n, gate.out);
-  if (!fused) return Backend::linear_swiglu_forward(x, gate, up, gate_tmp, up_tmp, out);
-  cuda::nvfp4_gemv_swiglu(*ctx_, x.as<const bf16>(), x.cols(), n, gate, up, out.as<bf16>(), out.cols());
+  if (!swiglu_fusable(x, gate, up, out)) return Backend::linear_swiglu_forward(x, gate, up, gate_tmp, up_tmp, out);
+  cuda::nvfp4_gemv_swiglu(*ctx_, x.as<const bf16>(), x.cols(), x.rows(), gate, up, out.as<bf16>(), out.cols());
+}
+
+void CudaBackend::rmsnorm_linear_multi_forward(const Tensor& x, const Tensor& norm_w, float eps,
+                                               const Tensor& x_norm, std::span<const LinearOut> outs) {
+  if (!multi_fusable(x, outs) || !norm_fusable(x, norm_w, x_norm))
+    return Backend::rmsnorm_linear_multi_forward(x, norm_w, eps, x_norm, outs);
+  cuda::GemvTarget targets[3];
+  for (size_t i = 0; i < outs.size(); ++i)
+    targets[i] = {outs[i].w, opt_f32(*outs[i].bias), outs[i].out->as<bf16>(), outs[i].w->out};
+  cuda::nvfp4_gemv_multi_rmsnorm(*ctx_, x.as<const bf16>(), x.cols(), x.rows(), norm_w.as<const float>(), eps,
+                                 targets, static_cast<int>(outs.size()), x_norm.as<bf16>());
+}
+
+void CudaBackend::rmsnorm_linear_swiglu_forward(const Tensor& x, const Tensor& norm_w, float eps,
+                                                const Tensor& x_norm, const Weight& gate, const Weight& up,
+                                                const Tensor& gate_tmp, const Tensor& up_tmp, const Tensor& out) {
+  if (!swiglu_fusable(x, gate, up, out) || !norm_fusable(x, norm_w, x_norm))
+    return Backend::rmsnorm_linear_swiglu_forward(x, norm_w, eps, x_norm, gate, up, gate_tmp, up_tmp, out);
+  cuda::nvfp4_gemv_swiglu_rmsnorm(*ctx_, x.as<const bf16>(), x.cols(), x.rows(), norm_w.as<const float>(), eps,
+                                  gate, up, out.as<bf16>(), out.cols(), x_norm.as<bf16>());
 }
 
 void CudaBackend::linear_residual_forward(const Tensor& x, const Weight& w, const Tensor& bias,

@@ -72,6 +72,11 @@ class CudaBackend final : public Backend {
                              const Tensor& up_tmp, const Tensor& out) override;
   void linear_residual_forward(const Tensor& x, const Weight& w, const Tensor& bias, const Tensor& residual,
                                const Tensor& tmp, const Tensor& out) override;
+  void rmsnorm_linear_multi_forward(const Tensor& x, const Tensor& norm_w, float eps, const Tensor& x_norm,
+                                    std::span<const LinearOut> outs) override;
+  void rmsnorm_linear_swiglu_forward(const Tensor& x, const Tensor& norm_w, float eps, const Tensor& x_norm,
+                                     const Weight& gate, const Weight& up, const Tensor& gate_tmp,
+                                     const Tensor& up_tmp, const Tensor& out) override;
 
   // Decode steps as CUDA graphs: while recording, the ops read the token ids and the first
   // position from step_ (device), written by set_step_inputs before each replay.

@@ -285,13 +285,70 @@ __device__ __forceinline__ void grid_dependents_launch() { asm volatile("griddep
 template <int B>
 using BufIdx = std::integral_constant<int, B>;
 
+// The RMSNorm fused in front of a GEMV (NORM kernels): w (K) fp32 norm weight; out (n, K) bf16
+// rows of stride K written by block 0 (null: not kept).
+struct GemvNorm {
+  const float* w = nullptr;
+  float eps = 0.0f;
+  bf16* out = nullptr;
+};
+
+// Normalised x rows in shared memory: row stride K + kNormPad elements. The pad shifts row r by
+// 4r banks, so that the 8 token rows x 4 chunk threads of an mma's B load spread over all banks.
+constexpr int kNormPad = 8;
+
+// rmsnorm(x) of n rows into xs (shared, row stride K + kNormPad), bit for bit as norm.cu's
+// rmsnorm_kernel computes it: one warp per row, lane l sums the 8-element chunks l, l + 32, ... in
+// that order with fmaf, warp_sum, inv = rsqrtf(ss / K + eps), out = bf16(x * inv * w).
+__device__ __forceinline__ void rmsnorm_rows_to_shared(const bf16* __restrict__ x, int64_t ldx, int n,
+                                                       int64_t K, const GemvNorm& norm, bf16* xs,
+                                                       bool keep) {
+  constexpr int kAhead = 4;  // chunks of a lane loaded before the first is used
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, warps = blockDim.x / kWarp;
+  for (int r = warp; r < n; r += warps) {
+    const bf16* xr = x + r * ldx;
+    float ss = 0.0f;
+    for (int64_t c0 = lane * 8; c0 < K; c0 += kAhead * kWarp * 8) {
+      Bf16x8 v[kAhead];
+#pragma unroll
+      for (int u = 0; u < kAhead; ++u) {
+        const int64_t c = c0 + u * kWarp * 8;
+        if (c < K) v[u] = *reinterpret_cast<const Bf16x8*>(xr + c);
+      }
+#pragma unroll
+      for (int u = 0; u < kAhead; ++u) {
+        const int64_t c = c0 + u * kWarp * 8;
+        if (c < K) {
+          float f[8];
+          bf16x8_to_float(v[u], f);
+#pragma unroll
+          for (int i = 0; i < 8; ++i) ss = fmaf(f[i], f[i], ss);
+        }
+      }
+    }
+    ss = warp_sum(ss);
+    const float inv = rsqrtf(ss / static_cast<float>(K) + norm.eps);
+    for (int64_t c = lane * 8; c < K; c += kWarp * 8) {
+      float f[8];
+      bf16x8_to_float(*reinterpret_cast<const Bf16x8*>(xr + c), f);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) f[i] = f[i] * inv * norm.w[c + i];
+      const Bf16x8 y8 = float_to_bf16x8(f);
+      const uint4 y = *reinterpret_cast<const uint4*>(&y8);  // one 16-byte store
+      *reinterpret_cast<uint4*>(xs + r * (K + kNormPad) + c) = y;
+      if (keep) *reinterpret_cast<uint4*>(norm.out + r * K + c) = y;
+    }
+  }
+}
+
 // acc[r][p][q]: tile r of the item, part p, q = 2h + e -> row g + 8h of the tile, token 2t + e.
 // Dynamic shared memory: 2 (parity) x (warps - 1) x R*P x 4 x 32 floats for the K-split sums.
-template <int P, int R, int U, class Epi>
+// NORM: x is normalised first (GemvNorm), into shared memory after the partial sums.
+template <int P, int R, int U, bool NORM, class Epi>
 __global__ void __launch_bounds__(kMmaMaxWarps* kWarp, 1)
     nvfp4_gemv_mma_kernel(const bf16* __restrict__ x, int64_t ldx, int n, int64_t K, int64_t tiles,
-                          const Epi epi) {
-  extern __shared__ float partial[];  // [2][warps - 1][R * P][4][kWarp]
+                          const Epi epi, const GemvNorm norm) {
+  extern __shared__ float partial[];  // [2][warps - 1][R * P][4][kWarp], NORM: then [n][K + kNormPad] bf16
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, warps = blockDim.x / kWarp;
   const int g = lane / 4, t = lane % 4;
   const int64_t chunks = K / 32, groups = ceil_div(chunks, 4);
@@ -374,7 +431,15 @@ __global__ void __launch_bounds__(kMmaMaxWarps* kWarp, 1)
   load(BufIdx<0>{});
   grid_dependents_launch();
   grid_dependency_wait();
-  const bf16* xr = x + static_cast<int64_t>(min(g, n - 1)) * ldx;
+  const bf16* xr;
+  if constexpr (NORM) {
+    bf16* xs = reinterpret_cast<bf16*>(partial + 2 * (warps - 1) * R * P * 4 * kWarp);
+    rmsnorm_rows_to_shared(x, ldx, n, K, norm, xs, blockIdx.x == 0 && norm.out != nullptr);
+    __syncthreads();
+    xr = xs + static_cast<int64_t>(min(g, n - 1)) * (K + kNormPad);
+  } else {
+    xr = x + static_cast<int64_t>(min(g, n - 1)) * ldx;
+  }
 
   auto compute = [&](auto buf, int b) {
     constexpr int B = decltype(buf)::value;
@@ -586,13 +651,22 @@ struct GemvSwiglu {  // out = bf16(silu(bf16(x Wg^T)) * bf16(x Wu^T)), as swiglu
 
 // persistent: grid = the blocks that fit on the device at once, looping over the items (the loads
 // of a block's next item overlap the current one); otherwise one block per item.
-template <int P, int R, int U, class Epi>
+// NORM: `norm` is the RMSNorm in front (its rows take n * (K + kNormPad) bf16 of shared memory).
+template <int P, int R, int U, bool NORM = false, class Epi>
 void launch_gemv_mma(Context& ctx, int64_t tiles, const bf16* x, int64_t ldx, int64_t n, int64_t K,
-                     const Epi& epi, bool persistent = false) {
-  const auto kernel = nvfp4_gemv_mma_kernel<P, R, U, Epi>;
+                     const Epi& epi, bool persistent = false, const GemvNorm& norm = {}) {
+  const auto kernel = nvfp4_gemv_mma_kernel<P, R, U, NORM, Epi>;
   const int warps = gemv_warps(K);
   const int threads = warps * kWarp;
-  const size_t smem = warps > 1 ? size_t{2} * (warps - 1) * R * P * 4 * kWarp * sizeof(float) : 0;
+  size_t smem = warps > 1 ? size_t{2} * (warps - 1) * R * P * 4 * kWarp * sizeof(float) : 0;
+  if constexpr (NORM) {
+    smem += static_cast<size_t>(n * (K + kNormPad)) * sizeof(bf16);
+    if (smem > ctx.info().smem_per_block_optin)
+      fail("nvfp4 GEMV + RMSNorm: {} tokens of K={} need {} bytes of shared memory (the device has {})", n, K,
+           smem, ctx.info().smem_per_block_optin);
+    if (smem > size_t{48} << 10)
+      CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  }
   const int64_t items = ceil_div(tiles, R);
   int64_t blocks = items;
   if (persistent) {
@@ -610,7 +684,7 @@ void launch_gemv_mma(Context& ctx, int64_t tiles, const bf16* x, int64_t ldx, in
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, x, ldx, static_cast<int>(n), K, tiles, epi));
+  CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, x, ldx, static_cast<int>(n), K, tiles, epi, norm));
 }
 
 // (R, U) per call site, from a sweep on an H200 at n = 1 (R = 1/2, U = 1/2/4, 4/8/16 warps, one
@@ -838,13 +912,14 @@ void check_fused(const char* what, const bf16* x, int64_t ldx, int64_t n, const 
 }
 }  // namespace
 
-void nvfp4_gemv_multi(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const GemvTarget* targets,
-                      int count) {
+namespace {
+GemvMulti multi_epilogue(const bf16* x, int64_t ldx, int64_t n, const GemvTarget* targets, int count,
+                         int64_t& total_tiles) {
   if (count < 1 || count > 3) fail("nvfp4_gemv_multi: {} targets (1 to 3)", count);
   GemvMulti epi{};
   epi.count = count;
   epi.K = targets[0].w->in;
-  int64_t total = 0;
+  total_tiles = 0;
   for (int i = 0; i < count; ++i) {
     const Weight& w = *targets[i].w;
     check_fused("nvfp4_gemv_multi", x, ldx, n, w);
@@ -852,25 +927,67 @@ void nvfp4_gemv_multi(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const
     const int64_t tiles = ceil_div(w.out, kMmaTile);
     epi.part[i] = {codes_of(w), w.scales, w.out, tiles, w.global_scale * kMmaOutScale, targets[i].bias,
                    targets[i].y, targets[i].ldy};
-    total += tiles;
+    total_tiles += tiles;
   }
-  launch_gemv_mma<1, 1, 2>(ctx, total, x, ldx, n, epi.K, epi);
+  return epi;
 }
 
-void nvfp4_gemv_swiglu(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const Weight& wg, const Weight& wu,
-                       bf16* out, int64_t ldo) {
+GemvSwiglu swiglu_epilogue(const bf16* x, int64_t ldx, int64_t n, const Weight& wg, const Weight& wu, bf16* out,
+                           int64_t ldo) {
   check_fused("nvfp4_gemv_swiglu", x, ldx, n, wg);
   check_fused("nvfp4_gemv_swiglu", x, ldx, n, wu);
   if (wg.out != wu.out || wg.in != wu.in)
     fail("nvfp4_gemv_swiglu: gate ({}, {}) and up ({}, {}) differ in shape", wg.out, wg.in, wu.out, wu.in);
-  const GemvSwiglu epi{{codes_of(wg), codes_of(wu)},
-                       {wg.scales, wu.scales},
-                       wg.out,
-                       wg.in,
-                       {wg.global_scale * kMmaOutScale, wu.global_scale * kMmaOutScale},
-                       out,
-                       ldo};
+  return GemvSwiglu{{codes_of(wg), codes_of(wu)},
+                    {wg.scales, wu.scales},
+                    wg.out,
+                    wg.in,
+                    {wg.global_scale * kMmaOutScale, wu.global_scale * kMmaOutScale},
+                    out,
+                    ldo};
+}
+
+// The RMSNorm in front of a GEMV of K inputs: a weight, and x_norm_out (n, K) null or 16-byte
+// aligned and apart from x (block 0 writes it while other blocks still read x).
+GemvNorm norm_of(const char* what, const bf16* x, int64_t ldx, int64_t n, int64_t K, const float* norm_w,
+                 float eps, bf16* x_norm_out) {
+  if (norm_w == nullptr) fail("{}: no norm weight", what);
+  if (x_norm_out != nullptr) {
+    if (!is_aligned(x_norm_out, 16)) fail("{}: x_norm_out must be 16-byte aligned", what);
+    const auto lo = reinterpret_cast<uintptr_t>(x), hi = reinterpret_cast<uintptr_t>(x + (n - 1) * ldx + K);
+    const auto olo = reinterpret_cast<uintptr_t>(x_norm_out), ohi = reinterpret_cast<uintptr_t>(x_norm_out + n * K);
+    if (olo < hi && lo < ohi) fail("{}: x_norm_out overlaps x", what);
+  }
+  return GemvNorm{norm_w, eps, x_norm_out};
+}
+}  // namespace
+
+void nvfp4_gemv_multi(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const GemvTarget* targets,
+                      int count) {
+  int64_t tiles = 0;
+  const GemvMulti epi = multi_epilogue(x, ldx, n, targets, count, tiles);
+  launch_gemv_mma<1, 1, 2>(ctx, tiles, x, ldx, n, epi.K, epi);
+}
+
+void nvfp4_gemv_multi_rmsnorm(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const float* norm_w, float eps,
+                              const GemvTarget* targets, int count, bf16* x_norm_out) {
+  int64_t tiles = 0;
+  const GemvMulti epi = multi_epilogue(x, ldx, n, targets, count, tiles);
+  const GemvNorm norm = norm_of("nvfp4_gemv_multi_rmsnorm", x, ldx, n, epi.K, norm_w, eps, x_norm_out);
+  launch_gemv_mma<1, 1, 2, true>(ctx, tiles, x, ldx, n, epi.K, epi, false, norm);
+}
+
+void nvfp4_gemv_swiglu(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const Weight& wg, const Weight& wu,
+                       bf16* out, int64_t ldo) {
+  const GemvSwiglu epi = swiglu_epilogue(x, ldx, n, wg, wu, out, ldo);
   launch_gemv_mma<2, 1, 1>(ctx, ceil_div(wg.out, kMmaTile), x, ldx, n, wg.in, epi);
+}
+
+void nvfp4_gemv_swiglu_rmsnorm(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const float* norm_w, float eps,
+                               const Weight& wg, const Weight& wu, bf16* out, int64_t ldo, bf16* x_norm_out) {
+  const GemvSwiglu epi = swiglu_epilogue(x, ldx, n, wg, wu, out, ldo);
+  const GemvNorm norm = norm_of("nvfp4_gemv_swiglu_rmsnorm", x, ldx, n, wg.in, norm_w, eps, x_norm_out);
+  launch_gemv_mma<2, 1, 1, true>(ctx, ceil_div(wg.out, kMmaTile), x, ldx, n, wg.in, epi, false, norm);
 }
 
 void nvfp4_gemv_residual(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const Weight& w, const float* bias,

@@ -1,7 +1,8 @@
 // defines: linear_forward (y = x · W^T for a dense BF16 or an NVFP4 Weight), linear_scratch_bytes,
 // gemm_bf16_nt (the cuBLASLt call under it), MatmulCache (cuBLASLt descriptors by shape), and the
 // decode-time NVFP4 GEMVs: fused q/k/v (nvfp4_gemv_multi), gate/up + SwiGLU (nvfp4_gemv_swiglu),
-// projection + residual add (nvfp4_gemv_residual), nvfp4_gemv_fusable, nvfp4_gemv_ffma.
+// both also with the RMSNorm in front (*_rmsnorm), projection + residual add (nvfp4_gemv_residual),
+// nvfp4_gemv_fusable, nvfp4_gemv_ffma.
 //
 // Shapes (row-major, HF nn.Linear layout): x (n, in) bf16 with row stride ldx; W (out, in), `in`
 // contiguous; y (n, out) bf16 or f32 with row stride ldy. fp32 accumulation everywhere.
@@ -78,6 +79,18 @@ void nvfp4_gemv_multi(Context& ctx, const __nv_bfloat16* x, int64_t ldx, int64_t
 // and one rounding, as linear_forward + swiglu_forward do. Wg, Wu of one shape, no bias.
 void nvfp4_gemv_swiglu(Context& ctx, const __nv_bfloat16* x, int64_t ldx, int64_t n, const Weight& wg,
                        const Weight& wu, __nv_bfloat16* out, int64_t ldo);
+
+// RMSNorm fused in front: the two GEMVs above applied to rmsnorm(x) (norm_w (in) fp32, eps), which
+// every block computes after griddepcontrol.wait into shared memory exactly as rmsnorm_forward does
+// (same per-lane chunk order, fmaf order, warp_sum, rsqrtf and bf16 rounding), so each equals
+// rmsnorm_forward followed by the plain variant bit for bit. Block 0 also writes the normalised
+// rows to x_norm_out ((n, in) bf16, row stride in, 16-byte aligned, apart from x; null: not kept).
+// Shared memory: n * (in + 8) * 2 bytes more than the plain variant.
+void nvfp4_gemv_multi_rmsnorm(Context& ctx, const __nv_bfloat16* x, int64_t ldx, int64_t n, const float* norm_w,
+                              float eps, const GemvTarget* targets, int count, __nv_bfloat16* x_norm_out);
+void nvfp4_gemv_swiglu_rmsnorm(Context& ctx, const __nv_bfloat16* x, int64_t ldx, int64_t n, const float* norm_w,
+                               float eps, const Weight& wg, const Weight& wu, __nv_bfloat16* out, int64_t ldo,
+                               __nv_bfloat16* x_norm_out);
 
 // y (n, out) = residual + bf16(x W^T + bias), one launch (o_proj and down_proj adding into the
 // residual stream); the sum is taken in fp32 and rounded once, as add_forward does. y may alias
