@@ -8,6 +8,7 @@
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/dequant.cuh"
 #include "backend/cuda/nvfp4_decode.cuh"
+#include "backend/cuda/pdl.cuh"
 #include "backend/cuda/linear.cuh"
 
 namespace nibble::cuda {
@@ -276,11 +277,6 @@ __device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
   return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
 }
 
-// Programmatic dependent launch (PTX griddepcontrol, sm_90): wait = every prerequisite grid has
-// completed and its writes are visible; launch_dependents = this block no longer holds back the
-// launch of the next grid in the stream.
-__device__ __forceinline__ void grid_dependency_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
-__device__ __forceinline__ void grid_dependents_launch() { asm volatile("griddepcontrol.launch_dependents;" :::); }
 
 template <int B>
 using BufIdx = std::integral_constant<int, B>;
@@ -429,8 +425,8 @@ __global__ void __launch_bounds__(kMmaMaxWarps* kWarp, 1)
   // Weights never change: the first loads go out before waiting for the kernel that writes x.
   set_item(l_item);
   load(BufIdx<0>{});
-  grid_dependents_launch();
-  grid_dependency_wait();
+  pdl_launch_dependents();
+  pdl_wait();
   const bf16* xr;
   if constexpr (NORM) {
     bf16* xs = reinterpret_cast<bf16*>(partial + 2 * (warps - 1) * R * P * 4 * kWarp);
@@ -527,7 +523,7 @@ __global__ void __launch_bounds__(kMmaMaxWarps* kWarp, 1)
 }
 
 // Epilogues: tile(idx) names tile idx's parts, store(idx) writes what thread (g, t) holds of it.
-// Every write of these kernels comes after grid_dependency_wait() (PDL rule in linear.cuh).
+// Every write of these kernels comes after pdl_wait() (PDL rule in linear.cuh).
 template <typename OutT>
 struct GemvLinear {  // y = x W^T * scale + bias
   const uint8_t* codes;
@@ -674,17 +670,8 @@ void launch_gemv_mma(Context& ctx, int64_t tiles, const bf16* x, int64_t ldx, in
     CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, threads, smem));
     blocks = std::min<int64_t>(items, std::max<int64_t>(1, int64_t{resident} * ctx.info().sm_count));
   }
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(static_cast<unsigned>(blocks));
-  cfg.blockDim = dim3(static_cast<unsigned>(threads));
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = ctx.stream();
-  cudaLaunchAttribute attr[1] = {};
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, x, ldx, static_cast<int>(n), K, tiles, epi, norm));
+  launch_pdl(ctx, kernel, dim3(static_cast<unsigned>(blocks)), dim3(static_cast<unsigned>(threads)), smem, x, ldx,
+             static_cast<int>(n), K, tiles, epi, norm);
 }
 
 // (R, U) per call site, from a sweep on an H200 at n = 1 (R = 1/2, U = 1/2/4, 4/8/16 warps, one
