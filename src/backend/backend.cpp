@@ -96,15 +96,15 @@ void Backend::linear_swiglu_forward(const Tensor& x, const Weight& gate, const W
   swiglu_forward(gate_tmp, up_tmp, out);
 }
 
-void Backend::rmsnorm_linear_multi_forward(const Tensor& x, const Tensor& norm_w, float eps, const Tensor& x_norm,
-                                           std::span<const LinearOut> outs) {
+void Backend::rmsnorm_linear_multi_forward(const Tensor& x, const Tensor& norm_w, float eps,
+                                           const Tensor& x_norm, std::span<const LinearOut> outs) {
   rmsnorm_forward(x, norm_w, eps, x_norm, Tensor());
   linear_multi_forward(x_norm, outs);
 }
 
-void Backend::rmsnorm_linear_swiglu_forward(const Tensor& x, const Tensor& norm_w, float eps, const Tensor& x_norm,
-                                            const Weight& gate, const Weight& up, const Tensor& gate_tmp,
-                                            const Tensor& up_tmp, const Tensor& out) {
+void Backend::rmsnorm_linear_swiglu_forward(const Tensor& x, const Tensor& norm_w, float eps,
+                                            const Tensor& x_norm, const Weight& gate, const Weight& up,
+                                            const Tensor& gate_tmp, const Tensor& up_tmp, const Tensor& out) {
   rmsnorm_forward(x, norm_w, eps, x_norm, Tensor());
   linear_swiglu_forward(x_norm, gate, up, gate_tmp, up_tmp, out);
 }

@@ -150,8 +150,8 @@ class Backend {
   // The RMSNorm in front of the two above: x_norm (n, dim) = rmsnorm(x) with norm_w (dim), then
   // linear_multi_forward / linear_swiglu_forward of x_norm. x_norm is always written (a kept
   // activation); a fused implementation reads x and x_norm's values bit for bit as the default.
-  virtual void rmsnorm_linear_multi_forward(const Tensor& x, const Tensor& norm_w, float eps, const Tensor& x_norm,
-                                            std::span<const LinearOut> outs);
+  virtual void rmsnorm_linear_multi_forward(const Tensor& x, const Tensor& norm_w, float eps,
+                                            const Tensor& x_norm, std::span<const LinearOut> outs);
   virtual void rmsnorm_linear_swiglu_forward(const Tensor& x, const Tensor& norm_w, float eps,
                                              const Tensor& x_norm, const Weight& gate, const Weight& up,
                                              const Tensor& gate_tmp, const Tensor& up_tmp, const Tensor& out);

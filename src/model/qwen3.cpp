@@ -224,8 +224,8 @@ void Qwen3Model::layer_forward(int64_t layer, const Tensor& x, const LayerActiva
   b.linear_residual_forward(a.attn, L.o_proj, L.o_bias, x, a.attn_proj, a.h);
 
   // MLP block (SwiGLU).
-  b.rmsnorm_linear_swiglu_forward(a.h, L.post_attention_norm, eps, a.h_norm, L.gate_proj, L.up_proj, a.gate, a.up,
-                                  a.act);
+  b.rmsnorm_linear_swiglu_forward(a.h, L.post_attention_norm, eps, a.h_norm, L.gate_proj, L.up_proj, a.gate,
+                                  a.up, a.act);
   b.linear_residual_forward(a.act, L.down_proj, none, a.h, a.mlp_out, x_out);
 }
 

@@ -1,16 +1,16 @@
 // The decode GEMVs (backend/cuda/linear.cuh, NVFP4, n <= 8 tokens): linear_forward's GEMV path
 // against an fp64 CPU reference of the dequantised weights, the fused variants (q/k/v multi,
 // gate/up + SwiGLU, projection + residual, and q/k/v and gate/up with the RMSNorm in front) bit for
-// bit against the unfused ops, sentinels after every output, and a chain of 50 dependent GEMVs (programmatic dependent launch) equal bit for bit
-// whether run one launch at a time, back to back, or replayed from a CUDA graph. Skips without a GPU.
+// bit against the unfused ops, sentinels after every output, and a chain of 50 dependent GEMVs (programmatic
+// dependent launch) equal bit for bit whether run one launch at a time, back to back, or replayed from a CUDA
+// graph. Skips without a GPU.
 //
 // Bounds. A bf16 output is rounded once (relative error <= 2^-9: NMSE <= 2^-18 = 3.8e-6 if every
 // element hit the worst case, ~1.3e-6 typically); the fp32 dot products of K <= 9728 exact products
 // add ~K * 2^-48 < 1e-10. kBf16Out = 8e-6 covers both; a wrong index, a lost code or a flushed
 // subnormal (0.5 codes) gives NMSE > 1e-3. An F32 output has only the accumulation error: 1e-8.
-#include <gtest/gtest.h>
-
 #include <cuda_runtime.h>
+#include <gtest/gtest.h>
 
 #include <algorithm>
 #include <bit>
@@ -46,7 +46,7 @@ constexpr float kSentinelF32 = -7776.0f;
 // values of std 1/sqrt(in) (so y stays O(|x|)), repeated to `out` rows (a 151936-row head would
 // take minutes to quantise on the CPU; the kernel does not know rows repeat).
 struct HostWeight {
-  Nvfp4Tensor q;       // the unique rows
+  Nvfp4Tensor q;           // the unique rows
   std::vector<float> deq;  // (unique, in) dequantised
   int64_t out = 0;
 };
@@ -73,8 +73,8 @@ struct DevWeight {
     scales = cuda::DeviceBuffer(ctx, static_cast<size_t>(h.out * in / 16), "test scales");
     for (int64_t r0 = 0; r0 < h.out; r0 += unique) {
       const int64_t r = std::min(unique, h.out - r0);
-      CUDA_CHECK(cudaMemcpy(codes.get<uint8_t>() + r0 * in / 2, h.q.packed.data(), static_cast<size_t>(r * in / 2),
-                            cudaMemcpyHostToDevice));
+      CUDA_CHECK(cudaMemcpy(codes.get<uint8_t>() + r0 * in / 2, h.q.packed.data(),
+                            static_cast<size_t>(r * in / 2), cudaMemcpyHostToDevice));
       CUDA_CHECK(cudaMemcpy(scales.get<uint8_t>() + r0 * in / 16, h.q.scales.data(),
                             static_cast<size_t>(r * in / 16), cudaMemcpyHostToDevice));
     }
@@ -149,10 +149,13 @@ struct DevArray {
   }
 };
 
-std::vector<float> random_bias(int64_t n, std::mt19937& rng) { return test::randn_bf16(static_cast<size_t>(n), rng, 0.5f); }
+std::vector<float> random_bias(int64_t n, std::mt19937& rng) {
+  return test::randn_bf16(static_cast<size_t>(n), rng, 0.5f);
+}
 
 // y[t][r] = sum_k deq[r % unique][k] x[t][k] (+ bias[r]) in fp64.
-std::vector<double> reference(const HostWeight& h, const std::vector<float>& x, int64_t n, const std::vector<float>* bias) {
+std::vector<double> reference(const HostWeight& h, const std::vector<float>& x, int64_t n,
+                              const std::vector<float>* bias) {
   const int64_t in = h.q.in, unique = h.q.out;
   std::vector<double> u(static_cast<size_t>(n * unique));
   for (int64_t t = 0; t < n; ++t)
@@ -203,7 +206,8 @@ TEST_F(CudaGemv, SingleAgainstFp64Reference) {
   };
   std::vector<Case> cases;
   for (int64_t in : {16, 48, 2560, 9728})
-    for (int64_t out : {1, 7, 1024, 4096}) cases.push_back({out, in, {1, 2, 3, 4, 5, 6, 7, 8}, false, out == 7});
+    for (int64_t out : {1, 7, 1024, 4096})
+      cases.push_back({out, in, {1, 2, 3, 4, 5, 6, 7, 8}, false, out == 7});
   cases.push_back({151936, 2560, {1, 8}, false, false});
   cases.push_back({151936, 2560, {1, 3}, true, false});  // the head's F32 logits
   cases.push_back({4096, 2560, {1, 5, 8}, true, true});
@@ -220,8 +224,9 @@ TEST_F(CudaGemv, SingleAgainstFp64Reference) {
       xd.upload(x);
       linear(xd, n, dw.w, c.bias ? bias_dev.get<float>() : nullptr, yd);
       sync();
-      const std::string what = "gemv " + std::to_string(c.out) + "x" + std::to_string(c.in) + " n=" +
-                               std::to_string(n) + (c.f32 ? " f32" : " bf16") + (c.bias ? " bias" : "");
+      const std::string what = "gemv " + std::to_string(c.out) + "x" + std::to_string(c.in) +
+                               " n=" + std::to_string(n) + (c.f32 ? " f32" : " bf16") +
+                               (c.bias ? " bias" : "");
       const double e = nmse(yd.values(what), reference(h, x, n, c.bias ? &bias : nullptr));
       EXPECT_LT(e, c.f32 ? kF32Out : kBf16Out) << what;
       EXPECT_EQ(xd.bits("x").size(), static_cast<size_t>(n * c.in));  // input's sentinels intact
@@ -235,8 +240,8 @@ TEST_F(CudaGemv, MultiEqualsSeparateLinears) {
     std::vector<int64_t> outs;
     int biased;  // index of the target with a bias, -1 for none
   };
-  for (const Case& c : {Case{2560, {4096, 1024, 1024}, -1}, Case{2560, {4096, 1024, 1024}, 1}, Case{64, {7, 33, 1}, 2},
-                        Case{9728, {17}, 0}, Case{96, {40, 8}, -1}}) {
+  for (const Case& c : {Case{2560, {4096, 1024, 1024}, -1}, Case{2560, {4096, 1024, 1024}, 1},
+                        Case{64, {7, 33, 1}, 2}, Case{9728, {17}, 0}, Case{96, {40, 8}, -1}}) {
     std::vector<HostWeight> hs;
     std::vector<std::unique_ptr<DevWeight>> dws;
     for (int64_t o : c.outs) {
@@ -261,8 +266,8 @@ TEST_F(CudaGemv, MultiEqualsSeparateLinears) {
       cuda::nvfp4_gemv_multi(*ctx, xd.bf(), c.in, n, targets.data(), static_cast<int>(targets.size()));
       sync();
       for (size_t i = 0; i < c.outs.size(); ++i) {
-        const std::string what = "multi K=" + std::to_string(c.in) + " target " + std::to_string(i) + " n=" +
-                                 std::to_string(n);
+        const std::string what =
+            "multi K=" + std::to_string(c.in) + " target " + std::to_string(i) + " n=" + std::to_string(n);
         const auto got = fused[i]->bits(what);
         EXPECT_EQ(got, plain[i]->bits(what + " (unfused)")) << what;
         fused[i]->values(what);  // every element written and finite
@@ -276,14 +281,16 @@ TEST_F(CudaGemv, SwigluEqualsLinearsThenSwiglu) {
     const HostWeight hg = random_weight(out, in, rng), hu = random_weight(out, in, rng);
     DevWeight g(*ctx, hg), u(*ctx, hu);
     for (int64_t n = 1; n <= 8; ++n) {
-      DevArray xd(*ctx, n * in), gd(*ctx, n * out), ud(*ctx, n * out), plain(*ctx, n * out), fused(*ctx, n * out);
+      DevArray xd(*ctx, n * in), gd(*ctx, n * out), ud(*ctx, n * out), plain(*ctx, n * out),
+          fused(*ctx, n * out);
       xd.upload(test::randn_bf16(static_cast<size_t>(n * in), rng, 2.0f));
       linear(xd, n, g.w, nullptr, gd);
       linear(xd, n, u.w, nullptr, ud);
       cuda::swiglu_forward(*ctx, gd.bf(), out, ud.bf(), out, n, out, plain.bf(), out);
       cuda::nvfp4_gemv_swiglu(*ctx, xd.bf(), in, n, g.w, u.w, fused.bf(), out);
       sync();
-      const std::string what = "swiglu " + std::to_string(out) + "x" + std::to_string(in) + " n=" + std::to_string(n);
+      const std::string what =
+          "swiglu " + std::to_string(out) + "x" + std::to_string(in) + " n=" + std::to_string(n);
       EXPECT_EQ(fused.bits(what), plain.bits(what + " (unfused)")) << what;
       fused.values(what);
     }
@@ -298,7 +305,8 @@ TEST_F(CudaGemv, ResidualEqualsLinearThenAdd) {
     cuda::DeviceBuffer bias_dev(*ctx, bias.size() * 4, "bias");
     to_device(bias_dev.get(), bias.data(), bias.size() * 4);
     for (int64_t n = 1; n <= 8; ++n)
-      for (const float* b : {static_cast<const float*>(nullptr), static_cast<const float*>(bias_dev.get<float>())}) {
+      for (const float* b :
+           {static_cast<const float*>(nullptr), static_cast<const float*>(bias_dev.get<float>())}) {
         DevArray xd(*ctx, n * in), res(*ctx, n * out), tmp(*ctx, n * out), plain(*ctx, n * out),
             fused(*ctx, n * out), inplace(*ctx, n * out);
         xd.upload(test::randn_bf16(static_cast<size_t>(n * in), rng));
@@ -310,8 +318,8 @@ TEST_F(CudaGemv, ResidualEqualsLinearThenAdd) {
         cuda::nvfp4_gemv_residual(*ctx, xd.bf(), in, n, dw.w, b, res.bf(), out, fused.bf(), out);
         cuda::nvfp4_gemv_residual(*ctx, xd.bf(), in, n, dw.w, b, inplace.bf(), out, inplace.bf(), out);
         sync();
-        const std::string what = "residual " + std::to_string(out) + "x" + std::to_string(in) + " n=" +
-                                 std::to_string(n) + (b ? " bias" : "");
+        const std::string what = "residual " + std::to_string(out) + "x" + std::to_string(in) +
+                                 " n=" + std::to_string(n) + (b ? " bias" : "");
         const auto want = plain.bits(what + " (unfused)");
         EXPECT_EQ(fused.bits(what), want) << what;
         EXPECT_EQ(inplace.bits(what + " in place"), want) << what << " in place";
@@ -339,7 +347,8 @@ TEST_F(CudaGemv, RmsnormMultiEqualsNormThenMulti) {
     std::vector<int64_t> outs;
     int biased;
   };
-  for (const Case& c : {Case{2560, {4096, 1024, 1024}, -1}, Case{4096, {512, 128}, 0}, Case{1056, {40, 33, 7}, 2}}) {
+  for (const Case& c :
+       {Case{2560, {4096, 1024, 1024}, -1}, Case{4096, {512, 128}, 0}, Case{1056, {40, 33, 7}, 2}}) {
     std::vector<std::unique_ptr<DevWeight>> dws;
     for (int64_t o : c.outs) dws.push_back(std::make_unique<DevWeight>(*ctx, random_weight(o, c.in, rng)));
     const auto bias = random_bias(c.outs[0], rng);
@@ -353,7 +362,8 @@ TEST_F(CudaGemv, RmsnormMultiEqualsNormThenMulti) {
       std::vector<cuda::GemvTarget> t_plain, t_fused, t_nokeep;
       for (size_t i = 0; i < c.outs.size(); ++i) {
         const float* b = static_cast<int>(i) == c.biased ? bias_dev.get<float>() : nullptr;
-        for (auto* v : {&fused, &fused_nokeep, &plain}) v->push_back(std::make_unique<DevArray>(*ctx, n * c.outs[i]));
+        for (auto* v : {&fused, &fused_nokeep, &plain})
+          v->push_back(std::make_unique<DevArray>(*ctx, n * c.outs[i]));
         t_plain.push_back({&dws[i]->w, b, plain.back()->bf(), c.outs[i]});
         t_fused.push_back({&dws[i]->w, b, fused.back()->bf(), c.outs[i]});
         t_nokeep.push_back({&dws[i]->w, b, fused_nokeep.back()->bf(), c.outs[i]});
@@ -361,10 +371,10 @@ TEST_F(CudaGemv, RmsnormMultiEqualsNormThenMulti) {
       const int count = static_cast<int>(c.outs.size());
       cuda::rmsnorm_forward(*ctx, xd.bf(), c.in, n, 1, c.in, norm_w.get<float>(), 1e-6f, xn_plain.bf(), c.in);
       cuda::nvfp4_gemv_multi(*ctx, xn_plain.bf(), c.in, n, t_plain.data(), count);
-      cuda::nvfp4_gemv_multi_rmsnorm(*ctx, xd.bf(), c.in, n, norm_w.get<float>(), 1e-6f, t_fused.data(), count,
-                                     xn_fused.bf());
-      cuda::nvfp4_gemv_multi_rmsnorm(*ctx, xd.bf(), c.in, n, norm_w.get<float>(), 1e-6f, t_nokeep.data(), count,
-                                     nullptr);
+      cuda::nvfp4_gemv_multi_rmsnorm(*ctx, xd.bf(), c.in, n, norm_w.get<float>(), 1e-6f, t_fused.data(),
+                                     count, xn_fused.bf());
+      cuda::nvfp4_gemv_multi_rmsnorm(*ctx, xd.bf(), c.in, n, norm_w.get<float>(), 1e-6f, t_nokeep.data(),
+                                     count, nullptr);
       sync();
       const std::string what = "rmsnorm+multi K=" + std::to_string(c.in) + " n=" + std::to_string(n);
       EXPECT_EQ(xn_fused.bits(what + " x_norm"), xn_plain.bits(what + " x_norm (unfused)")) << what;
@@ -391,11 +401,11 @@ TEST_F(CudaGemv, RmsnormSwigluEqualsNormThenSwiglu) {
       xd.upload(test::randn_bf16(static_cast<size_t>(n * in), rng, 0.5f));
       cuda::rmsnorm_forward(*ctx, xd.bf(), in, n, 1, in, norm_w.get<float>(), 1e-6f, xn_plain.bf(), in);
       cuda::nvfp4_gemv_swiglu(*ctx, xn_plain.bf(), in, n, g.w, u.w, plain.bf(), out);
-      cuda::nvfp4_gemv_swiglu_rmsnorm(*ctx, xd.bf(), in, n, norm_w.get<float>(), 1e-6f, g.w, u.w, fused.bf(), out,
-                                      xn_fused.bf());
+      cuda::nvfp4_gemv_swiglu_rmsnorm(*ctx, xd.bf(), in, n, norm_w.get<float>(), 1e-6f, g.w, u.w, fused.bf(),
+                                      out, xn_fused.bf());
       sync();
-      const std::string what = "rmsnorm+swiglu " + std::to_string(out) + "x" + std::to_string(in) + " n=" +
-                               std::to_string(n);
+      const std::string what =
+          "rmsnorm+swiglu " + std::to_string(out) + "x" + std::to_string(in) + " n=" + std::to_string(n);
       EXPECT_EQ(xn_fused.bits(what + " x_norm"), xn_plain.bits(what + " x_norm (unfused)")) << what;
       EXPECT_EQ(fused.bits(what), plain.bits(what + " (unfused)")) << what;
       fused.values(what);
@@ -418,8 +428,9 @@ TEST_F(CudaGemv, FusedVariantsRefuseWhatTheyCannotTake) {
   const cuda::DeviceBuffer norm_w = random_norm_weight(*ctx, 64, rng);
   const cuda::GemvTarget t{&dw2.w, nullptr, y2.bf(), 8};
   EXPECT_THROW(cuda::nvfp4_gemv_multi_rmsnorm(*ctx, x2.bf(), 64, 1, nullptr, 1e-6f, &t, 1, nullptr), Error);
-  EXPECT_THROW(cuda::nvfp4_gemv_multi_rmsnorm(*ctx, x2.bf(), 64, 1, norm_w.get<float>(), 1e-6f, &t, 1, x2.bf()),
-               Error);
+  EXPECT_THROW(
+      cuda::nvfp4_gemv_multi_rmsnorm(*ctx, x2.bf(), 64, 1, norm_w.get<float>(), 1e-6f, &t, 1, x2.bf()),
+      Error);
   EXPECT_THROW(cuda::nvfp4_gemv_swiglu_rmsnorm(*ctx, x2.bf(), 64, 1, norm_w.get<float>(), 1e-6f, dw2.w, dw2.w,
                                                y2.bf(), 8, x2.bf()),
                Error);
@@ -427,7 +438,7 @@ TEST_F(CudaGemv, FusedVariantsRefuseWhatTheyCannotTake) {
 
 // 50 dependent steps on two ping-pong buffers x (n, 2560): a mix of linear_forward, the residual,
 // SwiGLU and multi GEMVs (PDL launches, each reading the previous one's output) and, every fifth
-// step, an RMSNorm (an ordinary launch) that keeps the values finite.
+// step, an RMSNorm (a PDL launch too, norm.cu) that keeps the values finite.
 TEST_F(CudaGemv, PdlChainEqualsSerialAndGraph) {
   constexpr int64_t kDim = 2560, kN = 3;
   constexpr int kSteps = 50;
@@ -439,35 +450,45 @@ TEST_F(CudaGemv, PdlChainEqualsSerialAndGraph) {
   const auto x0 = test::randn_bf16(static_cast<size_t>(kN * kDim), rng);
   DevArray a(*ctx, kN * kDim), b(*ctx, kN * kDim), c(*ctx, kN * kDim);
 
-  // mode 0: a host synchronisation after every launch; 1: back to back. The graph is captured below.
+  // One link of the chain: step s reads *cur and writes *nxt (and c in the multi step).
+  auto step = [&](int s, DevArray* cur, DevArray* nxt) {
+    const Weight& w = ws[s % 4]->w;
+    switch (s % 5) {
+      case 0:
+        cuda::linear_forward(*ctx, cur->bf(), kDim, kN, w, nullptr, nxt->buf.get(), DType::BF16, kDim,
+                             cuda::Scratch{});
+        break;
+      case 1:
+        cuda::nvfp4_gemv_residual(*ctx, cur->bf(), kDim, kN, w, nullptr, cur->bf(), kDim, nxt->bf(), kDim);
+        break;
+      case 2:
+        cuda::nvfp4_gemv_swiglu(*ctx, cur->bf(), kDim, kN, w, ws[(s + 1) % 4]->w, nxt->bf(), kDim);
+        break;
+      case 3: {
+        // q from x, plus a second target into c so that the multi launch has two parts
+        const cuda::GemvTarget t[2] = {{&w, nullptr, nxt->bf(), kDim},
+                                       {&ws[(s + 2) % 4]->w, nullptr, c.bf(), kDim}};
+        cuda::nvfp4_gemv_multi(*ctx, cur->bf(), kDim, kN, t, 2);
+        break;
+      }
+      case 4:
+        cuda::rmsnorm_forward(*ctx, cur->bf(), kDim, kN, 1, kDim, norm_w.get<float>(), 1e-6f, nxt->bf(),
+                              kDim);
+        break;
+    }
+  };
+  // mode 0: a host synchronisation after every launch; 1: back to back; 2: no uploads, no sync (to
+  // be captured in a graph). Returns the array holding the chain's result.
   auto run = [&](int mode) {
-    a.upload(x0);
-    b.poison();
-    c.poison();
+    if (mode != 2) {
+      a.upload(x0);
+      b.poison();
+      c.poison();
+    }
     DevArray* cur = &a;
     DevArray* nxt = &b;
     for (int s = 0; s < kSteps; ++s) {
-      const Weight& w = ws[s % 4]->w;
-      switch (s % 5) {
-        case 0:
-          cuda::linear_forward(*ctx, cur->bf(), kDim, kN, w, nullptr, nxt->buf.get(), DType::BF16, kDim, cuda::Scratch{});
-          break;
-        case 1:
-          cuda::nvfp4_gemv_residual(*ctx, cur->bf(), kDim, kN, w, nullptr, cur->bf(), kDim, nxt->bf(), kDim);
-          break;
-        case 2:
-          cuda::nvfp4_gemv_swiglu(*ctx, cur->bf(), kDim, kN, w, ws[(s + 1) % 4]->w, nxt->bf(), kDim);
-          break;
-        case 3: {
-          // q from x, plus a second target into c so that the multi launch has two parts
-          const cuda::GemvTarget t[2] = {{&w, nullptr, nxt->bf(), kDim}, {&ws[(s + 2) % 4]->w, nullptr, c.bf(), kDim}};
-          cuda::nvfp4_gemv_multi(*ctx, cur->bf(), kDim, kN, t, 2);
-          break;
-        }
-        case 4:
-          cuda::rmsnorm_forward(*ctx, cur->bf(), kDim, kN, 1, kDim, norm_w.get<float>(), 1e-6f, nxt->bf(), kDim);
-          break;
-      }
+      step(s, cur, nxt);
       if (mode == 0) sync();
       std::swap(cur, nxt);
     }
@@ -490,31 +511,7 @@ TEST_F(CudaGemv, PdlChainEqualsSerialAndGraph) {
   cudaGraph_t graph;
   cudaGraphExec_t exec;
   CUDA_CHECK(cudaStreamBeginCapture(ctx->stream(), cudaStreamCaptureModeThreadLocal));
-  DevArray* cur = &a;
-  DevArray* nxt = &b;
-  for (int s = 0; s < kSteps; ++s) {
-    const Weight& w = ws[s % 4]->w;
-    switch (s % 5) {
-      case 0:
-        cuda::linear_forward(*ctx, cur->bf(), kDim, kN, w, nullptr, nxt->buf.get(), DType::BF16, kDim, cuda::Scratch{});
-        break;
-      case 1:
-        cuda::nvfp4_gemv_residual(*ctx, cur->bf(), kDim, kN, w, nullptr, cur->bf(), kDim, nxt->bf(), kDim);
-        break;
-      case 2:
-        cuda::nvfp4_gemv_swiglu(*ctx, cur->bf(), kDim, kN, w, ws[(s + 1) % 4]->w, nxt->bf(), kDim);
-        break;
-      case 3: {
-        const cuda::GemvTarget t[2] = {{&w, nullptr, nxt->bf(), kDim}, {&ws[(s + 2) % 4]->w, nullptr, c.bf(), kDim}};
-        cuda::nvfp4_gemv_multi(*ctx, cur->bf(), kDim, kN, t, 2);
-        break;
-      }
-      case 4:
-        cuda::rmsnorm_forward(*ctx, cur->bf(), kDim, kN, 1, kDim, norm_w.get<float>(), 1e-6f, nxt->bf(), kDim);
-        break;
-    }
-    std::swap(cur, nxt);
-  }
+  DevArray* cur = run(2);
   CUDA_CHECK(cudaStreamEndCapture(ctx->stream(), &graph));
   CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
   for (int replay = 0; replay < 2; ++replay) {

@@ -296,7 +296,6 @@ __device__ __forceinline__ int decode_keys(const DecodeParams& p, int* pos0_out)
   return keys < bound ? keys : bound;
 }
 
-
 // Asks L2 to fetch [p, p + bytes) (p and bytes multiples of 16); no data comes to the SM.
 __device__ __forceinline__ void prefetch_l2(const void* p, uint32_t bytes) {
   asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
@@ -683,7 +682,7 @@ __global__ void decode_combine_kernel(DecodeParams p) {
   int pos0;
   const SplitPlan plan = plan_splits(decode_keys(p, &pos0), p.max_splits, p.min_split_keys);
   pdl_launch_dependents();  // the next kernel waits for this one, which waits for the decode kernel
-  pdl_wait();    // the decode kernel has completed: partials (or out) written
+  pdl_wait();               // the decode kernel has completed: partials (or out) written
   if (plan.count <= 1) return;
   const int64_t rows = p.n * p.heads, row = blockIdx.x;  // i * H + h
   const int d = threadIdx.x, count = plan.count;

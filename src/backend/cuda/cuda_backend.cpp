@@ -482,7 +482,8 @@ bool multi_fusable(const Tensor& x, std::span<const Backend::LinearOut> outs) {
 bool swiglu_fusable(const Tensor& x, const Weight& gate, const Weight& up, const Tensor& out) {
   const int64_t n = x.rows();
   return x.dtype == DType::BF16 && x.cols() == gate.in && cuda::nvfp4_gemv_fusable(gate, n) &&
-         cuda::nvfp4_gemv_fusable(up, n) && gate.out == up.out && gate.in == up.in && bf16_rows(out, n, gate.out);
+         cuda::nvfp4_gemv_fusable(up, n) && gate.out == up.out && gate.in == up.in &&
+         bf16_rows(out, n, gate.out);
 }
 
 // The RMSNorm can go in front of a fused GEMV: x_norm (n, dim) BF16 apart from x, an F32 weight.
@@ -497,13 +498,16 @@ void CudaBackend::linear_multi_forward(const Tensor& x, std::span<const LinearOu
   cuda::GemvTarget targets[3];
   for (size_t i = 0; i < outs.size(); ++i)
     targets[i] = {outs[i].w, opt_f32(*outs[i].bias), outs[i].out->as<bf16>(), outs[i].w->out};
-  cuda::nvfp4_gemv_multi(*ctx_, x.as<const bf16>(), x.cols(), x.rows(), targets, static_cast<int>(outs.size()));
+  cuda::nvfp4_gemv_multi(*ctx_, x.as<const bf16>(), x.cols(), x.rows(), targets,
+                         static_cast<int>(outs.size()));
 }
 
 void CudaBackend::linear_swiglu_forward(const Tensor& x, const Weight& gate, const Weight& up,
                                         const Tensor& gate_tmp, const Tensor& up_tmp, const Tensor& out) {
-  if (!swiglu_fusable(x, gate, up, out)) return Backend::linear_swiglu_forward(x, gate, up, gate_tmp, up_tmp, out);
-  cuda::nvfp4_gemv_swiglu(*ctx_, x.as<const bf16>(), x.cols(), x.rows(), gate, up, out.as<bf16>(), out.cols());
+  if (!swiglu_fusable(x, gate, up, out))
+    return Backend::linear_swiglu_forward(x, gate, up, gate_tmp, up_tmp, out);
+  cuda::nvfp4_gemv_swiglu(*ctx_, x.as<const bf16>(), x.cols(), x.rows(), gate, up, out.as<bf16>(),
+                          out.cols());
 }
 
 void CudaBackend::rmsnorm_linear_multi_forward(const Tensor& x, const Tensor& norm_w, float eps,
@@ -519,11 +523,12 @@ void CudaBackend::rmsnorm_linear_multi_forward(const Tensor& x, const Tensor& no
 
 void CudaBackend::rmsnorm_linear_swiglu_forward(const Tensor& x, const Tensor& norm_w, float eps,
                                                 const Tensor& x_norm, const Weight& gate, const Weight& up,
-                                                const Tensor& gate_tmp, const Tensor& up_tmp, const Tensor& out) {
+                                                const Tensor& gate_tmp, const Tensor& up_tmp,
+                                                const Tensor& out) {
   if (!swiglu_fusable(x, gate, up, out) || !norm_fusable(x, norm_w, x_norm))
     return Backend::rmsnorm_linear_swiglu_forward(x, norm_w, eps, x_norm, gate, up, gate_tmp, up_tmp, out);
-  cuda::nvfp4_gemv_swiglu_rmsnorm(*ctx_, x.as<const bf16>(), x.cols(), x.rows(), norm_w.as<const float>(), eps,
-                                  gate, up, out.as<bf16>(), out.cols(), x_norm.as<bf16>());
+  cuda::nvfp4_gemv_swiglu_rmsnorm(*ctx_, x.as<const bf16>(), x.cols(), x.rows(), norm_w.as<const float>(),
+                                  eps, gate, up, out.as<bf16>(), out.cols(), x_norm.as<bf16>());
 }
 
 void CudaBackend::linear_residual_forward(const Tensor& x, const Weight& w, const Tensor& bias,

@@ -1,5 +1,5 @@
-// defines: fill_random_bf16, fill_random_fp8 (device memory filled with seeded normal-ish bf16 values), for benches
-// and tests that need realistic, never-zero data in large device buffers (a 32K-token KV cache).
+// defines: fill_random_bf16, fill_random_fp8 (device memory filled with seeded normal-ish bf16 values), for
+// benches and tests that need realistic, never-zero data in large device buffers (a 32K-token KV cache).
 #pragma once
 
 #include <cuda_bf16.h>

@@ -7,9 +7,9 @@
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/dequant.cuh"
+#include "backend/cuda/linear.cuh"
 #include "backend/cuda/nvfp4_decode.cuh"
 #include "backend/cuda/pdl.cuh"
-#include "backend/cuda/linear.cuh"
 
 namespace nibble::cuda {
 namespace {
@@ -79,8 +79,8 @@ constexpr int kGemvUnroll = 4;
 template <int NT, int BPC, typename OutT>
 __global__ void __launch_bounds__(kGemvWarps* kWarp)
     nvfp4_gemv_ffma_kernel(const bf16* __restrict__ x, int64_t ldx, const uint8_t* __restrict__ wq,
-                      const uint8_t* __restrict__ ws, float out_scale, const float* __restrict__ bias,
-                      int64_t N, int64_t K, OutT* __restrict__ y, int64_t ldy) {
+                           const uint8_t* __restrict__ ws, float out_scale, const float* __restrict__ bias,
+                           int64_t N, int64_t K, OutT* __restrict__ y, int64_t ldy) {
   const int lane = threadIdx.x % kWarp;
   const int sub = lane % kLanesPerRow;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kGemvRowsPerBlock + threadIdx.x / kLanesPerRow;
@@ -277,7 +277,6 @@ __device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
   return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
 }
 
-
 template <int B>
 using BufIdx = std::integral_constant<int, B>;
 
@@ -297,8 +296,7 @@ constexpr int kNormPad = 8;
 // rmsnorm_kernel computes it: one warp per row, lane l sums the 8-element chunks l, l + 32, ... in
 // that order with fmaf, warp_sum, inv = rsqrtf(ss / K + eps), out = bf16(x * inv * w).
 __device__ __forceinline__ void rmsnorm_rows_to_shared(const bf16* __restrict__ x, int64_t ldx, int n,
-                                                       int64_t K, const GemvNorm& norm, bf16* xs,
-                                                       bool keep) {
+                                                       int64_t K, const GemvNorm& norm, bf16* xs, bool keep) {
   constexpr int kAhead = 4;  // chunks of a lane loaded before the first is used
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, warps = blockDim.x / kWarp;
   for (int r = warp; r < n; r += warps) {
@@ -350,7 +348,7 @@ __global__ void __launch_bounds__(kMmaMaxWarps* kWarp, 1)
   const int64_t chunks = K / 32, groups = ceil_div(chunks, 4);
   const int64_t items = ceil_div(tiles, R);
   const int gw = static_cast<int>((groups - warp + warps - 1) / warps);  // this warp's groups per item
-  const int nb = (gw + U - 1) / U;                                     // and batches per item
+  const int nb = (gw + U - 1) / U;                                       // and batches per item
 
   // The load stream: item l_item, batch l_b; row pointers of l_item's tiles (null: no such row).
   const uint8_t* lq[R][P][2];
@@ -491,7 +489,8 @@ __global__ void __launch_bounds__(kMmaMaxWarps* kWarp, 1)
 #pragma unroll
           for (int p = 0; p < P; ++p)
 #pragma unroll
-            for (int q = 0; q < 4; ++q) part[(((warp - 1) * R + r) * P + p) * 4 * kWarp + q * kWarp + lane] = acc[r][p][q];
+            for (int q = 0; q < 4; ++q)
+              part[(((warp - 1) * R + r) * P + p) * 4 * kWarp + q * kWarp + lane] = acc[r][p][q];
       __syncthreads();
       if (warp == 0)
         for (int w = 0; w < warps - 1; ++w)
@@ -500,7 +499,8 @@ __global__ void __launch_bounds__(kMmaMaxWarps* kWarp, 1)
 #pragma unroll
             for (int p = 0; p < P; ++p)
 #pragma unroll
-              for (int q = 0; q < 4; ++q) acc[r][p][q] += part[((w * R + r) * P + p) * 4 * kWarp + q * kWarp + lane];
+              for (int q = 0; q < 4; ++q)
+                acc[r][p][q] += part[((w * R + r) * P + p) * 4 * kWarp + q * kWarp + lane];
       parity ^= 1;
     }
     if (warp == 0)
@@ -661,7 +661,8 @@ void launch_gemv_mma(Context& ctx, int64_t tiles, const bf16* x, int64_t ldx, in
       fail("nvfp4 GEMV + RMSNorm: {} tokens of K={} need {} bytes of shared memory (the device has {})", n, K,
            smem, ctx.info().smem_per_block_optin);
     if (smem > size_t{48} << 10)
-      CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+      CUDA_CHECK(
+          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   }
   const int64_t items = ceil_div(tiles, R);
   int64_t blocks = items;
@@ -670,8 +671,8 @@ void launch_gemv_mma(Context& ctx, int64_t tiles, const bf16* x, int64_t ldx, in
     CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, threads, smem));
     blocks = std::min<int64_t>(items, std::max<int64_t>(1, int64_t{resident} * ctx.info().sm_count));
   }
-  launch_pdl(ctx, kernel, dim3(static_cast<unsigned>(blocks)), dim3(static_cast<unsigned>(threads)), smem, x, ldx,
-             static_cast<int>(n), K, tiles, epi, norm);
+  launch_pdl(ctx, kernel, dim3(static_cast<unsigned>(blocks)), dim3(static_cast<unsigned>(threads)), smem, x,
+             ldx, static_cast<int>(n), K, tiles, epi, norm);
 }
 
 // (R, U) per call site, from a sweep on an H200 at n = 1 (R = 1/2, U = 1/2/4, 4/8/16 warps, one
@@ -826,13 +827,13 @@ void linear_forward(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const W
     const int64_t tiles = ceil_div(w.out, kMmaTile);
     const float scale = w.global_scale * kMmaOutScale;
     if (y_dtype == DType::F32)
-      launch_gemv_linear(ctx, tiles, x, ldx, n, w.in,
-                         GemvLinear<float>{codes_of(w), w.scales, w.out, w.in, scale, bias,
-                                           static_cast<float*>(y), ldy});
+      launch_gemv_linear(
+          ctx, tiles, x, ldx, n, w.in,
+          GemvLinear<float>{codes_of(w), w.scales, w.out, w.in, scale, bias, static_cast<float*>(y), ldy});
     else
-      launch_gemv_linear(ctx, tiles, x, ldx, n, w.in,
-                         GemvLinear<bf16>{codes_of(w), w.scales, w.out, w.in, scale, bias,
-                                          static_cast<bf16*>(y), ldy});
+      launch_gemv_linear(
+          ctx, tiles, x, ldx, n, w.in,
+          GemvLinear<bf16>{codes_of(w), w.scales, w.out, w.in, scale, bias, static_cast<bf16*>(y), ldy});
     return;
   }
   // A biased bf16 product is staged in fp32 at the start of the scratch (see linear_scratch_bytes).
@@ -912,15 +913,15 @@ GemvMulti multi_epilogue(const bf16* x, int64_t ldx, int64_t n, const GemvTarget
     check_fused("nvfp4_gemv_multi", x, ldx, n, w);
     if (w.in != epi.K) fail("nvfp4_gemv_multi: target {} has K={}, target 0 K={}", i, w.in, epi.K);
     const int64_t tiles = ceil_div(w.out, kMmaTile);
-    epi.part[i] = {codes_of(w), w.scales, w.out, tiles, w.global_scale * kMmaOutScale, targets[i].bias,
-                   targets[i].y, targets[i].ldy};
+    epi.part[i] = {codes_of(w),     w.scales,     w.out,         tiles, w.global_scale * kMmaOutScale,
+                   targets[i].bias, targets[i].y, targets[i].ldy};
     total_tiles += tiles;
   }
   return epi;
 }
 
-GemvSwiglu swiglu_epilogue(const bf16* x, int64_t ldx, int64_t n, const Weight& wg, const Weight& wu, bf16* out,
-                           int64_t ldo) {
+GemvSwiglu swiglu_epilogue(const bf16* x, int64_t ldx, int64_t n, const Weight& wg, const Weight& wu,
+                           bf16* out, int64_t ldo) {
   check_fused("nvfp4_gemv_swiglu", x, ldx, n, wg);
   check_fused("nvfp4_gemv_swiglu", x, ldx, n, wu);
   if (wg.out != wu.out || wg.in != wu.in)
@@ -942,7 +943,8 @@ GemvNorm norm_of(const char* what, const bf16* x, int64_t ldx, int64_t n, int64_
   if (x_norm_out != nullptr) {
     if (!is_aligned(x_norm_out, 16)) fail("{}: x_norm_out must be 16-byte aligned", what);
     const auto lo = reinterpret_cast<uintptr_t>(x), hi = reinterpret_cast<uintptr_t>(x + (n - 1) * ldx + K);
-    const auto olo = reinterpret_cast<uintptr_t>(x_norm_out), ohi = reinterpret_cast<uintptr_t>(x_norm_out + n * K);
+    const auto olo = reinterpret_cast<uintptr_t>(x_norm_out),
+               ohi = reinterpret_cast<uintptr_t>(x_norm_out + n * K);
     if (olo < hi && lo < ohi) fail("{}: x_norm_out overlaps x", what);
   }
   return GemvNorm{norm_w, eps, x_norm_out};
@@ -956,32 +958,33 @@ void nvfp4_gemv_multi(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const
   launch_gemv_mma<1, 1, 2>(ctx, tiles, x, ldx, n, epi.K, epi);
 }
 
-void nvfp4_gemv_multi_rmsnorm(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const float* norm_w, float eps,
-                              const GemvTarget* targets, int count, bf16* x_norm_out) {
+void nvfp4_gemv_multi_rmsnorm(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const float* norm_w,
+                              float eps, const GemvTarget* targets, int count, bf16* x_norm_out) {
   int64_t tiles = 0;
   const GemvMulti epi = multi_epilogue(x, ldx, n, targets, count, tiles);
   const GemvNorm norm = norm_of("nvfp4_gemv_multi_rmsnorm", x, ldx, n, epi.K, norm_w, eps, x_norm_out);
   launch_gemv_mma<1, 1, 2, true>(ctx, tiles, x, ldx, n, epi.K, epi, false, norm);
 }
 
-void nvfp4_gemv_swiglu(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const Weight& wg, const Weight& wu,
-                       bf16* out, int64_t ldo) {
+void nvfp4_gemv_swiglu(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const Weight& wg,
+                       const Weight& wu, bf16* out, int64_t ldo) {
   const GemvSwiglu epi = swiglu_epilogue(x, ldx, n, wg, wu, out, ldo);
   launch_gemv_mma<2, 1, 1>(ctx, ceil_div(wg.out, kMmaTile), x, ldx, n, wg.in, epi);
 }
 
-void nvfp4_gemv_swiglu_rmsnorm(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const float* norm_w, float eps,
-                               const Weight& wg, const Weight& wu, bf16* out, int64_t ldo, bf16* x_norm_out) {
+void nvfp4_gemv_swiglu_rmsnorm(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const float* norm_w,
+                               float eps, const Weight& wg, const Weight& wu, bf16* out, int64_t ldo,
+                               bf16* x_norm_out) {
   const GemvSwiglu epi = swiglu_epilogue(x, ldx, n, wg, wu, out, ldo);
   const GemvNorm norm = norm_of("nvfp4_gemv_swiglu_rmsnorm", x, ldx, n, wg.in, norm_w, eps, x_norm_out);
   launch_gemv_mma<2, 1, 1, true>(ctx, ceil_div(wg.out, kMmaTile), x, ldx, n, wg.in, epi, false, norm);
 }
 
-void nvfp4_gemv_residual(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const Weight& w, const float* bias,
-                         const bf16* residual, int64_t ldr, bf16* y, int64_t ldy) {
+void nvfp4_gemv_residual(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const Weight& w,
+                         const float* bias, const bf16* residual, int64_t ldr, bf16* y, int64_t ldy) {
   check_fused("nvfp4_gemv_residual", x, ldx, n, w);
-  const GemvResidual epi{codes_of(w), w.scales, w.out, w.in, w.global_scale * kMmaOutScale, bias,
-                         residual, ldr, y, ldy};
+  const GemvResidual epi{codes_of(w), w.scales, w.out, w.in, w.global_scale * kMmaOutScale,
+                         bias,        residual, ldr,   y,    ldy};
   const int64_t tiles = ceil_div(w.out, kMmaTile);
   if (gemv_warps(w.in) >= kMmaMaxWarps)
     launch_gemv_mma<1, 2, 1>(ctx, tiles, x, ldx, n, w.in, epi);

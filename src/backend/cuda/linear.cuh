@@ -86,11 +86,12 @@ void nvfp4_gemv_swiglu(Context& ctx, const __nv_bfloat16* x, int64_t ldx, int64_
 // rmsnorm_forward followed by the plain variant bit for bit. Block 0 also writes the normalised
 // rows to x_norm_out ((n, in) bf16, row stride in, 16-byte aligned, apart from x; null: not kept).
 // Shared memory: n * (in + 8) * 2 bytes more than the plain variant.
-void nvfp4_gemv_multi_rmsnorm(Context& ctx, const __nv_bfloat16* x, int64_t ldx, int64_t n, const float* norm_w,
-                              float eps, const GemvTarget* targets, int count, __nv_bfloat16* x_norm_out);
-void nvfp4_gemv_swiglu_rmsnorm(Context& ctx, const __nv_bfloat16* x, int64_t ldx, int64_t n, const float* norm_w,
-                               float eps, const Weight& wg, const Weight& wu, __nv_bfloat16* out, int64_t ldo,
-                               __nv_bfloat16* x_norm_out);
+void nvfp4_gemv_multi_rmsnorm(Context& ctx, const __nv_bfloat16* x, int64_t ldx, int64_t n,
+                              const float* norm_w, float eps, const GemvTarget* targets, int count,
+                              __nv_bfloat16* x_norm_out);
+void nvfp4_gemv_swiglu_rmsnorm(Context& ctx, const __nv_bfloat16* x, int64_t ldx, int64_t n,
+                               const float* norm_w, float eps, const Weight& wg, const Weight& wu,
+                               __nv_bfloat16* out, int64_t ldo, __nv_bfloat16* x_norm_out);
 
 // y (n, out) = residual + bf16(x W^T + bias), one launch (o_proj and down_proj adding into the
 // residual stream); the sum is taken in fp32 and rounded once, as add_forward does. y may alias

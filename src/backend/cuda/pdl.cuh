@@ -19,10 +19,13 @@ namespace nibble::cuda {
 
 __device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 // This block no longer holds back the launch of the next grid (its blocks still wait in pdl_wait).
-__device__ __forceinline__ void pdl_launch_dependents() { asm volatile("griddepcontrol.launch_dependents;" :::); }
+__device__ __forceinline__ void pdl_launch_dependents() {
+  asm volatile("griddepcontrol.launch_dependents;" :::);
+}
 
 template <typename... KernelArgs, typename... Args>
-void launch_pdl(Context& ctx, void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem, Args&&... args) {
+void launch_pdl(Context& ctx, void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem,
+                Args&&... args) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = block;

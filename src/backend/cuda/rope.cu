@@ -106,10 +106,10 @@ void qk_norm_rope_forward(Context& ctx, const bf16* q, int64_t q_stride, const b
     fail("qk_norm_rope_forward: q_norm and k_norm must be given together");
   const int64_t rows = n * (hq + hkv);
   if (rows == 0) return;
-  launch_pdl(ctx, qk_norm_rope_kernel, dim3(static_cast<unsigned>(ceil_div(rows, kQkWarps))), dim3(kQkWarps * kWarp),
-             0, q, q_stride, k, k_stride, n, static_cast<int>(hq), static_cast<int>(hkv),
-             static_cast<int>(head_dim / 2), q_norm, k_norm, eps, pos0, d_pos0, inv_freq, attention_scaling, q_out,
-             q_out_stride, k_out, k_out_stride);
+  launch_pdl(ctx, qk_norm_rope_kernel, dim3(static_cast<unsigned>(ceil_div(rows, kQkWarps))),
+             dim3(kQkWarps * kWarp), 0, q, q_stride, k, k_stride, n, static_cast<int>(hq),
+             static_cast<int>(hkv), static_cast<int>(head_dim / 2), q_norm, k_norm, eps, pos0, d_pos0,
+             inv_freq, attention_scaling, q_out, q_out_stride, k_out, k_out_stride);
 }
 
 }  // namespace nibble::cuda
