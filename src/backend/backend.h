@@ -32,7 +32,8 @@
 //                      out (n, hq, hd) = softmax(scale q K^T + causal mask) V over [0, pos0+n)
 //   swiglu_forward     gate (n, ffn), up (n, ffn)                            -> out = silu(gate) * up
 //   add_forward        a, b (same shape)                                     -> out = a + b (residual)
-//   fused: qk_norm_rope, linear_multi (q/k/v), linear_swiglu, linear_residual, rmsnorm_linear_multi,
+//   fused: qk_norm_rope, linear_multi (q/k/v), linear_swiglu, rmsnorm_linear_multi,
+//          rmsnorm_linear_swiglu, linear_residual (defaults compose the ops above)
 //          rmsnorm_linear_swiglu (defaults compose the above)
 //   copy_to_host / copy_from_host: any activation <-> host fp32
 //
@@ -149,7 +150,7 @@ class Backend {
                                      const Tensor& gate_tmp, const Tensor& up_tmp, const Tensor& out);
   // The RMSNorm in front of the two above: x_norm (n, dim) = rmsnorm(x) with norm_w (dim), then
   // linear_multi_forward / linear_swiglu_forward of x_norm. x_norm is always written (a kept
-  // activation); a fused implementation reads x and x_norm's values bit for bit as the default.
+  // activation); a fused implementation computes the default's values bit for bit.
   virtual void rmsnorm_linear_multi_forward(const Tensor& x, const Tensor& norm_w, float eps,
                                             const Tensor& x_norm, std::span<const LinearOut> outs);
   virtual void rmsnorm_linear_swiglu_forward(const Tensor& x, const Tensor& norm_w, float eps,
