@@ -10,6 +10,7 @@
 #include "backend/cuda/linear.cuh"
 #include "backend/cuda/nvfp4_decode.cuh"
 #include "backend/cuda/pdl.cuh"
+#include "backend/cuda/rmsnorm_row.cuh"
 
 namespace nibble::cuda {
 namespace {
@@ -293,41 +294,15 @@ struct GemvNorm {
 constexpr int kNormPad = 8;
 
 // rmsnorm(x) of n rows into xs (shared, row stride K + kNormPad), bit for bit as norm.cu's
-// rmsnorm_kernel computes it: one warp per row, lane l sums the 8-element chunks l, l + 32, ... in
-// that order with fmaf, warp_sum, inv = rsqrtf(ss / K + eps), out = bf16(x * inv * w).
+// rmsnorm_kernel computes it (both through rmsnorm_row.cuh), one warp per row.
 __device__ __forceinline__ void rmsnorm_rows_to_shared(const bf16* __restrict__ x, int64_t ldx, int n,
                                                        int64_t K, const GemvNorm& norm, bf16* xs, bool keep) {
-  constexpr int kAhead = 4;  // chunks of a lane loaded before the first is used
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, warps = blockDim.x / kWarp;
   for (int r = warp; r < n; r += warps) {
     const bf16* xr = x + r * ldx;
-    float ss = 0.0f;
-    for (int64_t c0 = lane * 8; c0 < K; c0 += kAhead * kWarp * 8) {
-      Bf16x8 v[kAhead];
-#pragma unroll
-      for (int u = 0; u < kAhead; ++u) {
-        const int64_t c = c0 + u * kWarp * 8;
-        if (c < K) v[u] = *reinterpret_cast<const Bf16x8*>(xr + c);
-      }
-#pragma unroll
-      for (int u = 0; u < kAhead; ++u) {
-        const int64_t c = c0 + u * kWarp * 8;
-        if (c < K) {
-          float f[8];
-          bf16x8_to_float(v[u], f);
-#pragma unroll
-          for (int i = 0; i < 8; ++i) ss = fmaf(f[i], f[i], ss);
-        }
-      }
-    }
-    ss = warp_sum(ss);
-    const float inv = rsqrtf(ss / static_cast<float>(K) + norm.eps);
+    const float inv = rms_row_inv<4>(xr, K, norm.eps, lane);
     for (int64_t c = lane * 8; c < K; c += kWarp * 8) {
-      float f[8];
-      bf16x8_to_float(*reinterpret_cast<const Bf16x8*>(xr + c), f);
-#pragma unroll
-      for (int i = 0; i < 8; ++i) f[i] = f[i] * inv * norm.w[c + i];
-      const Bf16x8 y8 = float_to_bf16x8(f);
+      const Bf16x8 y8 = rms_scale8(xr, c, inv, norm.w);
       const uint4 y = *reinterpret_cast<const uint4*>(&y8);  // one 16-byte store
       *reinterpret_cast<uint4*>(xs + r * (K + kNormPad) + c) = y;
       if (keep) *reinterpret_cast<uint4*>(norm.out + r * K + c) = y;

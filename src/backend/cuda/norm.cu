@@ -2,18 +2,19 @@
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/norm.cuh"
 #include "backend/cuda/pdl.cuh"
+#include "backend/cuda/rmsnorm_row.cuh"
 
 namespace nibble::cuda {
 namespace {
 
 constexpr int kNormWarps = 4;
+constexpr int kNormAhead = 16;  // chunks a lane loads before the first is used (rows <= 4096 at once)
 
-// One warp per (token, head) row; VEC = 8 (16-byte accesses) when dim and strides allow it. Lane l
-// takes the VEC-element chunks l, l + 32, ... With CHUNKS > 0 (dim <= 32 * VEC * CHUNKS) a lane
-// loads all its chunks at once (every load in flight before the first use: a one-row norm of a
-// decode step is a chain of memory latencies otherwise) and keeps them for the scaling pass;
-// CHUNKS = 0 reads the row twice (the second read hits L1/L2). Both sum in the same order.
-template <int VEC, int CHUNKS>
+// One warp per (token, head) row. VEC = 8 (16-byte accesses, when dim and strides allow it): the
+// row's RMSNorm as rmsnorm_row.cuh defines it (the fused GEMVs of linear.cu give the same bits),
+// every chunk of a lane loaded before the first is used; the scaling pass re-reads the row from
+// L1. VEC = 1: one element at a time, the same order within each lane's elements.
+template <int VEC>
 __global__ void __launch_bounds__(kNormWarps* kWarp)
     rmsnorm_kernel(const bf16* x, int64_t xs, int64_t rows, int64_t heads, int64_t dim,
                    const float* __restrict__ w, float eps, bf16* out, int64_t os, float* rstd) {
@@ -24,68 +25,23 @@ __global__ void __launch_bounds__(kNormWarps* kWarp)
   if (r >= rows) return;
   const bf16* xr = x + (r / heads) * xs + (r % heads) * dim;
   bf16* yr = out + (r / heads) * os + (r % heads) * dim;
-  float ss = 0.0f;
-  if constexpr (CHUNKS > 0) {
-    Bf16x8 v[CHUNKS];
-#pragma unroll
-    for (int u = 0; u < CHUNKS; ++u) {
-      const int64_t c = (lane + static_cast<int64_t>(kWarp) * u) * 8;
-      if (c < dim) v[u] = *reinterpret_cast<const Bf16x8*>(xr + c);
-    }
-#pragma unroll
-    for (int u = 0; u < CHUNKS; ++u) {
-      const int64_t c = (lane + static_cast<int64_t>(kWarp) * u) * 8;
-      if (c < dim) {
-        float f[8];
-        bf16x8_to_float(v[u], f);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) ss = fmaf(f[i], f[i], ss);
-      }
-    }
-    ss = warp_sum(ss);
-    const float inv = rsqrtf(ss / static_cast<float>(dim) + eps);
+  if constexpr (VEC == 8) {
+    const float inv = rms_row_inv<kNormAhead>(xr, dim, eps, lane);
     if (rstd && lane == 0) rstd[r] = inv;
-#pragma unroll
-    for (int u = 0; u < CHUNKS; ++u) {
-      const int64_t c = (lane + static_cast<int64_t>(kWarp) * u) * 8;
-      if (c < dim) {
-        float f[8];
-        bf16x8_to_float(v[u], f);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) f[i] = f[i] * inv * w[c + i];
-        *reinterpret_cast<Bf16x8*>(yr + c) = float_to_bf16x8(f);
-      }
-    }
+    for (int64_t c = lane * 8; c < dim; c += kWarp * 8)
+      *reinterpret_cast<Bf16x8*>(yr + c) = rms_scale8(xr, c, inv, w);
     return;
   }
-  for (int64_t c = lane * VEC; c < dim; c += kWarp * VEC) {
-    if constexpr (VEC == 8) {
-      float f[8];
-      bf16x8_to_float(*reinterpret_cast<const Bf16x8*>(xr + c), f);
-#pragma unroll
-      for (int i = 0; i < 8; ++i) ss = fmaf(f[i], f[i], ss);
-    } else {
-      const float f = __bfloat162float(xr[c]);
-      ss = fmaf(f, f, ss);
-    }
+  float ss = 0.0f;
+  for (int64_t c = lane; c < dim; c += kWarp) {
+    const float f = __bfloat162float(xr[c]);
+    ss = fmaf(f, f, ss);
   }
-  ss = warp_sum(ss);
-  const float inv = rsqrtf(ss / static_cast<float>(dim) + eps);
+  const float inv = rsqrtf(warp_sum(ss) / static_cast<float>(dim) + eps);
   if (rstd && lane == 0) rstd[r] = inv;
-  for (int64_t c = lane * VEC; c < dim; c += kWarp * VEC) {
-    if constexpr (VEC == 8) {
-      float f[8];
-      bf16x8_to_float(*reinterpret_cast<const Bf16x8*>(xr + c), f);
-#pragma unroll
-      for (int i = 0; i < 8; ++i) f[i] = f[i] * inv * w[c + i];
-      *reinterpret_cast<Bf16x8*>(yr + c) = float_to_bf16x8(f);
-    } else {
-      yr[c] = __float2bfloat16_rn(__bfloat162float(xr[c]) * inv * w[c]);
-    }
-  }
+  for (int64_t c = lane; c < dim; c += kWarp)
+    yr[c] = __float2bfloat16_rn(__bfloat162float(xr[c]) * inv * w[c]);
 }
-
-constexpr int kNormChunks = 16;  // registers for rows up to 32 * 8 * 16 = 4096 elements
 
 }  // namespace
 
@@ -97,9 +53,7 @@ void rmsnorm_forward(Context& ctx, const bf16* x, int64_t x_stride, int64_t n, i
   const bool vec = dim % 8 == 0 && x_stride % 8 == 0 && out_stride % 8 == 0 &&
                    reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0;
   const dim3 block(kNormWarps * kWarp);
-  auto* kernel = vec && dim <= kWarp * 8 * kNormChunks ? rmsnorm_kernel<8, kNormChunks>
-                 : vec                                 ? rmsnorm_kernel<8, 0>
-                                                       : rmsnorm_kernel<1, 0>;
+  auto* kernel = vec ? rmsnorm_kernel<8> : rmsnorm_kernel<1>;
   launch_pdl(ctx, kernel, dim3(grid), block, 0, x, x_stride, rows, heads, dim, w, eps, out, out_stride, rstd);
 }
 
