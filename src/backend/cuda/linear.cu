@@ -499,6 +499,24 @@ __global__ void __launch_bounds__(kMmaMaxWarps* kWarp, 1)
 
 // Epilogues: tile(idx) names tile idx's parts, store(idx) writes what thread (g, t) holds of it.
 // Every write of these kernels comes after pdl_wait() (PDL rule in linear.cuh).
+
+// Tile idx (rows idx * 16 ...) of a weight with N rows of K codes.
+__device__ __forceinline__ GemvTile weight_tile(const uint8_t* codes, const uint8_t* scales, int64_t N,
+                                                int64_t K, int64_t idx) {
+  const int64_t r0 = idx * kMmaTile;
+  return {codes + r0 * (K / 2), scales + r0 * (K / 16), tile_rows(N, r0)};
+}
+
+// f(row, tok, q) for each accumulator slot q of thread (g, t) of tile idx that lies inside (N, n).
+template <class F>
+__device__ __forceinline__ void for_each_slot(int64_t idx, int64_t N, int g, int t, int n, F&& f) {
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    const int64_t row = idx * kMmaTile + g + 8 * (q / 2);
+    const int tok = 2 * t + q % 2;
+    if (row < N && tok < n) f(row, tok, q);
+  }
+}
 template <typename OutT>
 struct GemvLinear {  // y = x W^T * scale + bias
   const uint8_t* codes;
@@ -510,21 +528,16 @@ struct GemvLinear {  // y = x W^T * scale + bias
   int64_t ldy;
 
   __device__ void tile(int64_t idx, GemvTile (&tl)[1]) const {
-    const int64_t r0 = idx * kMmaTile;
-    tl[0] = {codes + r0 * (K / 2), scales + r0 * (K / 16), tile_rows(N, r0)};
+    tl[0] = weight_tile(codes, scales, N, K, idx);
   }
   __device__ void store(int64_t idx, const float (&acc)[1][4], int g, int t, int n) const {
-#pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      const int64_t row = idx * kMmaTile + g + 8 * (q / 2);
-      const int tok = 2 * t + q % 2;
-      if (row >= N || tok >= n) continue;
+    for_each_slot(idx, N, g, t, n, [&](int64_t row, int tok, int q) {
       const float v = gemv_value(acc[0][q], scale, bias, row);
       if constexpr (sizeof(OutT) == 4)
         y[tok * ldy + row] = v;
       else
         y[tok * ldy + row] = __float2bfloat16_rn(v);
-    }
+    });
   }
 };
 
@@ -551,18 +564,13 @@ struct GemvMulti {  // up to 3 weights of one K, the tiles of each following tho
   }
   __device__ void tile(int64_t idx, GemvTile (&tl)[1]) const {
     const GemvMultiPart& m = part[locate(idx)];
-    const int64_t r0 = idx * kMmaTile;
-    tl[0] = {m.codes + r0 * (K / 2), m.scales + r0 * (K / 16), tile_rows(m.N, r0)};
+    tl[0] = weight_tile(m.codes, m.scales, m.N, K, idx);
   }
   __device__ void store(int64_t idx, const float (&acc)[1][4], int g, int t, int n) const {
     const GemvMultiPart& m = part[locate(idx)];
-#pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      const int64_t row = idx * kMmaTile + g + 8 * (q / 2);
-      const int tok = 2 * t + q % 2;
-      if (row >= m.N || tok >= n) continue;
+    for_each_slot(idx, m.N, g, t, n, [&](int64_t row, int tok, int q) {
       m.y[tok * m.ldy + row] = __float2bfloat16_rn(gemv_value(acc[0][q], m.scale, m.bias, row));
-    }
+    });
   }
 };
 
@@ -578,18 +586,13 @@ struct GemvResidual {  // y = residual + bf16(x W^T * scale + bias); y may be re
   int64_t ldy;
 
   __device__ void tile(int64_t idx, GemvTile (&tl)[1]) const {
-    const int64_t r0 = idx * kMmaTile;
-    tl[0] = {codes + r0 * (K / 2), scales + r0 * (K / 16), tile_rows(N, r0)};
+    tl[0] = weight_tile(codes, scales, N, K, idx);
   }
   __device__ void store(int64_t idx, const float (&acc)[1][4], int g, int t, int n) const {
-#pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      const int64_t row = idx * kMmaTile + g + 8 * (q / 2);
-      const int tok = 2 * t + q % 2;
-      if (row >= N || tok >= n) continue;
+    for_each_slot(idx, N, g, t, n, [&](int64_t row, int tok, int q) {
       const float v = __bfloat162float(__float2bfloat16_rn(gemv_value(acc[0][q], scale, bias, row)));
       y[tok * ldy + row] = __float2bfloat16_rn(__bfloat162float(residual[tok * ldr + row]) + v);
-    }
+    });
   }
 };
 
@@ -602,21 +605,15 @@ struct GemvSwiglu {  // out = bf16(silu(bf16(x Wg^T)) * bf16(x Wu^T)), as swiglu
   int64_t ldo;
 
   __device__ void tile(int64_t idx, GemvTile (&tl)[2]) const {
-    const int64_t r0 = idx * kMmaTile;
-    const int rows = tile_rows(N, r0);
 #pragma unroll
-    for (int p = 0; p < 2; ++p) tl[p] = {codes[p] + r0 * (K / 2), scales[p] + r0 * (K / 16), rows};
+    for (int p = 0; p < 2; ++p) tl[p] = weight_tile(codes[p], scales[p], N, K, idx);
   }
   __device__ void store(int64_t idx, const float (&acc)[2][4], int g, int t, int n) const {
-#pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      const int64_t row = idx * kMmaTile + g + 8 * (q / 2);
-      const int tok = 2 * t + q % 2;
-      if (row >= N || tok >= n) continue;
+    for_each_slot(idx, N, g, t, n, [&](int64_t row, int tok, int q) {
       const float gate = __bfloat162float(__float2bfloat16_rn(gemv_value(acc[0][q], scale[0], nullptr, row)));
       const float up = __bfloat162float(__float2bfloat16_rn(gemv_value(acc[1][q], scale[1], nullptr, row)));
       out[tok * ldo + row] = __float2bfloat16_rn(gate / (1.0f + expf(-gate)) * up);  // activation.cu's silu
-    }
+    });
   }
 };
 
