@@ -5,14 +5,15 @@
 //
 // Qwen3-4B's attention shape (32 query heads over 8 KV heads, head_dim 128), n queries from
 // position 0 over a cache of n positions. 3 warm-up runs, then the median of 10, each timed alone
-// with CUDA events. FLOPs counted as FA2 counts them: 4 n^2/2 hd H (q k^T and p v over the causal
-// half). K/V (8 MB at n = 2048) stay in L2 between runs, as they do right after the prefill wrote
+// with CUDA events (cuda::median_ms). FLOPs counted as FA2 counts them: 4 n^2/2 hd H (q k^T and p v over the
+// causal half). K/V (8 MB at n = 2048) stay in L2 between runs, as they do right after the prefill wrote
 // them. The card's bf16 dense peak is 989 TFLOP/s (H100 SXM, wgmma); mma.sync reaches about 2/3.
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <functional>
 #include <random>
 #include <vector>
 
@@ -22,6 +23,7 @@
 #include "backend/cuda/attention.cuh"
 #include "backend/cuda/attention_prefill.cuh"
 #include "backend/cuda/check.cuh"
+#include "backend/cuda/timing.h"
 #include "core/half.h"
 #include "quant/fp8.h"
 
@@ -29,26 +31,9 @@ namespace {
 
 using namespace nibble;
 
-template <typename F>
-double median_ms(cuda::Context& ctx, F&& f) {
-  cudaEvent_t a, b;
-  CUDA_CHECK(cudaEventCreate(&a));
-  CUDA_CHECK(cudaEventCreate(&b));
-  for (int i = 0; i < 3; ++i) f();
-  std::vector<double> t;
-  for (int i = 0; i < 10; ++i) {
-    CUDA_CHECK(cudaEventRecord(a, ctx.stream()));
-    f();
-    CUDA_CHECK(cudaEventRecord(b, ctx.stream()));
-    CUDA_CHECK(cudaEventSynchronize(b));
-    float ms = 0;
-    CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
-    t.push_back(ms);
-  }
-  CUDA_CHECK(cudaEventDestroy(a));
-  CUDA_CHECK(cudaEventDestroy(b));
-  std::sort(t.begin(), t.end());
-  return 0.5 * (t[4] + t[5]);
+// 3 warm-up runs, then the median of 10.
+double median_ms(cuda::Context& ctx, const std::function<void()>& f) {
+  return cuda::median_ms(ctx, f, 10, 3);
 }
 
 void bench(cuda::Context& ctx, int64_t n) {

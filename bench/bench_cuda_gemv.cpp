@@ -32,6 +32,7 @@
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/context.cuh"
 #include "backend/cuda/linear.cuh"
+#include "backend/cuda/timing.h"
 #include "core/half.h"
 #include "model/weight.h"
 
@@ -123,17 +124,7 @@ int run(int64_t n) {
              info.l2_bytes >> 20, clock_khz / 1000, n);
 
   // Copy bandwidth: 1 GiB device-to-device, read + write counted.
-  const size_t copy_bytes = size_t{1} << 30;
-  double copy_bw = 0;
-  {
-    cuda::DeviceBuffer src(ctx, copy_bytes, "copy src"), dst(ctx, copy_bytes, "copy dst");
-    CUDA_CHECK(cudaMemset(src.get(), 1, copy_bytes));
-    CUDA_CHECK(cudaDeviceSynchronize());
-    const double t = time_per_call(ctx, 1, 15, [&](int) {
-      CUDA_CHECK(cudaMemcpyAsync(dst.get(), src.get(), copy_bytes, cudaMemcpyDeviceToDevice, ctx.stream()));
-    });
-    copy_bw = 2.0 * copy_bytes / t;
-  }
+  const double copy_bw = cuda::copy_bandwidth_gbps(ctx) * 1e9;
   fmt::print("copy bandwidth (1 GiB D2D, read + write): {:.0f} GB/s\n\n", copy_bw / 1e9);
 
   std::mt19937_64 rng(7);

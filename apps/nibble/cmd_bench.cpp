@@ -35,6 +35,7 @@
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/fill.cuh"
 #include "backend/cuda/linear.cuh"
+#include "backend/cuda/timing.h"
 #include "runtime/sampler.h"
 #endif
 
@@ -204,29 +205,6 @@ double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-// Device-to-device copy of 1 GiB, bytes read + written, median of 10 after 2 warm-ups.
-double copy_bandwidth_gbps(cuda::Context& ctx) {
-  const size_t bytes = size_t{1} << 30;
-  cuda::DeviceBuffer a(ctx, bytes, "bandwidth source"), b(ctx, bytes, "bandwidth destination");
-  cuda::fill_random_bf16(ctx, a.get<__nv_bfloat16>(), static_cast<int64_t>(bytes / 2), 1, 1.0f);
-  cudaEvent_t e0, e1;
-  CUDA_CHECK(cudaEventCreate(&e0));
-  CUDA_CHECK(cudaEventCreate(&e1));
-  std::vector<double> gbps;
-  for (int i = 0; i < 12; ++i) {
-    CUDA_CHECK(cudaEventRecord(e0, ctx.stream()));
-    CUDA_CHECK(cudaMemcpyAsync(b.get(), a.get(), bytes, cudaMemcpyDeviceToDevice, ctx.stream()));
-    CUDA_CHECK(cudaEventRecord(e1, ctx.stream()));
-    CUDA_CHECK(cudaEventSynchronize(e1));
-    float ms = 0;
-    CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
-    if (i >= 2) gbps.push_back(2.0 * bytes / (ms * 1e-3) / 1e9);
-  }
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
-  return median(gbps);
-}
-
 // bf16 GEMM 8192 x 8192 x 8192 through cuBLASLt (fp32 accumulation) on random data: the card's
 // tensor-core rate as this program reaches it, TFLOP/s, median of 10 after 2 warm-ups.
 double bf16_tensor_tflops(cuda::Context& ctx) {
@@ -235,23 +213,14 @@ double bf16_tensor_tflops(cuda::Context& ctx) {
   cuda::DeviceBuffer a(ctx, bytes, "GEMM A"), b(ctx, bytes, "GEMM B"), c(ctx, bytes, "GEMM C");
   cuda::fill_random_bf16(ctx, a.get<__nv_bfloat16>(), m * m, 3, 1.0f);
   cuda::fill_random_bf16(ctx, b.get<__nv_bfloat16>(), m * m, 4, 1.0f);
-  cudaEvent_t e0, e1;
-  CUDA_CHECK(cudaEventCreate(&e0));
-  CUDA_CHECK(cudaEventCreate(&e1));
-  std::vector<double> tflops;
-  for (int i = 0; i < 12; ++i) {
-    CUDA_CHECK(cudaEventRecord(e0, ctx.stream()));
-    cuda::gemm_bf16_nt(ctx, a.get<__nv_bfloat16>(), m, b.get<__nv_bfloat16>(), m, c.get(), DType::BF16, m, m,
-                       m, m, 1.0f);
-    CUDA_CHECK(cudaEventRecord(e1, ctx.stream()));
-    CUDA_CHECK(cudaEventSynchronize(e1));
-    float ms = 0;
-    CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
-    if (i >= 2) tflops.push_back(2.0 * m * m * m / (ms * 1e-3) / 1e12);
-  }
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
-  return median(tflops);
+  const double ms = cuda::median_ms(
+      ctx,
+      [&] {
+        cuda::gemm_bf16_nt(ctx, a.get<__nv_bfloat16>(), m, b.get<__nv_bfloat16>(), m, c.get(), DType::BF16, m,
+                           m, m, m, 1.0f);
+      },
+      10, 2);
+  return 2.0 * m * m * m / (ms * 1e-3) / 1e12;
 }
 
 // FLOPs of a prefill of n tokens from position 0 with the head on the last token only: 2 per
@@ -282,7 +251,7 @@ void run_bench(const BenchOptions& o) {
     fail("--kv-cache {}: expected bf16 or fp8", o.kv_cache);
   CudaBackend gpu(bo);  // first: no GPU fails before minutes of weight generation
   cuda::Context& ctx = gpu.context();
-  const double copy_gbps = copy_bandwidth_gbps(ctx);
+  const double copy_gbps = cuda::copy_bandwidth_gbps(ctx);
 
   ModelConfig config;
   WeightStore store;

@@ -24,6 +24,7 @@
 
 #include "backend/cpu/cpu_backend.h"
 #include "backend/cuda/attention.cuh"
+#include "backend/cuda/timing.h"
 #include "cuda/cuda_test_util.h"
 #include "quant/fp8.h"
 
@@ -418,34 +419,9 @@ TEST_F(CudaAttentionDecode, BackToBackCallsInOneGraph) {
 TEST_F(CudaAttentionDecode, Bandwidth) {
   const int64_t H = 32, KVH = 8, hd = 128, n = 1, kMaxCap = 32768;
   const float scale = 1.0f / std::sqrt(128.0f);
-  cudaEvent_t e0, e1;
-  CU(cudaEventCreate(&e0));
-  CU(cudaEventCreate(&e1));
-  auto median_ms = [&](auto&& launch, int reps) {
-    std::vector<float> t;
-    for (int r = 0; r < reps + 3; ++r) {
-      cudaEventRecord(e0, ctx->stream());
-      launch();
-      cudaEventRecord(e1, ctx->stream());
-      cudaEventSynchronize(e1);
-      float ms = 0;
-      cudaEventElapsedTime(&ms, e0, e1);
-      if (r >= 3) t.push_back(ms);
-    }
-    std::sort(t.begin(), t.end());
-    return t[t.size() / 2];
-  };
-  double copy_gbs = 0;
-  {
-    const size_t bytes = size_t{1} << 30;
-    DevBuf a(bytes), b(bytes);
-    CU(cudaMemset(a.p, 1, bytes));
-    const float ms =
-        median_ms([&] { cudaMemcpyAsync(b.p, a.p, bytes, cudaMemcpyDeviceToDevice, ctx->stream()); }, 10);
-    copy_gbs = 2.0 * bytes / ms / 1e6;
-    std::printf("[bandwidth] %s: device-to-device copy %.0f GB/s (read + write)\n", ctx->info().name.c_str(),
-                copy_gbs);
-  }
+  const double copy_gbs = cuda::copy_bandwidth_gbps(*ctx);
+  std::printf("[bandwidth] %s: device-to-device copy %.0f GB/s (read + write)\n", ctx->info().name.c_str(),
+              copy_gbs);
   const auto q = randn_bf16(static_cast<size_t>(H * hd), rng);
   const auto kv = randn_bf16(static_cast<size_t>(kMaxCap * KVH * hd), rng);
   DevBf16 qd(H * hd, &q), out(H * hd), kvd(static_cast<int64_t>(kv.size()), &kv);
@@ -490,7 +466,9 @@ TEST_F(CudaAttentionDecode, Bandwidth) {
       }
       CU(cudaStreamEndCapture(ctx->stream(), &graph));
       CU(cudaGraphInstantiate(&exec, graph, 0));
-      const float ms = median_ms([&] { cudaGraphLaunch(exec, ctx->stream()); }, 15) / kCalls;
+      const double ms = cuda::median_ms(
+                            *ctx, [&] { CU(cudaGraphLaunch(exec, ctx->stream())); }, 15, 3) /
+                        kCalls;
       ctx->synchronize();
       out.read("attention");
       const double gbs = kv_bytes / ms / 1e6;
@@ -500,8 +478,6 @@ TEST_F(CudaAttentionDecode, Bandwidth) {
       cudaGraphExecDestroy(exec);
       cudaGraphDestroy(graph);
     }
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
 }
 
 }  // namespace
