@@ -65,7 +65,7 @@ CudaBackend::CudaBackend(const CudaBackendOptions& opts)
 
 CudaBackend::~CudaBackend() {
   if (ctx_) cudaStreamSynchronize(ctx_->stream());
-  for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec));
+  drop_recordings();
   if (step_copied_) cudaEventDestroy(static_cast<cudaEvent_t>(step_copied_));
   if (host_step_) cudaFreeHost(host_step_);
   uploads_.clear();  // Buffers free through raw_free while the arena still exists
@@ -112,9 +112,7 @@ void* CudaBackend::raw_alloc(size_t bytes) {
 void CudaBackend::raw_free(void* p) {
   auto it = std::find_if(own_allocs_.begin(), own_allocs_.end(), [&](const auto& a) { return a.first == p; });
   if (it == own_allocs_.end()) return;  // arena memory lives as long as the backend
-  // A recording points at the buffers it ran on; a later allocation may reuse this address.
-  for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec));
-  graphs_.clear();
+  drop_recordings();  // a recording points at the buffers it ran on; a later allocation may reuse this one
   ctx_->device_free(it->first, it->second);
   own_allocs_.erase(it);
 }
@@ -467,9 +465,7 @@ namespace {
 bool bf16_rows(const Tensor& t, int64_t n, int64_t cols) {
   return t.dtype == DType::BF16 && t.rows() == n && t.cols() == cols;
 }
-}  // namespace
 
-namespace {
 bool multi_fusable(const Tensor& x, std::span<const Backend::LinearOut> outs) {
   const int64_t n = x.rows();
   bool fused = x.dtype == DType::BF16 && !outs.empty() && outs.size() <= 3;
@@ -491,15 +487,20 @@ bool norm_fusable(const Tensor& x, const Tensor& norm_w, const Tensor& x_norm) {
   return bf16_rows(x_norm, x.rows(), x.cols()) && norm_w.dtype == DType::F32 && norm_w.numel() == x.cols() &&
          x_norm.data != x.data;
 }
+
+// The outputs of a multi_fusable call as the fused GEMV takes them; returns their count.
+int gemv_targets(std::span<const Backend::LinearOut> outs, cuda::GemvTarget (&targets)[3]) {
+  for (size_t i = 0; i < outs.size(); ++i)
+    targets[i] = {outs[i].w, opt_f32(*outs[i].bias), outs[i].out->as<bf16>(), outs[i].w->out};
+  return static_cast<int>(outs.size());
+}
 }  // namespace
 
 void CudaBackend::linear_multi_forward(const Tensor& x, std::span<const LinearOut> outs) {
   if (!multi_fusable(x, outs)) return Backend::linear_multi_forward(x, outs);
   cuda::GemvTarget targets[3];
-  for (size_t i = 0; i < outs.size(); ++i)
-    targets[i] = {outs[i].w, opt_f32(*outs[i].bias), outs[i].out->as<bf16>(), outs[i].w->out};
-  cuda::nvfp4_gemv_multi(*ctx_, x.as<const bf16>(), x.cols(), x.rows(), targets,
-                         static_cast<int>(outs.size()));
+  const int count = gemv_targets(outs, targets);
+  cuda::nvfp4_gemv_multi(*ctx_, x.as<const bf16>(), x.cols(), x.rows(), targets, count);
 }
 
 void CudaBackend::linear_swiglu_forward(const Tensor& x, const Weight& gate, const Weight& up,
@@ -515,10 +516,9 @@ void CudaBackend::rmsnorm_linear_multi_forward(const Tensor& x, const Tensor& no
   if (!multi_fusable(x, outs) || !norm_fusable(x, norm_w, x_norm))
     return Backend::rmsnorm_linear_multi_forward(x, norm_w, eps, x_norm, outs);
   cuda::GemvTarget targets[3];
-  for (size_t i = 0; i < outs.size(); ++i)
-    targets[i] = {outs[i].w, opt_f32(*outs[i].bias), outs[i].out->as<bf16>(), outs[i].w->out};
+  const int count = gemv_targets(outs, targets);
   cuda::nvfp4_gemv_multi_rmsnorm(*ctx_, x.as<const bf16>(), x.cols(), x.rows(), norm_w.as<const float>(), eps,
-                                 targets, static_cast<int>(outs.size()), x_norm.as<bf16>());
+                                 targets, count, x_norm.as<bf16>());
 }
 
 void CudaBackend::rmsnorm_linear_swiglu_forward(const Tensor& x, const Tensor& norm_w, float eps,
@@ -545,6 +545,11 @@ void CudaBackend::linear_residual_forward(const Tensor& x, const Weight& w, cons
 // ---- recorded steps ---------------------------------------------------------------------------
 
 bool CudaBackend::can_record() const { return opts_.graphs; }
+
+void CudaBackend::drop_recordings() {
+  for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec));
+  graphs_.clear();
+}
 
 void CudaBackend::set_step_inputs(std::span<const int32_t> tokens, int64_t pos0) {
   if (static_cast<int64_t>(tokens.size()) > kMaxStepTokens)

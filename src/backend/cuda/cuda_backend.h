@@ -121,6 +121,7 @@ class CudaBackend final : public Backend {
   void ensure_workspace(size_t scratch_bytes);  // without a plan: grow the op scratch on demand
   void ensure_ids(size_t count);
   const int32_t* step_pos() const { return recording_ ? step_ : nullptr; }  // device pos0 while recording
+  void drop_recordings();                                                   // destroys every recorded step
 
   std::unique_ptr<cuda::Context> ctx_;
   CudaBackendOptions opts_;
