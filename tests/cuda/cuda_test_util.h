@@ -10,9 +10,12 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/cpu/convert.h"
 #include "backend/cuda/context.cuh"
 #include "backend/cuda/cuda_backend.h"
 #include "core/half.h"
+#include "model/qwen3.h"
+#include "quant/nvfp4.h"
 
 namespace nibble::test {
 
@@ -88,5 +91,23 @@ inline double nmse(const std::vector<float>& got, const std::vector<float>& ref)
   }
   return den > 0 ? num / den : num;
 }
+
+// A model's weights with every linear of K % 16 == 0 quantised to NVFP4 (the ModelOpt codec,
+// quant/nvfp4.h); the rest, if any, stay dense. `w` points into `storage` and the host weights.
+struct QuantisedWeights {
+  std::vector<Nvfp4Tensor> storage;
+  ModelWeights w;
+  explicit QuantisedWeights(const ModelWeights& host) : w(host) {
+    storage.reserve(host.layers.size() * 7);
+    for (LayerWeights& L : w.layers)
+      for (Weight* p : {&L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.gate_proj, &L.up_proj, &L.down_proj}) {
+        if (p->in % 16 != 0) continue;
+        std::vector<float> f(static_cast<size_t>(p->out * p->in));
+        cpu::load_row_f32(p->data, p->dtype, p->out * p->in, f.data());
+        storage.push_back(quantize_nvfp4(f.data(), p->out, p->in));
+        *p = storage.back().view();
+      }
+  }
+};
 
 }  // namespace nibble::test

@@ -141,32 +141,6 @@ struct GpuModel {
   }
 };
 
-struct Nvfp4Model {
-  std::vector<Nvfp4Tensor> storage;
-  ModelWeights w;
-};
-
-// Every linear of `host` (with in % 16 == 0) quantised with the ModelOpt codec (quant/nvfp4.h).
-Nvfp4Model quantise_linears(const ModelWeights& host) {
-  Nvfp4Model q{{}, host};
-  q.storage.reserve(host.layers.size() * 7);
-  for (LayerWeights& L : q.w.layers)
-    for (Weight* p : {&L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.gate_proj, &L.up_proj, &L.down_proj}) {
-      if (p->in % 16 != 0) continue;
-      std::vector<float> f(static_cast<size_t>(p->out * p->in));
-      const auto* src = static_cast<const char*>(p->data);
-      for (size_t i = 0; i < f.size(); ++i) {
-        if (p->dtype == DType::F32)
-          std::memcpy(&f[i], src + 4 * i, 4);
-        else
-          f[i] = bf16_to_f32(reinterpret_cast<const uint16_t*>(src)[i]);
-      }
-      q.storage.push_back(quantize_nvfp4(f.data(), p->out, p->in));
-      *p = q.storage.back().view();
-    }
-  return q;
-}
-
 // Recording a decode step as a CUDA graph and replaying it (positions and ids from device memory)
 // computes exactly what launching the same ops one by one does: bitwise equal logits at every step,
 // for BF16 and NVFP4 linears, and one recording serves all steps.
@@ -177,7 +151,7 @@ TEST(CudaDecode, GraphReplayEqualsDirectLaunches) {
     const ModelConfig config = ModelConfig::load(dir);
     const WeightStore store = WeightStore::open_dir(dir);
     const ModelWeights dense = load_model_weights(store, config, read_quant_config(dir, config));
-    const Nvfp4Model q = quantise_linears(dense);
+    const test::QuantisedWeights q(dense);
     const auto prompt = prompt_of(9, static_cast<int32_t>(config.vocab_size), 1);
     const auto next = prompt_of(40, static_cast<int32_t>(config.vocab_size), 2);
     for (const ModelWeights* host : {&dense, &q.w}) {

@@ -230,35 +230,7 @@ TEST(CudaModel, Llama2cGreedy) {
   EXPECT_GE(same, static_cast<size_t>(kGreedy));
 }
 
-// Every linear with K % 16 == 0 quantised to NVFP4 (the rest, if any, stay dense).
-struct QuantisedWeights {
-  std::vector<Nvfp4Tensor> storage;
-  ModelWeights w;
-  QuantisedWeights(const ModelWeights& host) : w(host) {
-    storage.reserve(host.layers.size() * 7);
-    for (LayerWeights& L : w.layers)
-      for (Weight* p : {&L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.gate_proj, &L.up_proj, &L.down_proj}) {
-        if (p->in % 16 != 0) continue;
-        std::vector<float> f(static_cast<size_t>(p->out * p->in));
-        cpu_load(*p, f.data());
-        storage.push_back(quantize_nvfp4(f.data(), p->out, p->in));
-        *p = storage.back().view();
-      }
-  }
-  static void cpu_load(const Weight& w, float* dst);
-};
-
-void QuantisedWeights::cpu_load(const Weight& w, float* dst) {
-  const int64_t n = w.out * w.in;
-  for (int64_t i = 0; i < n; ++i) {
-    if (w.dtype == DType::F32)
-      dst[i] = static_cast<const float*>(w.data)[i];
-    else if (w.dtype == DType::BF16)
-      dst[i] = bf16_to_f32(static_cast<const uint16_t*>(w.data)[i]);
-    else
-      dst[i] = f16_to_f32(static_cast<const uint16_t*>(w.data)[i]);
-  }
-}
+using test::QuantisedWeights;
 
 TEST(CudaModel, Nvfp4MatchesCpuBackend) {
   NIBBLE_REQUIRE_GPU();
