@@ -10,10 +10,11 @@ shift
 ranges=("${@:-decode_4096}")
 mkdir -p "$out"
 for r in "${ranges[@]}"; do
-  ctx=${r#decode_}
-  args=(--prefill 16 --decode-contexts 4096 --decode-steps 2 --reps 1)
-  [[ $r == decode_* ]] && args=(--prefill 16 --decode-contexts "$ctx" --decode-steps 2 --reps 1)
-  [[ $r == prefill_* ]] && args=(--prefill "${r#prefill_}" --decode-contexts 0 --decode-steps 1 --reps 1)
+  case $r in
+    decode_*) args=(--prefill 16 --decode-contexts "${r#decode_}" --decode-steps 2 --reps 1) ;;
+    prefill_*) args=(--prefill "${r#prefill_}" --decode-contexts 0 --decode-steps 1 --reps 1) ;;
+    *) echo "profile_step.sh: range '$r' (expected decode_<context> or prefill_<tokens>)" >&2; exit 2 ;;
+  esac
   timeout 280 ncu --clock-control none --cache-control none --nvtx --nvtx-include "$r/" --csv --print-units base \
     --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum \
     build-gpu/apps/nibble/nibble bench --preset qwen3-4b --random-weights "${args[@]}" \
