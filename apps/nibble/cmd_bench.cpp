@@ -54,6 +54,7 @@ struct BenchOptions {
   int reps = 4;  // timed runs after one warm-up; the median is reported
   std::string kv_cache = "bf16";
   bool no_graphs = false;
+  std::vector<double> l2_prefetch_mb;  // decode runs once per value; empty: the backend's default
 };
 
 #ifdef NIBBLE_HAVE_CUDA
@@ -327,25 +328,32 @@ void run_bench(const BenchOptions& o) {
   const size_t kv_per_token =
       static_cast<size_t>(2 * config.num_layers * config.num_kv_heads * config.head_dim) *
       dtype_size(cache.dtype);
-  for (int64_t c : o.contexts) {
-    std::vector<double> t;
-    for (int rep = 0; rep <= o.reps; ++rep) {
-      const auto t0 = Clock::now();
-      for (int64_t s = 0; s < o.decode_steps; ++s) {
-        model.forward(std::span<const int32_t>(&tokens[static_cast<size_t>(s)], 1), c + s, cache, 1, {});
-        gpu.sample(model.device_logits(1), greedy, {}, 0.0);
+  std::vector<double> prefetch_mb = o.l2_prefetch_mb;
+  if (prefetch_mb.empty()) prefetch_mb.push_back(static_cast<double>(gpu.l2_prefetch_bytes()) / (1 << 20));
+  for (double mb : prefetch_mb) {
+    if (mb < 0) fail("--l2-prefetch-mb {}: a size in MiB (0: off) expected", mb);
+    gpu.set_l2_prefetch_bytes(static_cast<size_t>(mb * (1 << 20)));
+    for (int64_t c : o.contexts) {
+      std::vector<double> t;
+      for (int rep = 0; rep <= o.reps; ++rep) {
+        const auto t0 = Clock::now();
+        for (int64_t s = 0; s < o.decode_steps; ++s) {
+          model.forward(std::span<const int32_t>(&tokens[static_cast<size_t>(s)], 1), c + s, cache, 1, {});
+          gpu.sample(model.device_logits(1), greedy, {}, 0.0);
+        }
+        if (rep > 0) t.push_back(seconds_since(t0) / static_cast<double>(o.decode_steps));
       }
-      if (rep > 0) t.push_back(seconds_since(t0) / static_cast<double>(o.decode_steps));
+      const double s = median(t);
+      const double bytes =
+          static_cast<double>(wbytes) + static_cast<double>(kv_per_token) * (c + o.decode_steps / 2);
+      out["decode"].push_back({{"context", c},
+                               {"l2_prefetch_mb", static_cast<double>(gpu.l2_prefetch_bytes()) / (1 << 20)},
+                               {"ms_per_token", s * 1e3},
+                               {"tok_s", 1.0 / s},
+                               {"bytes_per_token", bytes},
+                               {"gbps", bytes / s / 1e9},
+                               {"pct_of_copy", 100.0 * bytes / s / 1e9 / copy_gbps}});
     }
-    const double s = median(t);
-    const double bytes =
-        static_cast<double>(wbytes) + static_cast<double>(kv_per_token) * (c + o.decode_steps / 2);
-    out["decode"].push_back({{"context", c},
-                             {"ms_per_token", s * 1e3},
-                             {"tok_s", 1.0 / s},
-                             {"bytes_per_token", bytes},
-                             {"gbps", bytes / s / 1e9},
-                             {"pct_of_copy", 100.0 * bytes / s / 1e9 / copy_gbps}});
   }
   // One more step of each kind, outside the timing, inside NVTX ranges ("prefill_<n>",
   // "decode_<context>") that a profiler can select: `ncu --nvtx --nvtx-include "decode_4096/"`.
@@ -383,10 +391,12 @@ void run_bench(const BenchOptions& o) {
         p["tflops"].get<double>(), p["pct_of_tensor"].get<double>());
   for (const auto& d : out["decode"])
     fmt::print(
-        "decode at context {:>5}: {:>7.1f} tok/s ({:.3f} ms/token), {:.2f} GB/token, {:.0f} GB/s = {:.1f}% "
-        "of copy\n",
-        d["context"].get<int64_t>(), d["tok_s"].get<double>(), d["ms_per_token"].get<double>(),
-        d["bytes_per_token"].get<double>() / 1e9, d["gbps"].get<double>(), d["pct_of_copy"].get<double>());
+        "decode at context {:>5} (L2 prefetch {:>4.0f} MiB): {:>7.1f} tok/s ({:.3f} ms/token), {:.2f} "
+        "GB/token, "
+        "{:.0f} GB/s = {:.1f}% of copy\n",
+        d["context"].get<int64_t>(), d["l2_prefetch_mb"].get<double>(), d["tok_s"].get<double>(),
+        d["ms_per_token"].get<double>(), d["bytes_per_token"].get<double>() / 1e9, d["gbps"].get<double>(),
+        d["pct_of_copy"].get<double>());
   fmt::print(
       "peak memory: {:.3f} GB planned and allocated once for the model, {:.3f} GB used on the device\n",
       gpu.arena_bytes() / 1e9, (total_b - free_b) / 1e9);
@@ -410,6 +420,11 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--reps", opts->reps, "Timed runs after one warm-up; the median is reported (default 4)");
   cmd->add_option("--kv-cache", opts->kv_cache, "KV cache element type: bf16 or fp8 (E4M3)");
   cmd->add_flag("--no-graphs", opts->no_graphs, "Launch every op of a decode step instead of a CUDA graph");
+  cmd->add_option(
+         "--l2-prefetch-mb", opts->l2_prefetch_mb,
+         "How far ahead (MiB) decode GEMVs pull weights into L2, 0 = off; a list runs decode once per "
+         "value (default: the backend's 24)")
+      ->delimiter(',');
   cmd->callback([opts] {
 #ifdef NIBBLE_HAVE_CUDA
     run_bench(*opts);

@@ -107,6 +107,8 @@ ModelWeights load_model_weights(const WeightStore& store, const ModelConfig& c, 
   return w;
 }
 
+// Weights go up in the order a forward step reads them (embedding; per layer q, k, v, o, gate, up,
+// down; head): the CUDA backend takes the upload order as the order of its L2 prefetch stream.
 ModelWeights upload_model_weights(Backend& b, const ModelWeights& host) {
   auto t = [&](const Tensor& x) { return x.empty() ? x : b.upload_tensor(x); };
   ModelWeights w;

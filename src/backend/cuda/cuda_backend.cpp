@@ -61,6 +61,12 @@ CudaBackend::CudaBackend(const CudaBackendOptions& opts)
   cudaEvent_t e;
   CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
   step_copied_ = e;
+  set_l2_prefetch_bytes(opts.l2_prefetch_bytes);
+}
+
+void CudaBackend::set_l2_prefetch_bytes(size_t bytes) {
+  drop_recordings();
+  l2_lookahead_ = std::min(bytes, ctx_->info().l2_bytes / 2) / 16 * 16;
 }
 
 CudaBackend::~CudaBackend() {
@@ -270,6 +276,12 @@ Weight CudaBackend::upload_weight(const Weight& host) {
     CUDA_CHECK(cudaStreamSynchronize(s));
     w.data = d;
     w.scales = static_cast<const uint8_t*>(sc);
+    if (codes + scales <= ctx_->info().l2_bytes / 2) {  // the L2 prefetch stream (see l2_prefetch)
+      stream_index_[d] = stream_.size();
+      stream_.push_back({d, codes, stream_bytes_});
+      stream_.push_back({sc, scales, stream_bytes_ + codes});
+      stream_bytes_ += codes + scales;
+    }
     return w;
   }
   // Dense: BF16 on the device, converted a row block at a time (RNE, core/half.h).
@@ -383,7 +395,7 @@ void CudaBackend::linear_forward(const Tensor& x, const Weight& w, const Tensor&
   const size_t need = cuda::linear_scratch_bytes(w, n, !bias.empty(), out.dtype);
   ensure_workspace(need);
   cuda::linear_forward(*ctx_, x.as<const bf16>(), w.in, n, w, opt_f32(bias), out.data, out.dtype, w.out,
-                       {scratch_, scratch_bytes_});
+                       {scratch_, scratch_bytes_}, l2_prefetch(w, w));
 }
 
 void CudaBackend::rope_forward(const Tensor& x, int64_t pos0, const RopeTable& rope) {
@@ -500,15 +512,16 @@ void CudaBackend::linear_multi_forward(const Tensor& x, std::span<const LinearOu
   if (!multi_fusable(x, outs)) return Backend::linear_multi_forward(x, outs);
   cuda::GemvTarget targets[3];
   const int count = gemv_targets(outs, targets);
-  cuda::nvfp4_gemv_multi(*ctx_, x.as<const bf16>(), x.cols(), x.rows(), targets, count);
+  cuda::nvfp4_gemv_multi(*ctx_, x.as<const bf16>(), x.cols(), x.rows(), targets, count,
+                         l2_prefetch(*targets[0].w, *targets[count - 1].w));
 }
 
 void CudaBackend::linear_swiglu_forward(const Tensor& x, const Weight& gate, const Weight& up,
                                         const Tensor& gate_tmp, const Tensor& up_tmp, const Tensor& out) {
   if (!swiglu_fusable(x, gate, up, out))
     return Backend::linear_swiglu_forward(x, gate, up, gate_tmp, up_tmp, out);
-  cuda::nvfp4_gemv_swiglu(*ctx_, x.as<const bf16>(), x.cols(), x.rows(), gate, up, out.as<bf16>(),
-                          out.cols());
+  cuda::nvfp4_gemv_swiglu(*ctx_, x.as<const bf16>(), x.cols(), x.rows(), gate, up, out.as<bf16>(), out.cols(),
+                          l2_prefetch(gate, up));
 }
 
 void CudaBackend::rmsnorm_linear_multi_forward(const Tensor& x, const Tensor& norm_w, float eps,
@@ -518,7 +531,8 @@ void CudaBackend::rmsnorm_linear_multi_forward(const Tensor& x, const Tensor& no
   cuda::GemvTarget targets[3];
   const int count = gemv_targets(outs, targets);
   cuda::nvfp4_gemv_multi_rmsnorm(*ctx_, x.as<const bf16>(), x.cols(), x.rows(), norm_w.as<const float>(), eps,
-                                 targets, count, x_norm.as<bf16>());
+                                 targets, count, x_norm.as<bf16>(),
+                                 l2_prefetch(*targets[0].w, *targets[count - 1].w));
 }
 
 void CudaBackend::rmsnorm_linear_swiglu_forward(const Tensor& x, const Tensor& norm_w, float eps,
@@ -528,7 +542,8 @@ void CudaBackend::rmsnorm_linear_swiglu_forward(const Tensor& x, const Tensor& n
   if (!swiglu_fusable(x, gate, up, out) || !norm_fusable(x, norm_w, x_norm))
     return Backend::rmsnorm_linear_swiglu_forward(x, norm_w, eps, x_norm, gate, up, gate_tmp, up_tmp, out);
   cuda::nvfp4_gemv_swiglu_rmsnorm(*ctx_, x.as<const bf16>(), x.cols(), x.rows(), norm_w.as<const float>(),
-                                  eps, gate, up, out.as<bf16>(), out.cols(), x_norm.as<bf16>());
+                                  eps, gate, up, out.as<bf16>(), out.cols(), x_norm.as<bf16>(),
+                                  l2_prefetch(gate, up));
 }
 
 void CudaBackend::linear_residual_forward(const Tensor& x, const Weight& w, const Tensor& bias,
@@ -539,7 +554,34 @@ void CudaBackend::linear_residual_forward(const Tensor& x, const Weight& w, cons
                      (bias.empty() || bias.numel() == w.out) && out.data != x.data;
   if (!fused) return Backend::linear_residual_forward(x, w, bias, residual, tmp, out);
   cuda::nvfp4_gemv_residual(*ctx_, x.as<const bf16>(), x.cols(), n, w, opt_f32(bias),
-                            residual.as<const bf16>(), residual.cols(), out.as<bf16>(), out.cols());
+                            residual.as<const bf16>(), residual.cols(), out.as<bf16>(), out.cols(),
+                            l2_prefetch(w, w));
+}
+
+// ---- L2 prefetch ------------------------------------------------------------------------------
+
+cuda::L2Prefetch CudaBackend::l2_prefetch(const Weight& first, const Weight& last) const {
+  cuda::L2Prefetch pf;
+  const auto f = stream_index_.find(first.data), l = stream_index_.find(last.data);
+  if (l2_lookahead_ == 0 || f == stream_index_.end() || l == stream_index_.end() || l->second < f->second)
+    return pf;
+  const StreamRange& tail = stream_[l->second + 1];  // last's scales
+  const size_t total = stream_bytes_;
+  size_t pos = stream_[f->second].offset + l2_lookahead_;
+  const size_t end = std::min(tail.offset + tail.bytes + l2_lookahead_, pos + total);
+  while (pos < end && pf.count < cuda::L2Prefetch::kMaxRanges) {
+    const size_t p = pos % total;
+    // The range holding stream offset p: the last one that starts at or before it.
+    const auto it = std::upper_bound(stream_.begin(), stream_.end(), p,
+                                     [](size_t v, const StreamRange& r) { return v < r.offset; }) -
+                    1;
+    const size_t len = std::min(it->offset + it->bytes - p, end - pos);
+    constexpr size_t kMaxPiece = size_t{1} << 31;  // L2Prefetch::Range::bytes is 32-bit
+    pf.range[pf.count++] = {static_cast<const char*>(it->ptr) + (p - it->offset),
+                            static_cast<uint32_t>(std::min(len, kMaxPiece))};
+    pos += len;
+  }
+  return pf;
 }
 
 // ---- recorded steps ---------------------------------------------------------------------------

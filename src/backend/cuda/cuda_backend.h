@@ -28,6 +28,7 @@ struct ModelWeights;
 struct SamplerParams;
 
 namespace cuda {
+struct L2Prefetch;
 class Context;
 class MemoryPlan;
 class DeviceBuffer;
@@ -38,6 +39,9 @@ struct CudaBackendOptions {
   std::optional<double> mem_budget_gb;  // --gpu-mem-budget: refuse a plan larger than this
   bool graphs = true;                   // record decode steps as CUDA graphs and replay them
   DType kv_dtype = DType::BF16;         // KV cache: BF16 or F8_E4M3 (scale 1, saturating)
+  // Decode GEMVs prefetch the NVFP4 weights this many bytes ahead of their own into L2 (capped at
+  // half the device's L2; 0: off). See cuda::L2Prefetch.
+  size_t l2_prefetch_bytes = size_t{24} << 20;
 };
 
 class CudaBackend final : public Backend {
@@ -104,6 +108,10 @@ class CudaBackend final : public Backend {
                                 std::span<const int32_t> seen, double uniform) override;
 
   cuda::Context& context() { return *ctx_; }
+  // Changes CudaBackendOptions::l2_prefetch_bytes (capped as there) and drops the recorded steps,
+  // which hold the old prefetch windows.
+  void set_l2_prefetch_bytes(size_t bytes);
+  size_t l2_prefetch_bytes() const { return l2_lookahead_; }
   int64_t device_alloc_count() const;  // cudaMalloc calls so far (constant while generating)
   std::optional<PlannedMemory> planned_memory() const override {
     if (arena_bytes() == 0) return std::nullopt;
@@ -122,6 +130,14 @@ class CudaBackend final : public Backend {
   void ensure_ids(size_t count);
   const int32_t* step_pos() const { return recording_ ? step_ : nullptr; }  // device pos0 while recording
   void drop_recordings();                                                   // destroys every recorded step
+  // The L2 prefetch of a decode GEMV over the NVFP4 weights first..last (consecutive in upload
+  // order): the stream of weights (codes and scales in upload order, which upload_model_weights
+  // makes the order a step reads them, cyclic: the last layer's GEMVs prefetch the first layer's
+  // weights for the next step) in the window [begin(first), end(last)) shifted by the lookahead.
+  // Consecutive GEMVs' windows tile the stream, so each byte is prefetched once a step. Empty when
+  // off or for a weight the stream does not hold (not uploaded here, or over half the L2: the head
+  // streams itself).
+  cuda::L2Prefetch l2_prefetch(const Weight& first, const Weight& last) const;
 
   std::unique_ptr<cuda::Context> ctx_;
   CudaBackendOptions opts_;
@@ -142,6 +158,14 @@ class CudaBackend final : public Backend {
   void* step_copied_ = nullptr;  // cudaEvent_t: the last host_step_ upload has been read
   bool recording_ = false;
   std::map<uint64_t, void*> graphs_;  // key -> cudaGraphExec_t
+  struct StreamRange {
+    const void* ptr;
+    size_t bytes, offset;  // offset: bytes of the stream before this range
+  };
+  std::vector<StreamRange> stream_;             // see l2_prefetch
+  std::map<const void*, size_t> stream_index_;  // codes pointer -> index of its range in stream_
+  size_t stream_bytes_ = 0;
+  size_t l2_lookahead_ = 0;  // opts_.l2_prefetch_bytes, capped
 };
 
 // The plan prepare_model() allocates (exposed for `nibble bench` and the tests).

@@ -31,6 +31,46 @@ __device__ __forceinline__ uint4 load_stream16(const void* p) {
   return v;
 }
 
+// An L2 policy under which the lines a load brings in are the first to go: weights are read once
+// per step, and the ones L2Prefetch pulled in for the next kernels must outlive them.
+__device__ __forceinline__ uint64_t l2_evict_first_policy() {
+  uint64_t pol;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
+  return pol;
+}
+
+__device__ __forceinline__ uint4 load_stream16(const void* p, uint64_t pol) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0,%1,%2,%3}, [%4], %5;"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p), "l"(pol));
+  return v;
+}
+
+// This block's share of the ranges of `pf` (the blocks of the grid split their concatenation
+// evenly), prefetched into L2 by the lanes of warp 0 in pieces of kL2PrefetchPiece bytes.
+constexpr uint32_t kL2PrefetchPiece = 32u << 10;
+
+__device__ __forceinline__ void issue_l2_prefetch(const L2Prefetch& pf) {
+  if (pf.count == 0 || threadIdx.x >= kWarp) return;
+  uint64_t total = 0;
+  for (int i = 0; i < pf.count; ++i) total += pf.range[i].bytes & ~15u;
+  const uint64_t share = (total / gridDim.x + 15) & ~uint64_t{15};
+  const uint64_t lo = blockIdx.x * share, hi = min(total, lo + share);
+  uint64_t off = 0;
+  int piece = 0;
+  for (int i = 0; i < pf.count && off < hi; ++i) {
+    const uint64_t bytes = pf.range[i].bytes & ~15u, a = max(lo, off), b = min(hi, off + bytes);
+    for (uint64_t p = a; p < b; p += kL2PrefetchPiece, ++piece) {
+      if (piece % kWarp != static_cast<int>(threadIdx.x)) continue;
+      const char* ptr = static_cast<const char*>(pf.range[i].ptr) + (p - off);
+      const uint32_t len = static_cast<uint32_t>(min(static_cast<uint64_t>(kL2PrefetchPiece), b - p));
+      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(ptr), "r"(len) : "memory");
+    }
+    off += bytes;
+  }
+}
+
 // Dot of one 16-element NVFP4 block (two 32-bit words of codes) with x[k0..k0+16) of NT tokens.
 template <int NT>
 __device__ __forceinline__ void block_dot(uint32_t w0, uint32_t w1, const bf16* x, int64_t ldx, int64_t k0,
@@ -316,7 +356,7 @@ __device__ __forceinline__ void rmsnorm_rows_to_shared(const bf16* __restrict__ 
 template <int P, int R, int U, bool NORM, class Epi>
 __global__ void __launch_bounds__(kMmaMaxWarps* kWarp, 1)
     nvfp4_gemv_mma_kernel(const bf16* __restrict__ x, int64_t ldx, int n, int64_t K, int64_t tiles,
-                          const Epi epi, const GemvNorm norm) {
+                          const Epi epi, const GemvNorm norm, const L2Prefetch prefetch) {
   extern __shared__ float partial[];  // [2][warps - 1][R * P][4][kWarp], NORM: then [n][K + kNormPad] bf16
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, warps = blockDim.x / kWarp;
   const int g = lane / 4, t = lane % 4;
@@ -354,6 +394,7 @@ __global__ void __launch_bounds__(kMmaMaxWarps* kWarp, 1)
 
   uint4 wv[2][R][P][2][U];
   uint32_t sv[2][R][P][2][U];
+  const uint64_t evict_first = l2_evict_first_policy();
   auto load = [&](auto buf) {
     constexpr int B = decltype(buf)::value;
     if (l_item >= items) return;
@@ -369,7 +410,7 @@ __global__ void __launch_bounds__(kMmaMaxWarps* kWarp, 1)
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
             if (in && lq[r][p][h]) {
-              wv[B][r][p][h][u] = load_stream16(lq[r][p][h] + c * 16);
+              wv[B][r][p][h][u] = load_stream16(lq[r][p][h] + c * 16, evict_first);
               sv[B][r][p][h][u] = *reinterpret_cast<const uint16_t*>(ls[r][p][h] + c * 2);
             } else {
               wv[B][r][p][h][u] = make_uint4(0, 0, 0, 0);
@@ -398,6 +439,7 @@ __global__ void __launch_bounds__(kMmaMaxWarps* kWarp, 1)
   // Weights never change: the first loads go out before waiting for the kernel that writes x.
   set_item(l_item);
   load(BufIdx<0>{});
+  issue_l2_prefetch(prefetch);
   pdl_launch_dependents();
   pdl_wait();
   const bf16* xr;
@@ -622,7 +664,8 @@ struct GemvSwiglu {  // out = bf16(silu(bf16(x Wg^T)) * bf16(x Wu^T)), as swiglu
 // NORM: `norm` is the RMSNorm in front (its rows take n * (K + kNormPad) bf16 of shared memory).
 template <int P, int R, int U, bool NORM = false, class Epi>
 void launch_gemv_mma(Context& ctx, int64_t tiles, const bf16* x, int64_t ldx, int64_t n, int64_t K,
-                     const Epi& epi, bool persistent = false, const GemvNorm& norm = {}) {
+                     const Epi& epi, const L2Prefetch& prefetch, bool persistent = false,
+                     const GemvNorm& norm = {}) {
   const auto kernel = nvfp4_gemv_mma_kernel<P, R, U, NORM, Epi>;
   const int warps = gemv_warps(K);
   const int threads = warps * kWarp;
@@ -644,7 +687,7 @@ void launch_gemv_mma(Context& ctx, int64_t tiles, const bf16* x, int64_t ldx, in
     blocks = std::min<int64_t>(items, std::max<int64_t>(1, int64_t{resident} * ctx.info().sm_count));
   }
   launch_pdl(ctx, kernel, dim3(static_cast<unsigned>(blocks)), dim3(static_cast<unsigned>(threads)), smem, x,
-             ldx, static_cast<int>(n), K, tiles, epi, norm);
+             ldx, static_cast<int>(n), K, tiles, epi, norm, prefetch);
 }
 
 // (R, U) per call site, from a sweep on an H200 at n = 1 (R = 1/2, U = 1/2/4, 4/8/16 warps, one
@@ -657,9 +700,9 @@ constexpr int64_t kGemvManyTiles = 2048;
 
 template <class Epi>
 void launch_gemv_linear(Context& ctx, int64_t tiles, const bf16* x, int64_t ldx, int64_t n, int64_t K,
-                        const Epi& epi) {
-  if (tiles >= kGemvManyTiles) return launch_gemv_mma<1, 2, 1>(ctx, tiles, x, ldx, n, K, epi, true);
-  launch_gemv_mma<1, 1, 2>(ctx, tiles, x, ldx, n, K, epi);
+                        const Epi& epi, const L2Prefetch& prefetch) {
+  if (tiles >= kGemvManyTiles) return launch_gemv_mma<1, 2, 1>(ctx, tiles, x, ldx, n, K, epi, prefetch, true);
+  launch_gemv_mma<1, 1, 2>(ctx, tiles, x, ldx, n, K, epi, prefetch);
 }
 
 const uint8_t* codes_of(const Weight& w) { return static_cast<const uint8_t*>(w.data); }
@@ -780,7 +823,7 @@ size_t linear_scratch_bytes(const Weight& w, int64_t n, bool bias, DType y_dtype
 }
 
 void linear_forward(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const Weight& w, const float* bias,
-                    void* y, DType y_dtype, int64_t ldy, Scratch scratch) {
+                    void* y, DType y_dtype, int64_t ldy, Scratch scratch, const L2Prefetch& prefetch) {
   if (n == 0) return;
   if (y_dtype != DType::BF16 && y_dtype != DType::F32)
     fail("linear_forward: output dtype {} (expected BF16 or F32)", dtype_name(y_dtype));
@@ -801,11 +844,13 @@ void linear_forward(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const W
     if (y_dtype == DType::F32)
       launch_gemv_linear(
           ctx, tiles, x, ldx, n, w.in,
-          GemvLinear<float>{codes_of(w), w.scales, w.out, w.in, scale, bias, static_cast<float*>(y), ldy});
+          GemvLinear<float>{codes_of(w), w.scales, w.out, w.in, scale, bias, static_cast<float*>(y), ldy},
+          prefetch);
     else
       launch_gemv_linear(
           ctx, tiles, x, ldx, n, w.in,
-          GemvLinear<bf16>{codes_of(w), w.scales, w.out, w.in, scale, bias, static_cast<bf16*>(y), ldy});
+          GemvLinear<bf16>{codes_of(w), w.scales, w.out, w.in, scale, bias, static_cast<bf16*>(y), ldy},
+          prefetch);
     return;
   }
   // A biased bf16 product is staged in fp32 at the start of the scratch (see linear_scratch_bytes).
@@ -924,44 +969,47 @@ GemvNorm norm_of(const char* what, const bf16* x, int64_t ldx, int64_t n, int64_
 }  // namespace
 
 void nvfp4_gemv_multi(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const GemvTarget* targets,
-                      int count) {
+                      int count, const L2Prefetch& prefetch) {
   int64_t tiles = 0;
   const GemvMulti epi = multi_epilogue(x, ldx, n, targets, count, tiles);
-  launch_gemv_mma<1, 1, 2>(ctx, tiles, x, ldx, n, epi.K, epi);
+  launch_gemv_mma<1, 1, 2>(ctx, tiles, x, ldx, n, epi.K, epi, prefetch);
 }
 
 void nvfp4_gemv_multi_rmsnorm(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const float* norm_w,
-                              float eps, const GemvTarget* targets, int count, bf16* x_norm_out) {
+                              float eps, const GemvTarget* targets, int count, bf16* x_norm_out,
+                              const L2Prefetch& prefetch) {
   int64_t tiles = 0;
   const GemvMulti epi = multi_epilogue(x, ldx, n, targets, count, tiles);
   const GemvNorm norm = norm_of("nvfp4_gemv_multi_rmsnorm", x, ldx, n, epi.K, norm_w, eps, x_norm_out);
-  launch_gemv_mma<1, 1, 2, true>(ctx, tiles, x, ldx, n, epi.K, epi, false, norm);
+  launch_gemv_mma<1, 1, 2, true>(ctx, tiles, x, ldx, n, epi.K, epi, prefetch, false, norm);
 }
 
 void nvfp4_gemv_swiglu(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const Weight& wg,
-                       const Weight& wu, bf16* out, int64_t ldo) {
+                       const Weight& wu, bf16* out, int64_t ldo, const L2Prefetch& prefetch) {
   const GemvSwiglu epi = swiglu_epilogue(x, ldx, n, wg, wu, out, ldo);
-  launch_gemv_mma<2, 1, 1>(ctx, ceil_div(wg.out, kMmaTile), x, ldx, n, wg.in, epi);
+  launch_gemv_mma<2, 1, 1>(ctx, ceil_div(wg.out, kMmaTile), x, ldx, n, wg.in, epi, prefetch);
 }
 
 void nvfp4_gemv_swiglu_rmsnorm(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const float* norm_w,
                                float eps, const Weight& wg, const Weight& wu, bf16* out, int64_t ldo,
-                               bf16* x_norm_out) {
+                               bf16* x_norm_out, const L2Prefetch& prefetch) {
   const GemvSwiglu epi = swiglu_epilogue(x, ldx, n, wg, wu, out, ldo);
   const GemvNorm norm = norm_of("nvfp4_gemv_swiglu_rmsnorm", x, ldx, n, wg.in, norm_w, eps, x_norm_out);
-  launch_gemv_mma<2, 1, 1, true>(ctx, ceil_div(wg.out, kMmaTile), x, ldx, n, wg.in, epi, false, norm);
+  launch_gemv_mma<2, 1, 1, true>(ctx, ceil_div(wg.out, kMmaTile), x, ldx, n, wg.in, epi, prefetch, false,
+                                 norm);
 }
 
 void nvfp4_gemv_residual(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const Weight& w,
-                         const float* bias, const bf16* residual, int64_t ldr, bf16* y, int64_t ldy) {
+                         const float* bias, const bf16* residual, int64_t ldr, bf16* y, int64_t ldy,
+                         const L2Prefetch& prefetch) {
   check_fused("nvfp4_gemv_residual", x, ldx, n, w);
   const GemvResidual epi{codes_of(w), w.scales, w.out, w.in, w.global_scale * kMmaOutScale,
                          bias,        residual, ldr,   y,    ldy};
   const int64_t tiles = ceil_div(w.out, kMmaTile);
   if (gemv_warps(w.in) >= kMmaMaxWarps)
-    launch_gemv_mma<1, 2, 1>(ctx, tiles, x, ldx, n, w.in, epi);
+    launch_gemv_mma<1, 2, 1>(ctx, tiles, x, ldx, n, w.in, epi, prefetch);
   else
-    launch_gemv_mma<1, 1, 2>(ctx, tiles, x, ldx, n, w.in, epi);
+    launch_gemv_mma<1, 1, 2>(ctx, tiles, x, ldx, n, w.in, epi, prefetch);
 }
 
 }  // namespace nibble::cuda

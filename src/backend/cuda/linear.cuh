@@ -32,6 +32,22 @@ using bf16 = __nv_bfloat16;
 
 constexpr int64_t kGemvMaxTokens = 8;
 
+// Weights read by later kernels, to pull into L2 while this one runs (cp.async.bulk.prefetch.L2,
+// sm_90): the GEMV's blocks split the ranges between them and issue the prefetches before
+// griddepcontrol.wait, so DRAM streams the next GEMVs' weights while the latency-bound kernels of
+// the step (norms, RoPE, attention) run. Only a hint: the result never depends on it. Each range
+// 16-byte aligned; bytes are rounded down to a multiple of 16. Chosen by the caller (CudaBackend
+// plans a window over the weights in upload order).
+struct L2Prefetch {
+  static constexpr int kMaxRanges = 16;
+  struct Range {
+    const void* ptr;
+    uint32_t bytes;
+  };
+  Range range[kMaxRanges] = {};
+  int count = 0;
+};
+
 // Scratch the call needs for n tokens: the NVFP4 dequantised tile (GEMM path), and with a bias and
 // a BF16 output an fp32 staging of y, so that y + bias is rounded to bf16 once, as HF's addmm does.
 size_t linear_scratch_bytes(const Weight& w, int64_t n, bool bias, DType y_dtype);
@@ -39,8 +55,9 @@ size_t linear_scratch_bytes(const Weight& w, int64_t n, bool bias, DType y_dtype
 // y (n, w.out) = x (n, w.in) · W^T + bias. y_dtype is BF16 or F32; bias (w.out) fp32, optional.
 // Throws Error on an unsupported weight (dense other than BF16), a misaligned pointer or a
 // too-small scratch.
+// prefetch: see L2Prefetch (used by the tensor-core GEMV only).
 void linear_forward(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const Weight& w, const float* bias,
-                    void* y, DType y_dtype, int64_t ldy, Scratch scratch);
+                    void* y, DType y_dtype, int64_t ldy, Scratch scratch, const L2Prefetch& prefetch = {});
 
 // ---- decode GEMVs (NVFP4, n <= kGemvMaxTokens) --------------------------------------------------
 // Programmatic dependent launch (PDL). The tensor-core GEMVs (linear_forward's NVFP4 path for
@@ -72,13 +89,13 @@ bool nvfp4_gemv_fusable(const Weight& w, int64_t n);
 // q, k and v (up to 3 NVFP4 weights of one `in`) in one launch. x (n, in) bf16, 16-byte aligned,
 // ldx % 8 == 0; no y may overlap x. Throws Error when a weight is not fusable or the K differ.
 void nvfp4_gemv_multi(Context& ctx, const __nv_bfloat16* x, int64_t ldx, int64_t n, const GemvTarget* targets,
-                      int count);
+                      int count, const L2Prefetch& prefetch = {});
 
 // out (n, out) = silu(x Wg^T) * (x Wu^T), one launch: gate and up rows of one tile are computed by
 // the same threads (one pass over x). gate and up are each rounded to bf16, then silu(g) * u in fp32
 // and one rounding, as linear_forward + swiglu_forward do. Wg, Wu of one shape, no bias.
 void nvfp4_gemv_swiglu(Context& ctx, const __nv_bfloat16* x, int64_t ldx, int64_t n, const Weight& wg,
-                       const Weight& wu, __nv_bfloat16* out, int64_t ldo);
+                       const Weight& wu, __nv_bfloat16* out, int64_t ldo, const L2Prefetch& prefetch = {});
 
 // RMSNorm fused in front: the two GEMVs above applied to rmsnorm(x) (norm_w (in) fp32, eps), which
 // every block computes after griddepcontrol.wait into shared memory exactly as rmsnorm_forward does
@@ -88,17 +105,18 @@ void nvfp4_gemv_swiglu(Context& ctx, const __nv_bfloat16* x, int64_t ldx, int64_
 // Shared memory: n * (in + 8) * 2 bytes more than the plain variant.
 void nvfp4_gemv_multi_rmsnorm(Context& ctx, const __nv_bfloat16* x, int64_t ldx, int64_t n,
                               const float* norm_w, float eps, const GemvTarget* targets, int count,
-                              __nv_bfloat16* x_norm_out);
+                              __nv_bfloat16* x_norm_out, const L2Prefetch& prefetch = {});
 void nvfp4_gemv_swiglu_rmsnorm(Context& ctx, const __nv_bfloat16* x, int64_t ldx, int64_t n,
                                const float* norm_w, float eps, const Weight& wg, const Weight& wu,
-                               __nv_bfloat16* out, int64_t ldo, __nv_bfloat16* x_norm_out);
+                               __nv_bfloat16* out, int64_t ldo, __nv_bfloat16* x_norm_out,
+                               const L2Prefetch& prefetch = {});
 
 // y (n, out) = residual + bf16(x W^T + bias), one launch (o_proj and down_proj adding into the
 // residual stream); the sum is taken in fp32 and rounded once, as add_forward does. y may alias
 // residual (in-place add: each element is read and then written by the same thread), never x.
 void nvfp4_gemv_residual(Context& ctx, const __nv_bfloat16* x, int64_t ldx, int64_t n, const Weight& w,
                          const float* bias, const __nv_bfloat16* residual, int64_t ldr, __nv_bfloat16* y,
-                         int64_t ldy);
+                         int64_t ldy, const L2Prefetch& prefetch = {});
 
 // The FFMA GEMV (8 lanes per row, fp32 dot products of 16-code blocks): linear_forward uses it for
 // K % 32 != 0; bench_cuda_gemv times it as the baseline. Ordinary launch (no PDL). y BF16 or F32.
