@@ -278,9 +278,11 @@ Weight CudaBackend::upload_weight(const Weight& host) {
     w.scales = static_cast<const uint8_t*>(sc);
     if (codes + scales <= ctx_->info().l2_bytes / 2) {  // the L2 prefetch stream (see l2_prefetch)
       stream_index_[d] = stream_.size();
-      stream_.push_back({d, codes, stream_bytes_});
-      stream_.push_back({sc, scales, stream_bytes_ + codes});
-      stream_bytes_ += codes + scales;
+      for (const auto& [p, bytes] : {std::pair<const void*, size_t>{d, codes}, {sc, scales}}) {
+        const size_t span = (bytes + 15) / 16 * 16;  // stream offsets stay 16-byte aligned
+        stream_.push_back({p, bytes, span, stream_bytes_});
+        stream_bytes_ += span;
+      }
     }
     return w;
   }
@@ -567,18 +569,20 @@ cuda::L2Prefetch CudaBackend::l2_prefetch(const Weight& first, const Weight& las
     return pf;
   const StreamRange& tail = stream_[l->second + 1];  // last's scales
   const size_t total = stream_bytes_;
-  size_t pos = stream_[f->second].offset + l2_lookahead_;
-  const size_t end = std::min(tail.offset + tail.bytes + l2_lookahead_, pos + total);
+  size_t pos = stream_[f->second].offset + l2_lookahead_;  // a multiple of 16, as every offset
+  const size_t end = std::min(tail.offset + tail.span + l2_lookahead_, pos + total);
   while (pos < end && pf.count < cuda::L2Prefetch::kMaxRanges) {
     const size_t p = pos % total;
     // The range holding stream offset p: the last one that starts at or before it.
     const auto it = std::upper_bound(stream_.begin(), stream_.end(), p,
                                      [](size_t v, const StreamRange& r) { return v < r.offset; }) -
                     1;
-    const size_t len = std::min(it->offset + it->bytes - p, end - pos);
-    constexpr size_t kMaxPiece = size_t{1} << 31;  // L2Prefetch::Range::bytes is 32-bit
-    pf.range[pf.count++] = {static_cast<const char*>(it->ptr) + (p - it->offset),
-                            static_cast<uint32_t>(std::min(len, kMaxPiece))};
+    const size_t into = p - it->offset, len = std::min(it->offset + it->span - p, end - pos);
+    if (into < it->bytes) {                          // not in the alignment padding after the range
+      constexpr size_t kMaxPiece = size_t{1} << 31;  // L2Prefetch::Range::bytes is 32-bit
+      pf.range[pf.count++] = {static_cast<const char*>(it->ptr) + into,
+                              static_cast<uint32_t>(std::min({len, it->bytes - into, kMaxPiece}))};
+    }
     pos += len;
   }
   return pf;

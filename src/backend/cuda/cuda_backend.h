@@ -160,7 +160,7 @@ class CudaBackend final : public Backend {
   std::map<uint64_t, void*> graphs_;  // key -> cudaGraphExec_t
   struct StreamRange {
     const void* ptr;
-    size_t bytes, offset;  // offset: bytes of the stream before this range
+    size_t bytes, span, offset;  // span: bytes rounded up to 16; offset: spans of the ranges before
   };
   std::vector<StreamRange> stream_;             // see l2_prefetch
   std::map<const void*, size_t> stream_index_;  // codes pointer -> index of its range in stream_
