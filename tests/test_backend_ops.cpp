@@ -279,6 +279,82 @@ TEST_P(BackendOps, Attention) {
   }
 }
 
+// The cache written first (kv_cache_write, or qk_norm_rope_kv_forward, what the model runs), then
+// attention over it without k and v: bitwise the output and cache of the appending call. The
+// fused op's q_out and k_out are qk_norm_rope_forward's, the cache holds k_out and v at
+// [pos0, pos0 + n) of its layer and nothing else changes (the caches start filled with a marker).
+TEST_P(BackendOps, AttentionOverWrittenCache) {
+  Backend& b = *backend;
+  for (auto [hq, hkv, hd, pos0, n] : {std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t>{1, 1, 2, 0, 1},
+                                      {4, 2, 16, 0, 5},
+                                      {8, 2, 32, 9, 1},
+                                      {3, 1, 6, 4, 7}}) {
+    SCOPED_TRACE(::testing::Message() << "hq " << hq << " hkv " << hkv << " hd " << hd << " pos0 " << pos0);
+    const int64_t cap = pos0 + n + 2, layers = 2, layer = 1;
+    const std::vector<float> q = randn(static_cast<size_t>(n * hq * hd), rng);
+    const std::vector<float> k = randn(static_cast<size_t>(n * hkv * hd), rng);
+    const std::vector<float> v = randn(static_cast<size_t>(n * hkv * hd), rng);
+    const std::vector<float> past = randn(static_cast<size_t>(layers * hkv * cap * hd), rng);
+    const std::vector<float> qw = randn(static_cast<size_t>(hd), rng),
+                             kw = randn(static_cast<size_t>(hd), rng);
+    std::vector<float> inv_freq(static_cast<size_t>(hd / 2));
+    for (int64_t j = 0; j < hd / 2; ++j) inv_freq[j] = static_cast<float>(std::pow(10000.0, -2.0 * j / hd));
+    DevTensor qn(b, DType::F32, {hd}, &qw), kn(b, DType::F32, {hd}, &kw),
+        f(b, DType::F32, {hd / 2}, &inv_freq);
+    const RopeTable rope{f.t, 1.0f};
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    auto cache_of = [&] {
+      KvCache c = b.alloc_kv_cache(layers, hkv, cap, hd);
+      const Tensor all_k(c.k.data(), c.dtype, {layers * hkv * cap * hd});
+      const Tensor all_v(c.v.data(), c.dtype, {layers * hkv * cap * hd});
+      b.copy_from_host(past, all_k);
+      b.copy_from_host(past, all_v);
+      return c;
+    };
+    auto contents = [&](const KvCache& c, const Buffer& which) {
+      std::vector<float> all(past.size());
+      b.copy_to_host(Tensor(which.data(), c.dtype, {static_cast<int64_t>(past.size())}), all);
+      return all;
+    };
+
+    // Appending attention, against kv_cache_write + attention over the cache.
+    KvCache ca = cache_of(), cb = cache_of();
+    DevTensor qd(b, {n, hq, hd}, &q), kd(b, {n, hkv, hd}, &k), vd(b, {n, hkv, hd}, &v);
+    DevTensor oa(b, {n, hq, hd}), ob(b, {n, hq, hd});
+    b.attention_forward(qd.t, kd.t, vd.t, ca, layer, pos0, scale, oa.t);
+    b.kv_cache_write(kd.t, vd.t, cb, layer, pos0);
+    b.attention_forward(qd.t, Tensor(), Tensor(), cb, layer, pos0, scale, ob.t);
+    EXPECT_EQ(oa.read(b, "appending attention"), ob.read(b, "attention over the cache"));
+    EXPECT_EQ(contents(ca, ca.k), contents(cb, cb.k));
+    EXPECT_EQ(contents(ca, ca.v), contents(cb, cb.v));
+
+    // qk_norm_rope_kv_forward against qk_norm_rope_forward; the cache against the marker, k_out, v.
+    KvCache cf = cache_of();
+    DevTensor qo(b, {n, hq, hd}), ko(b, {n, hkv, hd}), qr(b, {n, hq, hd}), kr(b, {n, hkv, hd});
+    b.qk_norm_rope_kv_forward(qd.t, kd.t, vd.t, qn.t, kn.t, 1e-6f, pos0, rope, qo.t, ko.t, cf, layer);
+    b.qk_norm_rope_forward(qd.t, kd.t, qn.t, kn.t, 1e-6f, pos0, rope, qr.t, kr.t);
+    EXPECT_EQ(qo.read(b, "q_out"), qr.read(b, "q_out of qk_norm_rope"));
+    const std::vector<float> k_out = ko.read(b, "k_out");
+    EXPECT_EQ(k_out, kr.read(b, "k_out of qk_norm_rope"));
+    for (int which = 0; which < 2; ++which) {
+      const std::vector<float> got = contents(cf, which ? cf.v : cf.k);
+      const std::vector<float>& src = which ? v : k_out;
+      int64_t bad = 0;
+      for (int64_t l = 0; l < layers; ++l)
+        for (int64_t g = 0; g < hkv; ++g)
+          for (int64_t t = 0; t < cap; ++t)
+            for (int64_t e = 0; e < hd; ++e) {
+              const size_t at = static_cast<size_t>(((l * hkv + g) * cap + t) * hd + e);
+              const bool written = l == layer && t >= pos0 && t < pos0 + n;
+              const float want =
+                  written ? src[static_cast<size_t>(((t - pos0) * hkv + g) * hd + e)] : past[at];
+              bad += got[at] != want;
+            }
+      EXPECT_EQ(bad, 0) << (which ? "v" : "k") << " cache";
+    }
+  }
+}
+
 TEST_P(BackendOps, SwiGluAndAdd) {
   Backend& b = *backend;
   for (int64_t n : {1, 7, 1000, 40000}) {

@@ -423,7 +423,7 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option(
          "--l2-prefetch-mb", opts->l2_prefetch_mb,
          "How far ahead (MiB) decode GEMVs pull weights into L2, 0 = off; a list runs decode once per "
-         "value (default: the backend's 24)")
+         "value (default: the backend's, off)")
       ->delimiter(',');
   cmd->callback([opts] {
 #ifdef NIBBLE_HAVE_CUDA

@@ -85,6 +85,14 @@ void Backend::qk_norm_rope_forward(const Tensor& q, const Tensor& k, const Tenso
   rope_forward(k_out, pos0, rope);
 }
 
+void Backend::qk_norm_rope_kv_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& q_norm,
+                                      const Tensor& k_norm, float eps, int64_t pos0, const RopeTable& rope,
+                                      const Tensor& q_out, const Tensor& k_out, KvCache& cache,
+                                      int64_t layer) {
+  qk_norm_rope_forward(q, k, q_norm, k_norm, eps, pos0, rope, q_out, k_out);
+  kv_cache_write(k_out, v, cache, layer, pos0);
+}
+
 void Backend::linear_multi_forward(const Tensor& x, std::span<const LinearOut> outs) {
   for (const LinearOut& o : outs) linear_forward(x, *o.w, *o.bias, *o.out);
 }

@@ -27,14 +27,14 @@
 //                      [rstd (rows) F32]; also the per-head q/k norm with rows = n*heads, dim = hd
 //   linear_forward     x (n, in), W (out, in) dense or NVFP4, [bias (out)]   -> out (n, out) = x W^T + b
 //   rope_forward       x (n, heads, hd) in place, positions pos0 .. pos0+n-1, RopeTable
-//   attention_forward  q (n, hq, hd), k, v (n, hkv, hd), KvCache layer l, pos0
-//                      -> appends k, v at positions [pos0, pos0+n) of layer l, then
+//   kv_cache_write     k, v (n, hkv, hd), KvCache layer l, pos0 -> positions [pos0, pos0+n) of layer l
+//   attention_forward  q (n, hq, hd), [k, v (n, hkv, hd)], KvCache layer l, pos0
+//                      -> appends k, v (when given) as kv_cache_write does, then
 //                      out (n, hq, hd) = softmax(scale q K^T + causal mask) V over [0, pos0+n)
 //   swiglu_forward     gate (n, ffn), up (n, ffn)                            -> out = silu(gate) * up
 //   add_forward        a, b (same shape)                                     -> out = a + b (residual)
-//   fused: qk_norm_rope, linear_multi (q/k/v), linear_swiglu, rmsnorm_linear_multi,
-//          rmsnorm_linear_swiglu, linear_residual (defaults compose the ops above)
-//          rmsnorm_linear_swiglu (defaults compose the above)
+//   fused: qk_norm_rope, qk_norm_rope_kv (+ kv_cache_write), linear_multi (q/k/v), linear_swiglu,
+//          rmsnorm_linear_multi, rmsnorm_linear_swiglu, linear_residual (defaults compose the ops above)
 //   copy_to_host / copy_from_host: any activation <-> host fp32
 //
 // How CUDA plugs in: backend/cuda/cuda_backend.{h,cu} derives from Backend (raw_alloc =
@@ -123,6 +123,10 @@ class Backend {
                                const Tensor& rstd) = 0;
   virtual void linear_forward(const Tensor& x, const Weight& w, const Tensor& bias, const Tensor& out) = 0;
   virtual void rope_forward(const Tensor& x, int64_t pos0, const RopeTable& rope) = 0;
+  virtual void kv_cache_write(const Tensor& k, const Tensor& v, KvCache& cache, int64_t layer,
+                              int64_t pos0) = 0;
+  // k and v both empty: the cache already holds positions [pos0, pos0+n) (qk_norm_rope_kv_forward
+  // wrote them) and attention only reads it.
   virtual void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, KvCache& cache,
                                  int64_t layer, int64_t pos0, float scale, const Tensor& out) = 0;
   virtual void swiglu_forward(const Tensor& gate, const Tensor& up, const Tensor& out) = 0;
@@ -138,6 +142,14 @@ class Backend {
   virtual void qk_norm_rope_forward(const Tensor& q, const Tensor& k, const Tensor& q_norm,
                                     const Tensor& k_norm, float eps, int64_t pos0, const RopeTable& rope,
                                     const Tensor& q_out, const Tensor& k_out);
+  // qk_norm_rope_forward, then k_out and v (n, hkv, hd) appended to layer `layer` of the cache at
+  // positions [pos0, pos0+n) (kv_cache_write): a decode step's attention then runs over the cache
+  // alone (attention_forward with k and v empty). The cache holds exactly what the composition
+  // writes: k_out and v converted to the cache's dtype.
+  virtual void qk_norm_rope_kv_forward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                       const Tensor& q_norm, const Tensor& k_norm, float eps, int64_t pos0,
+                                       const RopeTable& rope, const Tensor& q_out, const Tensor& k_out,
+                                       KvCache& cache, int64_t layer);
   // out_i = x W_i^T + bias_i for projections that share x (q, k and v). bias may be empty.
   struct LinearOut {
     const Weight* w;

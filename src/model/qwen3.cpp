@@ -217,12 +217,12 @@ void Qwen3Model::layer_forward(int64_t layer, const Tensor& x, const LayerActiva
   b.rmsnorm_linear_multi_forward(x, L.input_norm, eps, a.x_norm, qkv);
   const Tensor q3 = a.q_rot.reshape({n, hq, hd});
   const Tensor k3 = a.k_rot.reshape({n, hkv, hd});
-  // Qwen3: RMSNorm over each head's hd values, then RoPE (without q/k norm: RoPE on q, k in place).
-  b.qk_norm_rope_forward(a.q.reshape({n, hq, hd}), a.k.reshape({n, hkv, hd}), L.q_norm, L.k_norm, eps, pos0,
-                         rope_, q3, k3);
+  // Qwen3: RMSNorm over each head's hd values, then RoPE (without q/k norm: RoPE on q, k in place);
+  // the rotated k and v go to the cache in the same op, and attention reads them from there.
+  b.qk_norm_rope_kv_forward(a.q.reshape({n, hq, hd}), a.k.reshape({n, hkv, hd}), a.v.reshape({n, hkv, hd}),
+                            L.q_norm, L.k_norm, eps, pos0, rope_, q3, k3, cache, layer);
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  b.attention_forward(q3, k3, a.v.reshape({n, hkv, hd}), cache, layer, pos0, scale,
-                      a.attn.reshape({n, hq, hd}));
+  b.attention_forward(q3, none, none, cache, layer, pos0, scale, a.attn.reshape({n, hq, hd}));
   b.linear_residual_forward(a.attn, L.o_proj, L.o_bias, x, a.attn_proj, a.h);
 
   // MLP block (SwiGLU).

@@ -24,6 +24,7 @@
 
 #include "backend/cpu/cpu_backend.h"
 #include "backend/cuda/attention.cuh"
+#include "backend/cuda/rope.cuh"
 #include "backend/cuda/timing.h"
 #include "cuda/cuda_test_util.h"
 #include "quant/fp8.h"
@@ -414,7 +415,8 @@ TEST_F(CudaAttentionDecode, BackToBackCallsInOneGraph) {
 // - "attn": attention_forward alone, the launch sized by the host pos0 (capacity = keys);
 // - "attn@bound": as the backend records it: capacity 32768, the launch sized for the end of the
 //   cache, pos0 on the device;
-// - "step": the same preceded by kv_cache_write of the token (a layer's two ops).
+// - "step": the same preceded by qk_norm_rope_kv_forward of the token (q/k norm and RoPE, k and v
+//   appended to the cache: a layer's two kernels between its q/k/v and o projections).
 // Prints; asserts nothing on time.
 TEST_F(CudaAttentionDecode, Bandwidth) {
   const int64_t H = 32, KVH = 8, hd = 128, n = 1, kMaxCap = 32768;
@@ -424,7 +426,13 @@ TEST_F(CudaAttentionDecode, Bandwidth) {
               copy_gbs);
   const auto q = randn_bf16(static_cast<size_t>(H * hd), rng);
   const auto kv = randn_bf16(static_cast<size_t>(kMaxCap * KVH * hd), rng);
-  DevBf16 qd(H * hd, &q), out(H * hd), kvd(static_cast<int64_t>(kv.size()), &kv);
+  DevBf16 qd(H * hd, &q), out(H * hd), kvd(static_cast<int64_t>(kv.size()), &kv), k_out(KVH * hd);
+  std::vector<float> unit(static_cast<size_t>(hd), 1.0f), inv_freq(static_cast<size_t>(hd / 2));
+  for (size_t i = 0; i < inv_freq.size(); ++i)
+    inv_freq[i] = static_cast<float>(std::pow(1e6, -2.0 * static_cast<double>(i) / static_cast<double>(hd)));
+  DevBuf norm_w(unit.size() * 4), freq(inv_freq.size() * 4);
+  CU(cudaMemcpy(norm_w.p, unit.data(), unit.size() * 4, cudaMemcpyHostToDevice));
+  CU(cudaMemcpy(freq.p, inv_freq.data(), inv_freq.size() * 4, cudaMemcpyHostToDevice));
   struct Case {
     const char* name;
     int64_t keys;
@@ -457,9 +465,11 @@ TEST_F(CudaAttentionDecode, Bandwidth) {
       CU(cudaStreamBeginCapture(ctx->stream(), cudaStreamCaptureModeThreadLocal));
       for (int c = 0; c < kCalls; ++c) {
         unsigned char* base = pool.as<unsigned char>() + 2 * cache_bytes * (c % copies);
-        if (cs.with_write)
-          cuda::kv_cache_write(*ctx, kvd.ptr(), KVH * hd, kvd.ptr(), KVH * hd, n, bound, dpos.as<int32_t>(),
-                               base, base + cache_bytes, kt, s);
+        if (cs.with_write)  // q rotated in place (normalised first, so repeated calls stay bounded)
+          cuda::qk_norm_rope_kv_forward(*ctx, qd.ptr(), H * hd, kvd.ptr(), KVH * hd, kvd.ptr(), KVH * hd, n,
+                                        H, KVH, hd, norm_w.as<float>(), norm_w.as<float>(), 1e-6f, bound,
+                                        dpos.as<int32_t>(), freq.as<float>(), 1.0f, qd.ptr(), H * hd,
+                                        k_out.ptr(), KVH * hd, base, base + cache_bytes, kt, cap);
         cuda::attention_forward(*ctx, qd.ptr(), H * hd, n, bound, dpos.as<int32_t>(), base,
                                 base + cache_bytes, kt, s, scale, out.ptr(), H * hd,
                                 {scratch.p, scratch.bytes});

@@ -8,16 +8,21 @@
 // typically). kBf16Out = 8e-6 allows that plus fp32 reordering on outputs of a few elements; a
 // wrong index or a missed term gives NMSE > 1e-3. F32 outputs (logits) only differ by the fp32
 // summation order: kF32Out = 1e-8.
+#include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <iterator>
 #include <random>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "backend/cpu/cpu_backend.h"
 #include "cuda/cuda_test_util.h"
+#include "quant/fp8.h"
 #include "quant/nvfp4.h"
 #include "runtime/sampler.h"
 
@@ -191,6 +196,191 @@ TEST_F(CudaOps, Attention) {
     gpu->copy_to_host(kg.k_layer(1), a);
     cpu->copy_to_host(kc.k_layer(1), b);
     EXPECT_EQ(a, b) << "k cache, hd " << c.hd;
+  }
+}
+
+// qk_norm_rope_kv_forward (one kernel: q/k norm, RoPE, k and v to the cache) on BF16 and FP8
+// caches that start filled with a marker byte, with the host pos0 and with the device pos0 of a
+// recorded step (recorded at one position, replayed at the last one the cache holds and at one
+// past it, where the tokens beyond the capacity must not be written). Checks: q_out and k_out
+// bitwise equal to the GPU's qk_norm_rope_forward (the same arithmetic) and within kBf16Out of the
+// CPU's composition (the bound of test_cuda_decode's QkNormRopeMatchesComposition); every cache byte
+// equal to the marker, except [pos0, pos0 + n) of the layer, which holds k_out and v as bf16 or as
+// e4m3 (the CPU codec's saturating round to nearest even); with the host pos0 also bitwise the
+// caches of the GPU's composition (Backend's default: qk_norm_rope_forward, kv_cache_write) and for
+// BF16 the CPU cache within kBf16Out. The layer alternates so that a write past a head's capacity
+// would land on a marked byte.
+TEST_F(CudaOps, QkNormRopeKv) {
+  struct Case {
+    int64_t n, hq, hkv, hd, pos0, cap;
+    bool norm;
+  };
+  const Case cases[] = {{1, 32, 8, 128, 4095, 4100, true}, {7, 4, 2, 64, 0, 16, true},
+                        {3, 2, 1, 256, 60, 64, true},      {5, 6, 3, 40, 17, 30, true},
+                        {2, 4, 4, 32, 9, 12, false},       {20, 8, 2, 128, 5, 40, true}};
+  constexpr uint8_t kMarker = 0x5a;
+  const int64_t layers = 2;
+  for (const DType kt : {DType::BF16, DType::F8_E4M3}) {
+    CudaBackendOptions opts;
+    opts.kv_dtype = kt;
+    CudaBackend g(opts);
+    const size_t eb = dtype_size(kt);
+    for (size_t ci = 0; ci < std::size(cases); ++ci) {
+      const Case& c = cases[ci];
+      const int64_t layer = static_cast<int64_t>(ci % 2);
+      SCOPED_TRACE(::testing::Message() << (kt == DType::BF16 ? "BF16" : "FP8") << " n " << c.n << " hq "
+                                        << c.hq << " hkv " << c.hkv << " hd " << c.hd << " layer " << layer);
+      const auto q = randn_bf16(static_cast<size_t>(c.n * c.hq * c.hd), rng, 2.0f);
+      const auto k = randn_bf16(static_cast<size_t>(c.n * c.hkv * c.hd), rng, 2.0f);
+      const auto v = randn_bf16(k.size(), rng, 200.0f);  // some past e4m3's 448: saturation
+      std::vector<float> qw(static_cast<size_t>(c.hd)), kw(qw.size()), freq(static_cast<size_t>(c.hd / 2));
+      for (auto& w : qw) w = 1.0f + 0.2f * std::normal_distribution<float>()(rng);
+      for (auto& w : kw) w = 1.0f + 0.2f * std::normal_distribution<float>()(rng);
+      for (size_t i = 0; i < freq.size(); ++i)
+        freq[i] =
+            static_cast<float>(std::pow(1e6, -2.0 * static_cast<double>(i) / static_cast<double>(c.hd)));
+      const size_t cache_bytes = static_cast<size_t>(layers * c.hkv * c.cap * c.hd) * eb;
+      const Tensor none;
+
+      // Tensors of one backend; without norms q_out and k_out are q and k (RoPE in place).
+      struct Io {
+        DevTensor qd, kd, vd, qo, ko, qn, kn, f;
+        Io(Backend& b, const Case& c, const std::vector<float>& q, const std::vector<float>& k,
+           const std::vector<float>& v, const std::vector<float>& qw, const std::vector<float>& kw,
+           const std::vector<float>& freq)
+            : qd(b, {c.n, c.hq, c.hd}, &q),
+              kd(b, {c.n, c.hkv, c.hd}, &k),
+              vd(b, {c.n, c.hkv, c.hd}, &v),
+              qo(b, {c.n, c.hq, c.hd}),
+              ko(b, {c.n, c.hkv, c.hd}),
+              qn(b, DType::F32, {c.hd}, &qw),
+              kn(b, DType::F32, {c.hd}, &kw),
+              f(b, DType::F32, {c.hd / 2}, &freq) {}
+      };
+      auto q_out = [&](const Io& io) -> const DevTensor& { return c.norm ? io.qo : io.qd; };
+      auto k_out = [&](const Io& io) -> const DevTensor& { return c.norm ? io.ko : io.kd; };
+      auto norms = [&](const Io& io, bool q_side) -> const Tensor& {
+        return !c.norm ? none : q_side ? io.qn.t : io.kn.t;
+      };
+      auto mark = [&](const KvCache& cache) {
+        g.synchronize();
+        ASSERT_EQ(cudaMemset(cache.k.data(), kMarker, cache_bytes), cudaSuccess);
+        ASSERT_EQ(cudaMemset(cache.v.data(), kMarker, cache_bytes), cudaSuccess);
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      };
+      auto bytes_of = [&](const Buffer& b) {
+        g.synchronize();
+        std::vector<uint8_t> h(cache_bytes);
+        EXPECT_EQ(cudaMemcpy(h.data(), b.data(), cache_bytes, cudaMemcpyDeviceToHost), cudaSuccess);
+        return h;
+      };
+      // The cache bytes after the marker and the rows (n, hkv, hd) written at positions p + t < cap.
+      auto expected = [&](const std::vector<float>& rows, int64_t p) {
+        std::vector<uint8_t> e(cache_bytes, kMarker);
+        for (int64_t t = 0; t < c.n && p + t < c.cap; ++t)
+          for (int64_t h = 0; h < c.hkv; ++h)
+            for (int64_t d = 0; d < c.hd; ++d) {
+              const float x = rows[static_cast<size_t>((t * c.hkv + h) * c.hd + d)];
+              const size_t at = static_cast<size_t>(((layer * c.hkv + h) * c.cap + p + t) * c.hd + d) * eb;
+              if (kt == DType::BF16) {
+                const uint16_t bits = f32_to_bf16(x);
+                std::memcpy(&e[at], &bits, 2);
+              } else {
+                e[at] = f32_to_fp8_e4m3_saturate(x);
+              }
+            }
+        return e;
+      };
+      auto count_diff = [](const std::vector<uint8_t>& a, const std::vector<uint8_t>& b) {
+        int64_t d = 0;
+        for (size_t i = 0; i < a.size() && i < b.size(); ++i) d += a[i] != b[i];
+        return d + static_cast<int64_t>(a.size() != b.size());
+      };
+      // q_out and k_out of the GPU's unfused qk_norm_rope_forward at position p.
+      auto reference_qk = [&](int64_t p) {
+        Io io(g, c, q, k, v, qw, kw, freq);
+        g.qk_norm_rope_forward(io.qd.t, io.kd.t, norms(io, true), norms(io, false), 1e-6f, p,
+                               RopeTable{io.f.t, 1.0f}, q_out(io).t, k_out(io).t);
+        return std::pair{q_out(io).read(g, "reference q_out"), k_out(io).read(g, "reference k_out")};
+      };
+      // Checks q_out, k_out and both caches after the fused op at position p.
+      // reference: reference_qk(p), computed before a recording (its temporaries are device buffers,
+      // and freeing one drops the backend's recordings).
+      auto check = [&](const Io& io, const KvCache& cache, int64_t p, const char* what,
+                       const std::pair<std::vector<float>, std::vector<float>>& reference) {
+        SCOPED_TRACE(::testing::Message() << what << " at " << p);
+        const auto& [rq, rk] = reference;
+        EXPECT_EQ(q_out(io).read(g, "q_out"), rq);
+        EXPECT_EQ(k_out(io).read(g, "k_out"), rk);
+        EXPECT_EQ(count_diff(bytes_of(cache.k), expected(rk, p)), 0) << "k cache";
+        EXPECT_EQ(count_diff(bytes_of(cache.v), expected(v, p)), 0) << "v cache";
+      };
+
+      // Host pos0: the fused op, the GPU's composition and the CPU's.
+      {
+        Io fused(g, c, q, k, v, qw, kw, freq), composed(g, c, q, k, v, qw, kw, freq);
+        KvCache cf = g.alloc_kv_cache(layers, c.hkv, c.cap, c.hd),
+                cc = g.alloc_kv_cache(layers, c.hkv, c.cap, c.hd);
+        mark(cf);
+        mark(cc);
+        g.qk_norm_rope_kv_forward(fused.qd.t, fused.kd.t, fused.vd.t, norms(fused, true), norms(fused, false),
+                                  1e-6f, c.pos0, RopeTable{fused.f.t, 1.0f}, q_out(fused).t, k_out(fused).t,
+                                  cf, layer);
+        g.Backend::qk_norm_rope_kv_forward(
+            composed.qd.t, composed.kd.t, composed.vd.t, norms(composed, true), norms(composed, false), 1e-6f,
+            c.pos0, RopeTable{composed.f.t, 1.0f}, q_out(composed).t, k_out(composed).t, cc, layer);
+        check(fused, cf, c.pos0, "host pos0", reference_qk(c.pos0));
+        EXPECT_EQ(count_diff(bytes_of(cf.k), bytes_of(cc.k)), 0) << "k cache against the composition";
+        EXPECT_EQ(count_diff(bytes_of(cf.v), bytes_of(cc.v)), 0) << "v cache against the composition";
+
+        Io ref(*cpu, c, q, k, v, qw, kw, freq);
+        KvCache cr = cpu->alloc_kv_cache(layers, c.hkv, c.cap, c.hd);
+        cpu->qk_norm_rope_kv_forward(ref.qd.t, ref.kd.t, ref.vd.t, norms(ref, true), norms(ref, false), 1e-6f,
+                                     c.pos0, RopeTable{ref.f.t, 1.0f}, q_out(ref).t, k_out(ref).t, cr, layer);
+        EXPECT_LT(nmse(q_out(fused).read(g, "q_out"), q_out(ref).read(*cpu, "cpu q_out")), kBf16Out);
+        EXPECT_LT(nmse(k_out(fused).read(g, "k_out"), k_out(ref).read(*cpu, "cpu k_out")), kBf16Out);
+        if (kt == DType::BF16) {
+          std::vector<float> kg(static_cast<size_t>(cf.k_layer(layer).numel())), kc(kg.size());
+          g.copy_to_host(cf.k_layer(layer), kg);
+          cpu->copy_to_host(cr.k_layer(layer), kc);
+          std::vector<float> got, want;  // the written positions of every head
+          for (int64_t h = 0; h < c.hkv; ++h) {
+            const auto b = static_cast<ptrdiff_t>((h * c.cap + c.pos0) * c.hd);
+            const auto e = b + static_cast<ptrdiff_t>(c.n * c.hd);
+            got.insert(got.end(), kg.begin() + b, kg.begin() + e);
+            want.insert(want.end(), kc.begin() + b, kc.begin() + e);
+          }
+          EXPECT_LT(nmse(got, want), kBf16Out) << "k cache against the CPU";
+        }
+      }
+
+      // Device pos0: recorded at pos0, replayed at cap - n and at cap - n + 2 (the last two tokens
+      // past the capacity); q and k are uploaded again before each replay (RoPE in place without norms).
+      if (c.n <= 8) {
+        Io io(g, c, q, k, v, qw, kw, freq);
+        KvCache cache = g.alloc_kv_cache(layers, c.hkv, c.cap, c.hd);
+        const std::vector<int32_t> tokens(static_cast<size_t>(c.n), 0);
+        const int64_t replay_at[2] = {c.cap - c.n, c.cap - c.n + 2};
+        const auto ref_rec = reference_qk(c.pos0);
+        const std::pair<std::vector<float>, std::vector<float>> ref_replay[2] = {reference_qk(replay_at[0]),
+                                                                                 reference_qk(replay_at[1])};
+        mark(cache);
+        g.set_step_inputs(tokens, c.pos0);
+        g.begin_recording();
+        g.qk_norm_rope_kv_forward(io.qd.t, io.kd.t, io.vd.t, norms(io, true), norms(io, false), 1e-6f, c.pos0,
+                                  RopeTable{io.f.t, 1.0f}, q_out(io).t, k_out(io).t, cache, layer);
+        g.end_recording(1);
+        check(io, cache, c.pos0, "recorded", ref_rec);
+        for (int i = 0; i < 2; ++i) {
+          g.copy_from_host(q, io.qd.t);
+          g.copy_from_host(k, io.kd.t);
+          mark(cache);
+          g.set_step_inputs(tokens, replay_at[i]);
+          ASSERT_TRUE(g.replay(1));
+          check(io, cache, replay_at[i], "replayed", ref_replay[i]);
+        }
+      }
+    }
   }
 }
 

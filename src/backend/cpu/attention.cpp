@@ -1,7 +1,8 @@
 // Causal grouped-query attention over the KV cache (one sequence).
 //
-// k, v (n, hkv, hd) are first written to the cache at positions [pos0, pos0 + n); then query row i
-// (position pos0 + i) of head h attends to positions [0, pos0 + i] of kv head h / (hq / hkv):
+// k, v (n, hkv, hd), when given, are first written to the cache at positions [pos0, pos0 + n)
+// (kv_cache_write); then query row i (position pos0 + i) of head h attends to positions
+// [0, pos0 + i] of kv head h / (hq / hkv):
 //   s_t = scale * q . K_t,  p = softmax(s) (max-subtracted, fp32),  out = sum_t p_t V_t.
 // Work is split over (token, head) pairs; the cache layout (hkv, capacity, hd) makes each head's
 // keys and values one contiguous block.
@@ -29,19 +30,14 @@ float dot(const float* a, const float* b, int64_t n) {
 
 }  // namespace
 
-void attention_forward(ThreadPool& pool, const Tensor& q, const Tensor& k, const Tensor& v, KvCache& cache,
-                       int64_t layer, int64_t pos0, float scale, const Tensor& out,
-                       std::vector<float>& scratch) {
-  NIBBLE_ASSERT(q.rank == 3 && k.rank == 3 && v.rank == 3 && out.rank == 3);
-  const int64_t n = q.dim(0), hq = q.dim(1), hd = q.dim(2), hkv = k.dim(1);
-  NIBBLE_ASSERT(q.dtype == DType::F32 && k.dtype == DType::F32 && v.dtype == DType::F32 &&
-                out.dtype == DType::F32 && cache.dtype == DType::F32);
-  NIBBLE_ASSERT(k.dim(0) == n && v.dim(0) == n && v.dim(1) == hkv && k.dim(2) == hd && v.dim(2) == hd);
-  NIBBLE_ASSERT(out.dim(0) == n && out.dim(1) == hq && out.dim(2) == hd);
-  NIBBLE_ASSERT(hkv > 0 && hq % hkv == 0 && cache.kv_heads == hkv && cache.head_dim == hd);
+void kv_cache_write(const Tensor& k, const Tensor& v, KvCache& cache, int64_t layer, int64_t pos0) {
+  NIBBLE_ASSERT(k.rank == 3 && v.rank == 3 && k.dtype == DType::F32 && v.dtype == DType::F32 &&
+                cache.dtype == DType::F32);
+  const int64_t n = k.dim(0), hkv = k.dim(1), hd = k.dim(2);
+  NIBBLE_ASSERT(v.dim(0) == n && v.dim(1) == hkv && v.dim(2) == hd);
+  NIBBLE_ASSERT(cache.kv_heads == hkv && cache.head_dim == hd);
   NIBBLE_ASSERT(pos0 >= 0 && pos0 + n <= cache.capacity);
-  const int64_t cap = cache.capacity, group = hq / hkv, total = pos0 + n;
-
+  const int64_t cap = cache.capacity;
   float* kc = cache.k_layer(layer).as<float>();  // (hkv, cap, hd)
   float* vc = cache.v_layer(layer).as<float>();
   for (int64_t i = 0; i < n; ++i) {
@@ -52,6 +48,25 @@ void attention_forward(ThreadPool& pool, const Tensor& q, const Tensor& k, const
       std::memcpy(vc + dst, v.as<const float>() + src, static_cast<size_t>(hd) * sizeof(float));
     }
   }
+}
+
+void attention_forward(ThreadPool& pool, const Tensor& q, const Tensor& k, const Tensor& v, KvCache& cache,
+                       int64_t layer, int64_t pos0, float scale, const Tensor& out,
+                       std::vector<float>& scratch) {
+  NIBBLE_ASSERT(q.rank == 3 && out.rank == 3);
+  const int64_t n = q.dim(0), hq = q.dim(1), hd = q.dim(2), hkv = cache.kv_heads;
+  NIBBLE_ASSERT(q.dtype == DType::F32 && out.dtype == DType::F32 && cache.dtype == DType::F32);
+  NIBBLE_ASSERT(out.dim(0) == n && out.dim(1) == hq && out.dim(2) == hd);
+  NIBBLE_ASSERT(hkv > 0 && hq % hkv == 0 && cache.head_dim == hd);
+  NIBBLE_ASSERT(pos0 >= 0 && pos0 + n <= cache.capacity);
+  NIBBLE_ASSERT(k.empty() == v.empty());
+  if (!k.empty()) {
+    NIBBLE_ASSERT(k.dim(0) == n);
+    kv_cache_write(k, v, cache, layer, pos0);
+  }
+  const int64_t cap = cache.capacity, group = hq / hkv, total = pos0 + n;
+  const float* kc = cache.k_layer(layer).as<const float>();  // (hkv, cap, hd)
+  const float* vc = cache.v_layer(layer).as<const float>();
 
   const size_t per_thread = static_cast<size_t>(total + hd);
   if (scratch.size() < per_thread * static_cast<size_t>(pool.size())) {

@@ -69,6 +69,11 @@ void CpuBackend::rope_forward(const Tensor& x, int64_t pos0, const RopeTable& ro
   cpu::rope_forward(pool_, x, pos0, rope);
 }
 
+void CpuBackend::kv_cache_write(const Tensor& k, const Tensor& v, KvCache& cache, int64_t layer,
+                                int64_t pos0) {
+  cpu::kv_cache_write(k, v, cache, layer, pos0);
+}
+
 void CpuBackend::attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, KvCache& cache,
                                    int64_t layer, int64_t pos0, float scale, const Tensor& out) {
   cpu::attention_forward(pool_, q, k, v, cache, layer, pos0, scale, out, attention_scratch_);

@@ -29,6 +29,7 @@ class CpuBackend final : public Backend {
                        const Tensor& rstd) override;
   void linear_forward(const Tensor& x, const Weight& w, const Tensor& bias, const Tensor& out) override;
   void rope_forward(const Tensor& x, int64_t pos0, const RopeTable& rope) override;
+  void kv_cache_write(const Tensor& k, const Tensor& v, KvCache& cache, int64_t layer, int64_t pos0) override;
   void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, KvCache& cache, int64_t layer,
                          int64_t pos0, float scale, const Tensor& out) override;
   void swiglu_forward(const Tensor& gate, const Tensor& up, const Tensor& out) override;

@@ -19,7 +19,9 @@ void rmsnorm_forward(ThreadPool& pool, const Tensor& x, const Tensor& w, float e
 void linear_forward(ThreadPool& pool, const Tensor& x, const Weight& w, const Tensor& bias,
                     const Tensor& out);
 void rope_forward(ThreadPool& pool, const Tensor& x, int64_t pos0, const RopeTable& rope);
-// `scratch` holds per-thread score rows; resized here as needed.
+void kv_cache_write(const Tensor& k, const Tensor& v, KvCache& cache, int64_t layer, int64_t pos0);
+// k and v empty: the cache already holds them. `scratch` holds per-thread score rows; resized here
+// as needed.
 void attention_forward(ThreadPool& pool, const Tensor& q, const Tensor& k, const Tensor& v, KvCache& cache,
                        int64_t layer, int64_t pos0, float scale, const Tensor& out,
                        std::vector<float>& scratch);

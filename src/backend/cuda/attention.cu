@@ -8,6 +8,7 @@
 #include "backend/cuda/attention.cuh"
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/common.cuh"
+#include "backend/cuda/kv_convert.cuh"
 #include "backend/cuda/pdl.cuh"
 
 namespace nibble::cuda {
@@ -775,20 +776,8 @@ __global__ void kv_write_kernel(const bf16* k, int64_t ks, const bf16* v, int64_
     *reinterpret_cast<Bf16x8*>(static_cast<bf16*>(kc) + dst) = kx;
     *reinterpret_cast<Bf16x8*>(static_cast<bf16*>(vc) + dst) = vx;
   } else {
-    // bf16 -> e4m3, saturating to +-448, round to nearest even (cvt.rn.satfinite).
-    auto to_fp8 = [](const Bf16x8& x) {
-      uint2 r;
-      uint32_t* w = &r.x;
-#pragma unroll
-      for (int t = 0; t < 2; ++t) {
-        const uint32_t lo = __nv_cvt_bfloat16raw2_to_fp8x2(x.h[2 * t], __NV_SATFINITE, __NV_E4M3);
-        const uint32_t hi = __nv_cvt_bfloat16raw2_to_fp8x2(x.h[2 * t + 1], __NV_SATFINITE, __NV_E4M3);
-        w[t] = lo | (hi << 16);
-      }
-      return r;
-    };
-    *reinterpret_cast<uint2*>(static_cast<uint8_t*>(kc) + dst) = to_fp8(kx);
-    *reinterpret_cast<uint2*>(static_cast<uint8_t*>(vc) + dst) = to_fp8(vx);
+    *reinterpret_cast<uint2*>(static_cast<uint8_t*>(kc) + dst) = bf16x8_to_e4m3x8(kx);
+    *reinterpret_cast<uint2*>(static_cast<uint8_t*>(vc) + dst) = bf16x8_to_e4m3x8(vx);
   }
 }
 

@@ -43,6 +43,12 @@ const float* opt_f32(const Tensor& t) {
   return t.as<const float>();
 }
 
+cuda::KvType kv_type_of(const KvCache& cache, const char* op) {
+  if (cache.dtype != DType::BF16 && cache.dtype != DType::F8_E4M3)
+    fail("cuda backend: {}: BF16 or F8_E4M3 KV cache expected, got {}", op, dtype_name(cache.dtype));
+  return cache.dtype == DType::F8_E4M3 ? cuda::KvType::FP8_E4M3 : cuda::KvType::BF16;
+}
+
 // Bytes a host weight takes once uploaded: dense -> BF16, NVFP4 -> codes + scales.
 size_t weight_bytes(const Weight& w) {
   if (w.is_nvfp4())
@@ -408,26 +414,40 @@ void CudaBackend::rope_forward(const Tensor& x, int64_t pos0, const RopeTable& r
                      rope.attention_scaling);
 }
 
+// While recording, positions come from step_ and the host pos0 only sizes the launch: every later
+// replay may sit anywhere up to the end of the cache (the kernels skip positions past it).
+void CudaBackend::kv_cache_write(const Tensor& k, const Tensor& v, KvCache& cache, int64_t layer,
+                                 int64_t pos0) {
+  require(k.rank == 3 && v.rank == 3 && k.dtype == DType::BF16 && v.dtype == DType::BF16 &&
+              v.dim(0) == k.dim(0) && v.dim(1) == k.dim(1) && v.dim(2) == k.dim(2),
+          "kv_cache_write: k and v must be (n, hkv, hd) BF16", k);
+  const int64_t n = k.dim(0), hkv = k.dim(1), hd = k.dim(2);
+  require(cache.kv_heads == hkv && cache.head_dim == hd, "kv_cache_write: shapes disagree with the cache", k);
+  const cuda::KvType kv = kv_type_of(cache, "kv_cache_write");
+  const int32_t* d_pos0 = step_pos();
+  cuda::kv_cache_write(*ctx_, k.as<const bf16>(), hkv * hd, v.as<const bf16>(), hkv * hd, n,
+                       d_pos0 ? cache.capacity - n : pos0, d_pos0, cache.k_layer(layer).data,
+                       cache.v_layer(layer).data, kv,
+                       cuda::AttentionShape{hkv, hkv, hd, cache.capacity});  // no query heads here
+}
+
 void CudaBackend::attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, KvCache& cache,
                                     int64_t layer, int64_t pos0, float scale, const Tensor& out) {
-  require(q.rank == 3 && k.rank == 3 && v.rank == 3 && out.rank == 3 && q.dtype == DType::BF16 &&
-              k.dtype == DType::BF16 && v.dtype == DType::BF16 && out.dtype == DType::BF16,
-          "attention_forward: q, k, v, out must be rank-3 BF16", q);
-  require(cache.dtype == DType::BF16 || cache.dtype == DType::F8_E4M3,
-          "attention_forward: BF16 or F8_E4M3 KV cache expected", q);
-  const int64_t n = q.dim(0), hq = q.dim(1), hd = q.dim(2), hkv = k.dim(1);
+  require(q.rank == 3 && out.rank == 3 && q.dtype == DType::BF16 && out.dtype == DType::BF16,
+          "attention_forward: q, out must be rank-3 BF16", q);
+  require(k.empty() == v.empty(), "attention_forward: k and v are given together or not at all", q);
+  const cuda::KvType kv = kv_type_of(cache, "attention_forward");
+  const int64_t n = q.dim(0), hq = q.dim(1), hd = q.dim(2), hkv = cache.kv_heads;
   const cuda::AttentionShape s{hq, hkv, hd, cache.capacity};
-  require(cache.kv_heads == hkv && cache.head_dim == hd && k.dim(0) == n && v.dim(0) == n && out.dim(1) == hq,
+  cuda::check_attention_shape(s);
+  require(cache.head_dim == hd && out.dim(0) == n && out.dim(1) == hq && out.dim(2) == hd &&
+              (k.empty() || k.dim(0) == n),
           "attention_forward: shapes disagree with the cache", q);
-  const cuda::KvType kv = cache.dtype == DType::F8_E4M3 ? cuda::KvType::FP8_E4M3 : cuda::KvType::BF16;
+  if (!k.empty()) kv_cache_write(k, v, cache, layer, pos0);
   void* kc = cache.k_layer(layer).data;
   void* vc = cache.v_layer(layer).data;
-  // While recording, positions come from step_ and the host pos0 only sizes the launch: every
-  // later replay may sit anywhere up to the end of the cache.
   const int32_t* d_pos0 = step_pos();
   const int64_t pos_bound = d_pos0 ? cache.capacity - n : pos0;
-  cuda::kv_cache_write(*ctx_, k.as<const bf16>(), hkv * hd, v.as<const bf16>(), hkv * hd, n, pos_bound,
-                       d_pos0, kc, vc, kv, s);
   // Prompts: the tensor-core flash-attention kernel; decode-sized n: split-KV flash-decoding.
   if (n > cuda::kGemvMaxTokens && !d_pos0 && cuda::attention_prefill_supported(hq, hkv, hd)) {
     cuda::attention_prefill(*ctx_, q.as<const bf16>(), hq * hd, n, pos0, kc, vc, kv, hq, hkv, hd,
@@ -471,6 +491,33 @@ void CudaBackend::qk_norm_rope_forward(const Tensor& q, const Tensor& k, const T
                              k_norm.empty() ? nullptr : opt_f32(k_norm), eps, pos0, step_pos(),
                              opt_f32(rope.inv_freq), rope.attention_scaling, q_out.as<bf16>(), hq * hd,
                              k_out.as<bf16>(), hkv * hd);
+}
+
+void CudaBackend::qk_norm_rope_kv_forward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                          const Tensor& q_norm, const Tensor& k_norm, float eps, int64_t pos0,
+                                          const RopeTable& rope, const Tensor& q_out, const Tensor& k_out,
+                                          KvCache& cache, int64_t layer) {
+  require(q.rank == 3 && k.rank == 3 && v.rank == 3 && q.dtype == DType::BF16 && k.dtype == DType::BF16 &&
+              v.dtype == DType::BF16 && q_out.dtype == DType::BF16 && k_out.dtype == DType::BF16 &&
+              q_out.numel() == q.numel() && k_out.numel() == k.numel() && k.dim(0) == q.dim(0) &&
+              k.dim(2) == q.dim(2) && v.dim(0) == k.dim(0) && v.dim(1) == k.dim(1) && v.dim(2) == k.dim(2),
+          "qk_norm_rope_kv_forward: q (n, hq, hd), k and v (n, hkv, hd) and outputs of their shapes, BF16",
+          q);
+  const int64_t n = q.dim(0), hq = q.dim(1), hkv = k.dim(1), hd = q.dim(2);
+  require(rope.inv_freq.numel() == hd / 2, "qk_norm_rope_kv_forward: inv_freq size", rope.inv_freq);
+  require(q_norm.empty() || (q_norm.numel() == hd && k_norm.numel() == hd),
+          "qk_norm_rope_kv_forward: norm size", q_norm);
+  require(cache.kv_heads == hkv && cache.head_dim == hd,
+          "qk_norm_rope_kv_forward: shapes disagree with the cache", k);
+  const cuda::KvType kv = kv_type_of(cache, "qk_norm_rope_kv_forward");
+  cuda::check_attention_shape(cuda::AttentionShape{hq, hkv, hd, cache.capacity});
+  const int32_t* d_pos0 = step_pos();  // as in kv_cache_write
+  cuda::qk_norm_rope_kv_forward(
+      *ctx_, q.as<const bf16>(), hq * hd, k.as<const bf16>(), hkv * hd, v.as<const bf16>(), hkv * hd, n, hq,
+      hkv, hd, q_norm.empty() ? nullptr : opt_f32(q_norm), k_norm.empty() ? nullptr : opt_f32(k_norm), eps,
+      d_pos0 ? cache.capacity - n : pos0, d_pos0, opt_f32(rope.inv_freq), rope.attention_scaling,
+      q_out.as<bf16>(), hq * hd, k_out.as<bf16>(), hkv * hd, cache.k_layer(layer).data,
+      cache.v_layer(layer).data, kv, cache.capacity);
 }
 
 // The fused GEMVs (backend/cuda/linear.cuh) serve decode-sized n with NVFP4 weights; anything else

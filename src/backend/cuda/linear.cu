@@ -39,14 +39,6 @@ __device__ __forceinline__ uint64_t l2_evict_first_policy() {
   return pol;
 }
 
-__device__ __forceinline__ uint4 load_stream16(const void* p, uint64_t pol) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0,%1,%2,%3}, [%4], %5;"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p), "l"(pol));
-  return v;
-}
-
 // This block's share of the ranges of `pf` (the blocks of the grid split their concatenation
 // evenly), prefetched into L2 by the lanes of warp 0 in pieces of kL2PrefetchPiece bytes.
 constexpr uint32_t kL2PrefetchPiece = 32u << 10;
@@ -235,17 +227,19 @@ void nvfp4_gemv_ffma_typed(Context& ctx, const bf16* x, int64_t ldx, int64_t n, 
 }
 
 // ---- tensor-core NVFP4 GEMV (n <= 8, K % 32 == 0) ---------------------------------------------
-// Work item = R consecutive 16-row tiles of W (each with P parts: SwiGLU's gate and up tiles of the
-// same rows). A block of gemv_warps(K) warps loops over items (grid-stride: item blockIdx.x,
-// + gridDim.x, ...) and its warps split K. Each warp runs mma.sync m16n8k16 (bf16 in, fp32
-// accumulate): A = a tile's 16 rows dequantised in registers, B = x for 8 token slots (slots >= n
-// repeat token n-1 and their columns are dropped). Thread (g = lane/4, t = lane%4) owns rows g and
-// g+8; chunk c (16 bytes = 32 codes of a row) of group j is c = 4j + t, so the 4 threads of a row
-// read 64 contiguous bytes, and warp s takes groups s, s + warps, s + 2 warps, ... in batches of U.
-// Software pipeline: the loads of a warp's next batch (of this item or of its next item) are
-// issued before the current batch is computed (two register buffers), so the memory system never
-// waits for the dequantisation. The summation order depends on K alone (through gemv_warps), never
-// on R, U, the grid or the fused variant: every variant equals linear_forward bit for bit.
+// One block per 16-row tile of W (with P parts: SwiGLU's gate and up tiles of the same rows).
+// Loads: at its start, before griddepcontrol.wait, the block's first warp hands the tile's codes
+// (one bulk copy per row, into rows padded so that consecutive rows sit 64 bytes apart modulo 128:
+// no bank conflicts) and scales (one bulk copy per part) to the TMA engine (cp.async.bulk, sm_90),
+// which writes them to shared memory and signals an mbarrier. No register or instruction goes to
+// loading, the block's whole tile is in flight at once, and it streams in while the previous kernel
+// of the stream still runs. The block's gemv_warps(K, tiles) warps then split K. Each warp runs
+// mma.sync m16n8k16 (bf16 in, fp32 accumulate): A = the tile's 16 rows dequantised in registers,
+// B = x for 8 token slots (slots >= n repeat token n-1 and their columns are dropped). Thread
+// (g = lane/4, t = lane%4) owns rows g and g+8; chunk c (16 bytes = 32 codes of a row) of group j is
+// c = 4j + t, and warp s takes groups s, s + warps, s + 2 warps, ... The summation order depends on
+// K and the tile count alone (through gemv_warps), never on the fused variant: every variant equals
+// linear_forward bit for bit.
 //
 // Element order: a dot product may visit k in any order as long as A and B agree. The 8 codes of a
 // 32-bit word (k0..k0+7) are taken as 4 pairs {k0+j, k0+j+4}: codes j and j+4 lie 16 bits apart,
@@ -260,14 +254,19 @@ constexpr int kMmaTile = 16;      // rows per tile (the M of m16n8k16)
 constexpr int kMmaMaxWarps = 16;  // warps splitting K in a block
 constexpr float kMmaOutScale = 128.0f;
 
-// Warps splitting K: a function of K alone (the summation order must not depend on anything else).
-// About 4 groups per warp and at least 4 warps; measured on an H200 (n = 1): for K = 2560 4 warps
-// beat 8 on the q+k+v, gate/up and head launches (1190 vs 1060, 1644 vs 1561, 2499 vs 2214 GB/s);
-// K = 4096 takes 8 and K = 9728 16.
-int gemv_warps(int64_t K) {
+// Warps splitting K: a function of K and the tile count alone (the summation order must not depend
+// on anything else): about 2 groups (8 chunks) per warp, 4 to 16 warps; with kGemvManyTiles tiles
+// or more (the head) about 4 groups per warp. Measured on an H200 at n = 1 (bench_cuda_gemv,
+// 2026-11-26, shared-memory kernel): 2 instead of 4 groups per warp took q+k+v from 878 to 1404
+// GB/s, o_proj 761 -> 1113, gate/up 1634 -> 1885, and the decode step from 453 to 502 tok/s; the
+// head went the other way (2696 -> 2224 GB/s) and keeps 4.
+constexpr int64_t kGemvManyTiles = 2048;
+
+int gemv_warps(int64_t K, int64_t tiles) {
+  const int64_t per_warp = tiles >= kGemvManyTiles ? 4 : 2;
   const int64_t groups = ceil_div(K / 32, 4);
   int64_t s = 4;
-  while (s < kMmaMaxWarps && 2 * s <= groups / 4) s *= 2;
+  while (s < kMmaMaxWarps && 2 * s <= groups / per_warp) s *= 2;
   return static_cast<int>(std::min(groups, s));
 }
 
@@ -318,9 +317,6 @@ __device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
   return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
 }
 
-template <int B>
-using BufIdx = std::integral_constant<int, B>;
-
 // The RMSNorm fused in front of a GEMV (NORM kernels): w (K) fp32 norm weight; out (n, K) bf16
 // rows of stride K written by block 0 (null: not kept).
 struct GemvNorm {
@@ -350,193 +346,188 @@ __device__ __forceinline__ void rmsnorm_rows_to_shared(const bf16* __restrict__ 
   }
 }
 
-// acc[r][p][q]: tile r of the item, part p, q = 2h + e -> row g + 8h of the tile, token 2t + e.
-// Dynamic shared memory: 2 (parity) x (warps - 1) x R*P x 4 x 32 floats for the K-split sums.
-// NORM: x is normalised first (GemvNorm), into shared memory after the partial sums.
-template <int P, int R, int U, bool NORM, class Epi>
+// ---- TMA: bulk copies from global to shared memory, completed on an mbarrier (PTX ISA 8.0) ------
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void mbar_init(uint64_t* bar) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_u32(bar)) : "memory");
+  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+}
+
+// The one arrival of the phase, announcing `bytes` of bulk copies that complete it.
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(bar)), "r"(bytes)
+               : "memory");
+}
+
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "WAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+      "@!p bra WAIT;\n"
+      "}\n" ::"r"(smem_u32(bar)),
+      "r"(parity)
+      : "memory");
+}
+
+// bytes (a multiple of 16, both addresses 16-byte aligned) from global src to shared dst.
+__device__ __forceinline__ void bulk_load(void* dst, const void* src, uint32_t bytes, uint64_t* bar,
+                                          uint64_t policy) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, "
+      "[%3], "
+      "%4;" ::"r"(smem_u32(dst)),
+      "l"(src), "r"(bytes), "r"(smem_u32(bar)), "l"(policy)
+      : "memory");
+}
+
+// Shared-memory row stride of a tile's codes: K/2 bytes padded so that rows r and r+1 start 64
+// bytes apart modulo 128 (the 8 rows x 4 threads of a 16-byte load then hit distinct banks).
+__host__ __device__ __forceinline__ int64_t smem_code_stride(int64_t K) {
+  const int64_t b = K / 2;
+  return b + (64 - b % 128 + 128) % 128;
+}
+
+// Dynamic shared memory of a block: codes P x 16 rows (stride smem_code_stride), scales P x 16 x
+// K/16, the K-split sums (warps - 1) x P x 4 x 32 floats, NORM: n x (K + kNormPad) bf16, mbarrier.
+struct GemvSmem {
+  int64_t codes, scales, partial, xs, bar, total;
+  __host__ __device__ GemvSmem(int P, int64_t K, int warps, int n, bool norm) {
+    codes = 0;
+    scales = codes + P * kMmaTile * smem_code_stride(K);
+    partial = scales + P * K;  // P x 16 rows x K/16
+    xs = partial + static_cast<int64_t>(warps - 1) * P * 4 * kWarp * 4;
+    bar = xs + (norm ? (static_cast<int64_t>(n) * (K + kNormPad) * 2 + 15) / 16 * 16 : 0);
+    total = bar + 16;
+  }
+};
+
+// acc[p][q]: part p, q = 2h + e -> row g + 8h of the tile, token 2t + e.
+template <int P, bool NORM, class Epi>
 __global__ void __launch_bounds__(kMmaMaxWarps* kWarp, 1)
-    nvfp4_gemv_mma_kernel(const bf16* __restrict__ x, int64_t ldx, int n, int64_t K, int64_t tiles,
-                          const Epi epi, const GemvNorm norm, const L2Prefetch prefetch) {
-  extern __shared__ float partial[];  // [2][warps - 1][R * P][4][kWarp], NORM: then [n][K + kNormPad] bf16
+    nvfp4_gemv_mma_kernel(const bf16* __restrict__ x, int64_t ldx, int n, int64_t K, const Epi epi,
+                          const GemvNorm norm, const L2Prefetch prefetch) {
+  extern __shared__ __align__(128) unsigned char smem[];
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, warps = blockDim.x / kWarp;
   const int g = lane / 4, t = lane % 4;
   const int64_t chunks = K / 32, groups = ceil_div(chunks, 4);
-  const int64_t items = ceil_div(tiles, R);
-  const int gw = static_cast<int>((groups - warp + warps - 1) / warps);  // this warp's groups per item
-  const int nb = (gw + U - 1) / U;                                       // and batches per item
+  const int gw = static_cast<int>((groups - warp + warps - 1) / warps);  // this warp's groups
+  const GemvSmem lay(P, K, warps, n, NORM);
+  const int64_t cs = smem_code_stride(K), ss = K / 16;
+  unsigned char* codes_s = smem + lay.codes;
+  unsigned char* scales_s = smem + lay.scales;
+  uint64_t* bar = reinterpret_cast<uint64_t*>(smem + lay.bar);
+  const int64_t tile = blockIdx.x;
 
-  // The load stream: item l_item, batch l_b; row pointers of l_item's tiles (null: no such row).
-  const uint8_t* lq[R][P][2];
-  const uint8_t* ls[R][P][2];
-  int64_t l_item = blockIdx.x;
-  int l_b = 0;
-  auto set_item = [&](int64_t item) {
+  // Weights never change: their copies go out before waiting for the kernel that writes x. Scale
+  // bytes past the last multiple of 16 of a part (K % 256 != 0 and a short last tile) go by hand.
+  GemvTile tl[P];
+  epi.tile(tile, tl);
+  if (warp == 0) {
+    const uint64_t policy = l2_evict_first_policy();
+    uint32_t bytes = 0;
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
-      GemvTile tl[P];
-      const int64_t idx = item * R + r;
-      if (idx < tiles) {
-        epi.tile(idx, tl);
-      } else {
-#pragma unroll
-        for (int p = 0; p < P; ++p) tl[p] = {nullptr, nullptr, 0};
-      }
-#pragma unroll
-      for (int p = 0; p < P; ++p)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const bool valid = g + 8 * h < tl[p].rows;
-          lq[r][p][h] = valid ? tl[p].codes + (g + 8 * h) * (K / 2) : nullptr;
-          ls[r][p][h] = valid ? tl[p].scales + (g + 8 * h) * (K / 16) : nullptr;
-        }
+    for (int p = 0; p < P; ++p)
+      bytes += static_cast<uint32_t>(tl[p].rows * (K / 2) + ((tl[p].rows * ss) & ~int64_t{15}));
+    if (lane == 0) {
+      mbar_init(bar);
+      mbar_arrive_expect_tx(bar, bytes);
     }
-  };
-
-  uint4 wv[2][R][P][2][U];
-  uint32_t sv[2][R][P][2][U];
-  const uint64_t evict_first = l2_evict_first_policy();
-  auto load = [&](auto buf) {
-    constexpr int B = decltype(buf)::value;
-    if (l_item >= items) return;
+    __syncwarp();
+    static_assert(P * kMmaTile <= kWarp, "one lane per row");
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int jj = l_b * U + u;
-      const int64_t c = 4 * (warp + static_cast<int64_t>(warps) * jj) + t;
-      const bool in = jj < gw && c < chunks;
-#pragma unroll
-      for (int r = 0; r < R; ++r)
-#pragma unroll
-        for (int p = 0; p < P; ++p)
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            if (in && lq[r][p][h]) {
-              wv[B][r][p][h][u] = load_stream16(lq[r][p][h] + c * 16, evict_first);
-              sv[B][r][p][h][u] = *reinterpret_cast<const uint16_t*>(ls[r][p][h] + c * 2);
-            } else {
-              wv[B][r][p][h][u] = make_uint4(0, 0, 0, 0);
-              sv[B][r][p][h][u] = 0;
-            }
-          }
+    for (int p = 0; p < P; ++p) {  // lane p * 16 + r: row r of part p; lane p: part p's scales
+      const int r = lane - p * kMmaTile;
+      if (r >= 0 && r < tl[p].rows)
+        bulk_load(codes_s + (p * kMmaTile + r) * cs, tl[p].codes + r * (K / 2), static_cast<uint32_t>(K / 2),
+                  bar, policy);
+      const uint32_t sb = static_cast<uint32_t>((tl[p].rows * ss) & ~int64_t{15});
+      if (lane == p && sb > 0) bulk_load(scales_s + p * kMmaTile * ss, tl[p].scales, sb, bar, policy);
     }
-    if (++l_b == nb) {
-      l_b = 0;
-      l_item += gridDim.x;
-      if (l_item < items) set_item(l_item);
-    }
-  };
-
-  float acc[R][P][4];
-  auto clear = [&] {
+  }
 #pragma unroll
-    for (int r = 0; r < R; ++r)
-#pragma unroll
-      for (int p = 0; p < P; ++p)
-#pragma unroll
-        for (int q = 0; q < 4; ++q) acc[r][p][q] = 0.0f;
-  };
-  clear();
-
-  // Weights never change: the first loads go out before waiting for the kernel that writes x.
-  set_item(l_item);
-  load(BufIdx<0>{});
+  for (int p = 0; p < P; ++p) {
+    const int64_t sb = tl[p].rows * ss, from = sb & ~int64_t{15};
+    for (int64_t i = from + threadIdx.x; i < sb; i += blockDim.x)
+      scales_s[p * kMmaTile * ss + i] = tl[p].scales[i];
+  }
   issue_l2_prefetch(prefetch);
   pdl_launch_dependents();
   pdl_wait();
   const bf16* xr;
   if constexpr (NORM) {
-    bf16* xs = reinterpret_cast<bf16*>(partial + 2 * (warps - 1) * R * P * 4 * kWarp);
+    bf16* xs = reinterpret_cast<bf16*>(smem + lay.xs);
     rmsnorm_rows_to_shared(x, ldx, n, K, norm, xs, blockIdx.x == 0 && norm.out != nullptr);
-    __syncthreads();
     xr = xs + static_cast<int64_t>(min(g, n - 1)) * (K + kNormPad);
   } else {
     xr = x + static_cast<int64_t>(min(g, n - 1)) * ldx;
   }
+  __syncthreads();  // the mbarrier's initialisation, the hand-copied scales and the normalised x
+  mbar_wait(bar, 0);
 
-  auto compute = [&](auto buf, int b) {
-    constexpr int B = decltype(buf)::value;
+  float acc[P][4];
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int jj = b * U + u;
-      if (jj >= gw) break;  // uniform over the warp
-      const int64_t c = 4 * (warp + static_cast<int64_t>(warps) * jj) + t;
-      uint4 xv[4];
+  for (int p = 0; p < P; ++p)
 #pragma unroll
-      for (int i = 0; i < 4; ++i)
-        xv[i] = c < chunks ? *reinterpret_cast<const uint4*>(xr + c * 32 + i * 8) : make_uint4(0, 0, 0, 0);
-      uint32_t sc[R][P][2][2];
+    for (int q = 0; q < 4; ++q) acc[p][q] = 0.0f;
+
+  for (int jj = 0; jj < gw; ++jj) {
+    const int64_t c = 4 * (warp + static_cast<int64_t>(warps) * jj) + t;
+    const bool in = c < chunks;
+    uint4 xv[4];
 #pragma unroll
-      for (int r = 0; r < R; ++r)
+    for (int i = 0; i < 4; ++i)
+      xv[i] = in ? *reinterpret_cast<const uint4*>(xr + c * 32 + i * 8) : make_uint4(0, 0, 0, 0);
+    uint4 wv[P][2];
+    uint32_t sc[P][2][2];
+#pragma unroll
+    for (int p = 0; p < P; ++p)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int row = p * kMmaTile + g + 8 * h;
+        wv[p][h] = in ? *reinterpret_cast<const uint4*>(codes_s + row * cs + c * 16) : make_uint4(0, 0, 0, 0);
+        const uint32_t s2 = in ? *reinterpret_cast<const uint16_t*>(scales_s + row * ss + c * 2) : 0u;
+        scale_pairs(s2, sc[p][h][0], sc[p][h][1]);
+      }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      // x[k0..k0+7] as words {x0,x1} {x2,x3} {x4,x5} {x6,x7} -> pairs {x_j, x_j+4}
+      const uint32_t b0 = __byte_perm(xv[i].x, xv[i].z, 0x5410), b1 = __byte_perm(xv[i].x, xv[i].z, 0x7632);
+      const uint32_t b2 = __byte_perm(xv[i].y, xv[i].w, 0x5410), b3 = __byte_perm(xv[i].y, xv[i].w, 0x7632);
+#pragma unroll
+      for (int p = 0; p < P; ++p) {
+        const uint32_t w0 = word_of(wv[p][0], i), w1 = word_of(wv[p][1], i);
+        const uint32_t s0 = sc[p][0][i / 2], s1 = sc[p][1][i / 2];
+        mma_bf16(acc[p], bf16x2_mul(e2m1_pair_bf16<0>(w0), s0), bf16x2_mul(e2m1_pair_bf16<0>(w1), s1),
+                 bf16x2_mul(e2m1_pair_bf16<1>(w0), s0), bf16x2_mul(e2m1_pair_bf16<1>(w1), s1), b0, b1);
+        mma_bf16(acc[p], bf16x2_mul(e2m1_pair_bf16<2>(w0), s0), bf16x2_mul(e2m1_pair_bf16<2>(w1), s1),
+                 bf16x2_mul(e2m1_pair_bf16<3>(w0), s0), bf16x2_mul(e2m1_pair_bf16<3>(w1), s1), b2, b3);
+      }
+    }
+  }
+
+  // Warps 1.. hand their sums to warp 0, which adds them in warp order (deterministic) and stores.
+  if (warps > 1) {
+    float* part = reinterpret_cast<float*>(smem + lay.partial);
+    if (warp > 0)
+#pragma unroll
+      for (int p = 0; p < P; ++p)
+#pragma unroll
+        for (int q = 0; q < 4; ++q) part[(((warp - 1) * P + p) * 4 + q) * kWarp + lane] = acc[p][q];
+    __syncthreads();
+    if (warp == 0)
+      for (int w = 0; w < warps - 1; ++w)
 #pragma unroll
         for (int p = 0; p < P; ++p)
 #pragma unroll
-          for (int h = 0; h < 2; ++h) scale_pairs(sv[B][r][p][h][u], sc[r][p][h][0], sc[r][p][h][1]);
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        // x[k0..k0+7] as words {x0,x1} {x2,x3} {x4,x5} {x6,x7} -> pairs {x_j, x_j+4}
-        const uint32_t b0 = __byte_perm(xv[i].x, xv[i].z, 0x5410), b1 = __byte_perm(xv[i].x, xv[i].z, 0x7632);
-        const uint32_t b2 = __byte_perm(xv[i].y, xv[i].w, 0x5410), b3 = __byte_perm(xv[i].y, xv[i].w, 0x7632);
-#pragma unroll
-        for (int r = 0; r < R; ++r)
-#pragma unroll
-          for (int p = 0; p < P; ++p) {
-            const uint32_t w0 = word_of(wv[B][r][p][0][u], i), w1 = word_of(wv[B][r][p][1][u], i);
-            const uint32_t s0 = sc[r][p][0][i / 2], s1 = sc[r][p][1][i / 2];
-            mma_bf16(acc[r][p], bf16x2_mul(e2m1_pair_bf16<0>(w0), s0), bf16x2_mul(e2m1_pair_bf16<0>(w1), s1),
-                     bf16x2_mul(e2m1_pair_bf16<1>(w0), s0), bf16x2_mul(e2m1_pair_bf16<1>(w1), s1), b0, b1);
-            mma_bf16(acc[r][p], bf16x2_mul(e2m1_pair_bf16<2>(w0), s0), bf16x2_mul(e2m1_pair_bf16<2>(w1), s1),
-                     bf16x2_mul(e2m1_pair_bf16<3>(w0), s0), bf16x2_mul(e2m1_pair_bf16<3>(w1), s1), b2, b3);
-          }
-      }
-    }
-  };
-
-  // After the last batch of an item: warps 1.. hand their sums to warp 0, which adds them in warp
-  // order (deterministic) and stores. Two parity buffers: a warp writing item i+2's sums has passed
-  // item i+1's barrier, which warp 0 reaches only after reading item i's.
-  int64_t c_item = blockIdx.x;
-  int c_b = 0, parity = 0;
-  auto finish = [&]() -> bool {  // true when this block has no item left
-    if (++c_b < nb) return false;
-    c_b = 0;
-    if (warps > 1) {
-      float* part = partial + static_cast<int64_t>(parity) * (warps - 1) * R * P * 4 * kWarp;
-      if (warp > 0)
-#pragma unroll
-        for (int r = 0; r < R; ++r)
-#pragma unroll
-          for (int p = 0; p < P; ++p)
-#pragma unroll
-            for (int q = 0; q < 4; ++q)
-              part[(((warp - 1) * R + r) * P + p) * 4 * kWarp + q * kWarp + lane] = acc[r][p][q];
-      __syncthreads();
-      if (warp == 0)
-        for (int w = 0; w < warps - 1; ++w)
-#pragma unroll
-          for (int r = 0; r < R; ++r)
-#pragma unroll
-            for (int p = 0; p < P; ++p)
-#pragma unroll
-              for (int q = 0; q < 4; ++q)
-                acc[r][p][q] += part[((w * R + r) * P + p) * 4 * kWarp + q * kWarp + lane];
-      parity ^= 1;
-    }
-    if (warp == 0)
-#pragma unroll
-      for (int r = 0; r < R; ++r)
-        if (c_item * R + r < tiles) epi.store(c_item * R + r, acc[r], g, t, n);
-    clear();
-    c_item += gridDim.x;
-    return c_item >= items;
-  };
-
-  for (;;) {
-    load(BufIdx<1>{});
-    compute(BufIdx<0>{}, c_b);
-    if (finish()) break;
-    load(BufIdx<0>{});
-    compute(BufIdx<1>{}, c_b);
-    if (finish()) break;
+          for (int q = 0; q < 4; ++q) acc[p][q] += part[((w * P + p) * 4 + q) * kWarp + lane];
   }
+  if (warp == 0) epi.store(tile, acc, g, t, n);
 }
 
 // Epilogues: tile(idx) names tile idx's parts, store(idx) writes what thread (g, t) holds of it.
@@ -659,50 +650,31 @@ struct GemvSwiglu {  // out = bf16(silu(bf16(x Wg^T)) * bf16(x Wu^T)), as swiglu
   }
 };
 
-// persistent: grid = the blocks that fit on the device at once, looping over the items (the loads
-// of a block's next item overlap the current one); otherwise one block per item.
 // NORM: `norm` is the RMSNorm in front (its rows take n * (K + kNormPad) bf16 of shared memory).
-template <int P, int R, int U, bool NORM = false, class Epi>
+template <int P, bool NORM = false, class Epi>
 void launch_gemv_mma(Context& ctx, int64_t tiles, const bf16* x, int64_t ldx, int64_t n, int64_t K,
-                     const Epi& epi, const L2Prefetch& prefetch, bool persistent = false,
-                     const GemvNorm& norm = {}) {
-  const auto kernel = nvfp4_gemv_mma_kernel<P, R, U, NORM, Epi>;
-  const int warps = gemv_warps(K);
-  const int threads = warps * kWarp;
-  size_t smem = warps > 1 ? size_t{2} * (warps - 1) * R * P * 4 * kWarp * sizeof(float) : 0;
-  if constexpr (NORM) {
-    smem += static_cast<size_t>(n * (K + kNormPad)) * sizeof(bf16);
-    if (smem > ctx.info().smem_per_block_optin)
-      fail("nvfp4 GEMV + RMSNorm: {} tokens of K={} need {} bytes of shared memory (the device has {})", n, K,
-           smem, ctx.info().smem_per_block_optin);
-    if (smem > size_t{48} << 10)
-      CUDA_CHECK(
-          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  }
-  const int64_t items = ceil_div(tiles, R);
-  int64_t blocks = items;
-  if (persistent) {
-    int resident = 0;
-    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, threads, smem));
-    blocks = std::min<int64_t>(items, std::max<int64_t>(1, int64_t{resident} * ctx.info().sm_count));
-  }
-  launch_pdl(ctx, kernel, dim3(static_cast<unsigned>(blocks)), dim3(static_cast<unsigned>(threads)), smem, x,
-             ldx, static_cast<int>(n), K, tiles, epi, norm, prefetch);
+                     const Epi& epi, const L2Prefetch& prefetch, const GemvNorm& norm = {}) {
+  const auto kernel = nvfp4_gemv_mma_kernel<P, NORM, Epi>;
+  const int warps = gemv_warps(K, tiles);
+  const size_t smem = static_cast<size_t>(GemvSmem(P, K, warps, static_cast<int>(n), NORM).total);
+  if (smem > ctx.info().smem_per_block_optin)
+    fail("nvfp4 GEMV: K={} with {} tokens needs {} bytes of shared memory per block (the device has {})", K,
+         n, smem, ctx.info().smem_per_block_optin);
+  // Once per kernel: allow the device's largest dynamic shared memory.
+  static const bool opted_in = [&] {
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    static_cast<int>(ctx.info().smem_per_block_optin)));
+    return true;
+  }();
+  (void)opted_in;
+  launch_pdl(ctx, kernel, dim3(static_cast<unsigned>(tiles)), dim3(static_cast<unsigned>(warps * kWarp)),
+             smem, x, ldx, static_cast<int>(n), K, epi, norm, prefetch);
 }
-
-// (R, U) per call site, from a sweep on an H200 at n = 1 (R = 1/2, U = 1/2/4, 4/8/16 warps, one
-// block per item or persistent; U = 4 and R = U = 2 spill at the 128-register cap):
-//   many tiles (the head, 9496): R = 2, U = 1, persistent: 2499 GB/s (1 tile, U = 4: 1492);
-//   fewer tiles: R = 1, U = 2 (R = 2 halves the blocks: q 881 -> 646 GB/s);
-//   SwiGLU (2 parts already): U = 1; residual with 16 warps (K = 9728: 1 block per SM at 128
-//   registers): R = 2 keeps the 160 tiles in one wave (1267 vs 1021 GB/s).
-constexpr int64_t kGemvManyTiles = 2048;
 
 template <class Epi>
 void launch_gemv_linear(Context& ctx, int64_t tiles, const bf16* x, int64_t ldx, int64_t n, int64_t K,
                         const Epi& epi, const L2Prefetch& prefetch) {
-  if (tiles >= kGemvManyTiles) return launch_gemv_mma<1, 2, 1>(ctx, tiles, x, ldx, n, K, epi, prefetch, true);
-  launch_gemv_mma<1, 1, 2>(ctx, tiles, x, ldx, n, K, epi, prefetch);
+  launch_gemv_mma<1>(ctx, tiles, x, ldx, n, K, epi, prefetch);
 }
 
 const uint8_t* codes_of(const Weight& w) { return static_cast<const uint8_t*>(w.data); }
@@ -894,7 +866,7 @@ void linear_forward(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const W
 
 bool nvfp4_gemv_fusable(const Weight& w, int64_t n) {
   return w.is_nvfp4() && n >= 1 && n <= kGemvMaxTokens && w.in % 32 == 0 && is_aligned(w.data, 16) &&
-         is_aligned(w.scales, 2);
+         is_aligned(w.scales, 16);
 }
 
 void nvfp4_gemv_ffma(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const Weight& w, const float* bias,
@@ -972,7 +944,7 @@ void nvfp4_gemv_multi(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const
                       int count, const L2Prefetch& prefetch) {
   int64_t tiles = 0;
   const GemvMulti epi = multi_epilogue(x, ldx, n, targets, count, tiles);
-  launch_gemv_mma<1, 1, 2>(ctx, tiles, x, ldx, n, epi.K, epi, prefetch);
+  launch_gemv_mma<1>(ctx, tiles, x, ldx, n, epi.K, epi, prefetch);
 }
 
 void nvfp4_gemv_multi_rmsnorm(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const float* norm_w,
@@ -981,13 +953,13 @@ void nvfp4_gemv_multi_rmsnorm(Context& ctx, const bf16* x, int64_t ldx, int64_t 
   int64_t tiles = 0;
   const GemvMulti epi = multi_epilogue(x, ldx, n, targets, count, tiles);
   const GemvNorm norm = norm_of("nvfp4_gemv_multi_rmsnorm", x, ldx, n, epi.K, norm_w, eps, x_norm_out);
-  launch_gemv_mma<1, 1, 2, true>(ctx, tiles, x, ldx, n, epi.K, epi, prefetch, false, norm);
+  launch_gemv_mma<1, true>(ctx, tiles, x, ldx, n, epi.K, epi, prefetch, norm);
 }
 
 void nvfp4_gemv_swiglu(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const Weight& wg,
                        const Weight& wu, bf16* out, int64_t ldo, const L2Prefetch& prefetch) {
   const GemvSwiglu epi = swiglu_epilogue(x, ldx, n, wg, wu, out, ldo);
-  launch_gemv_mma<2, 1, 1>(ctx, ceil_div(wg.out, kMmaTile), x, ldx, n, wg.in, epi, prefetch);
+  launch_gemv_mma<2>(ctx, ceil_div(wg.out, kMmaTile), x, ldx, n, wg.in, epi, prefetch);
 }
 
 void nvfp4_gemv_swiglu_rmsnorm(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const float* norm_w,
@@ -995,8 +967,7 @@ void nvfp4_gemv_swiglu_rmsnorm(Context& ctx, const bf16* x, int64_t ldx, int64_t
                                bf16* x_norm_out, const L2Prefetch& prefetch) {
   const GemvSwiglu epi = swiglu_epilogue(x, ldx, n, wg, wu, out, ldo);
   const GemvNorm norm = norm_of("nvfp4_gemv_swiglu_rmsnorm", x, ldx, n, wg.in, norm_w, eps, x_norm_out);
-  launch_gemv_mma<2, 1, 1, true>(ctx, ceil_div(wg.out, kMmaTile), x, ldx, n, wg.in, epi, prefetch, false,
-                                 norm);
+  launch_gemv_mma<2, true>(ctx, ceil_div(wg.out, kMmaTile), x, ldx, n, wg.in, epi, prefetch, norm);
 }
 
 void nvfp4_gemv_residual(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const Weight& w,
@@ -1006,10 +977,7 @@ void nvfp4_gemv_residual(Context& ctx, const bf16* x, int64_t ldx, int64_t n, co
   const GemvResidual epi{codes_of(w), w.scales, w.out, w.in, w.global_scale * kMmaOutScale,
                          bias,        residual, ldr,   y,    ldy};
   const int64_t tiles = ceil_div(w.out, kMmaTile);
-  if (gemv_warps(w.in) >= kMmaMaxWarps)
-    launch_gemv_mma<1, 2, 1>(ctx, tiles, x, ldx, n, w.in, epi, prefetch);
-  else
-    launch_gemv_mma<1, 1, 2>(ctx, tiles, x, ldx, n, w.in, epi, prefetch);
+  launch_gemv_mma<1>(ctx, tiles, x, ldx, n, w.in, epi, prefetch);
 }
 
 }  // namespace nibble::cuda

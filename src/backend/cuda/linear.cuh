@@ -83,7 +83,7 @@ struct GemvTarget {
 };
 
 // True when the fused variants (and linear_forward's tensor-core GEMV) take this weight at n
-// tokens: NVFP4, K % 32 == 0, 1 <= n <= kGemvMaxTokens, 16-byte-aligned codes.
+// tokens: NVFP4, K % 32 == 0, 1 <= n <= kGemvMaxTokens, 16-byte-aligned codes and scales.
 bool nvfp4_gemv_fusable(const Weight& w, int64_t n);
 
 // q, k and v (up to 3 NVFP4 weights of one `in`) in one launch. x (n, in) bf16, 16-byte aligned,

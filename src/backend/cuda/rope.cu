@@ -1,5 +1,6 @@
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/common.cuh"
+#include "backend/cuda/kv_convert.cuh"
 #include "backend/cuda/pdl.cuh"
 #include "backend/cuda/rope.cuh"
 
@@ -7,14 +8,13 @@ namespace nibble::cuda {
 namespace {
 
 // sincosf (not the fast __sinf): positions reach 10^5 and the argument must be reduced accurately,
-// as torch's fp32 cos/sin do.
-__device__ __forceinline__ void rotate(float x1, float x2, float angle, float scaling, bf16* o1, bf16* o2) {
+// as torch's fp32 cos/sin do. Returns (out1, out2) rounded to bf16.
+__device__ __forceinline__ __nv_bfloat162 rotate(float x1, float x2, float angle, float scaling) {
   float s, c;
   sincosf(angle, &s, &c);
   s *= scaling;
   c *= scaling;
-  *o1 = __float2bfloat16_rn(x1 * c - x2 * s);
-  *o2 = __float2bfloat16_rn(x2 * c + x1 * s);
+  return __floats2bfloat162_rn(x1 * c - x2 * s, x2 * c + x1 * s);
 }
 
 // One thread per (token, head, i < half).
@@ -28,29 +28,77 @@ __global__ void rope_kernel(bf16* x, int64_t stride, int64_t n, int64_t heads, i
   const int64_t t = idx / (half * heads);
   const int64_t p = (d_pos0 ? *d_pos0 : pos0) + t;
   bf16* row = x + t * stride + h * 2 * half;
-  rotate(__bfloat162float(row[i]), __bfloat162float(row[i + half]), static_cast<float>(p) * inv_freq[i],
-         scaling, &row[i], &row[i + half]);
+  const __nv_bfloat162 o = rotate(__bfloat162float(row[i]), __bfloat162float(row[i + half]),
+                                  static_cast<float>(p) * inv_freq[i], scaling);
+  row[i] = o.x;
+  row[i + half] = o.y;
 }
 
 constexpr int kQkWarps = 4;
 constexpr int kQkMaxPairs = 4;  // (i, i + half) pairs per lane: head_dim <= 2 * 32 * 4
 
-// One warp per row r of the n * (hq + hkv) rows: token r / (hq + hkv), head r % (hq + hkv) (q heads
-// first). Lane j owns the pairs (i, i + half) for i = j + 32 u.
+// Where qk_norm_rope_kernel<true, KV> appends the rotated k rows and the v rows: one layer of the
+// KV cache.
+struct KvAppend {
+  const bf16* v;  // (n, hkv, hd), token stride vs
+  int64_t vs;
+  void* kc;  // (hkv, cap, hd) of KV
+  void* vc;
+  int64_t cap;
+};
+
+// Elements i and i + half of a cache row: bf16, or e4m3 converted as kv_cache_write converts.
+template <KvType KV>
+__device__ __forceinline__ void store_pair(void* row, int i, int half, __nv_bfloat162 x) {
+  if constexpr (KV == KvType::BF16) {
+    static_cast<bf16*>(row)[i] = x.x;
+    static_cast<bf16*>(row)[i + half] = x.y;
+  } else {
+    const uint16_t two = bf16x2_to_e4m3x2(x);
+    static_cast<uint8_t*>(row)[i] = static_cast<uint8_t>(two & 0xffu);
+    static_cast<uint8_t*>(row)[i + half] = static_cast<uint8_t>(two >> 8);
+  }
+}
+
+// One warp per row r of the n * (hq + hkv) rows, or n * (hq + 2 hkv) with APPEND: token
+// r / heads, head r % heads (q heads, then k heads, then the v heads that are only copied to the
+// cache). Lane j owns the pairs (i, i + half) for i = j + 32 u. With APPEND, a k row goes to
+// k_out and to the cache, a v row to the cache, at position pos0 + token when that is below cap.
+template <bool APPEND, KvType KV>
 __global__ void __launch_bounds__(kQkWarps* kWarp)
     qk_norm_rope_kernel(const bf16* q, int64_t qs, const bf16* k, int64_t ks, int64_t n, int hq, int hkv,
                         int half, const float* __restrict__ qw, const float* __restrict__ kw, float eps,
                         int64_t pos0, const int32_t* __restrict__ d_pos0, const float* __restrict__ inv_freq,
-                        float scaling, bf16* qo, int64_t qos, bf16* ko, int64_t kos) {
-  pdl_wait();  // q and k come from the previous kernel (launched with launch_pdl)
+                        float scaling, bf16* qo, int64_t qos, bf16* ko, int64_t kos, KvAppend kv) {
+  pdl_wait();  // q, k and v come from the previous kernel (launched with launch_pdl)
   pdl_launch_dependents();
+  const int heads = hq + hkv + (APPEND ? hkv : 0);
   const int64_t r = static_cast<int64_t>(blockIdx.x) * kQkWarps + threadIdx.x / kWarp;
   const int lane = threadIdx.x % kWarp;
-  if (r >= n * (hq + hkv)) return;
-  const int64_t t = r / (hq + hkv);
-  const int h = static_cast<int>(r % (hq + hkv));
-  const bool is_q = h < hq;
+  if (r >= n * heads) return;
+  const int64_t t = r / heads;
+  const int h = static_cast<int>(r % heads);
   const int hd = 2 * half;
+  const int64_t pos = (d_pos0 ? *d_pos0 : pos0) + t;
+  // The cache row of this token for KV head g (null past the capacity: a device pos0 past its bound).
+  auto cache_row = [&](void* cache, int g) -> void* {
+    if (pos >= kv.cap) return nullptr;
+    constexpr int64_t bytes = KV == KvType::BF16 ? 2 : 1;
+    return static_cast<char*>(cache) + (g * kv.cap + pos) * hd * bytes;
+  };
+  if (APPEND && h >= hq + hkv) {  // a v row: copied to the cache as it is
+    const int g = h - hq - hkv;
+    void* dst = cache_row(kv.vc, g);
+    if (dst == nullptr) return;
+    const bf16* in = kv.v + t * kv.vs + g * hd;
+#pragma unroll
+    for (int u = 0; u < kQkMaxPairs; ++u) {
+      const int i = lane + kWarp * u;
+      if (i < half) store_pair<KV>(dst, i, half, __halves2bfloat162(in[i], in[i + half]));
+    }
+    return;
+  }
+  const bool is_q = h < hq;
   const bf16* in = is_q ? q + t * qs + h * hd : k + t * ks + (h - hq) * hd;
   bf16* out = is_q ? qo + t * qos + h * hd : ko + t * kos + (h - hq) * hd;
   const float* w = is_q ? qw : kw;
@@ -75,12 +123,23 @@ __global__ void __launch_bounds__(kQkWarps* kWarp)
       }
     }
   }
-  const float p = static_cast<float>((d_pos0 ? *d_pos0 : pos0) + t);
+  void* cached = APPEND && !is_q ? cache_row(kv.kc, h - hq) : nullptr;
+  const float p = static_cast<float>(pos);
 #pragma unroll
   for (int u = 0; u < kQkMaxPairs; ++u) {
     const int i = lane + kWarp * u;
-    if (i < half) rotate(x1[u], x2[u], p * inv_freq[i], scaling, &out[i], &out[i + half]);
+    if (i >= half) continue;
+    const __nv_bfloat162 o = rotate(x1[u], x2[u], p * inv_freq[i], scaling);
+    out[i] = o.x;
+    out[i + half] = o.y;
+    if (cached) store_pair<KV>(cached, i, half, o);
   }
+}
+
+void check_qk_args(const char* op, int64_t head_dim, const float* q_norm, const float* k_norm) {
+  if (head_dim % 2 != 0 || head_dim > 2 * kWarp * kQkMaxPairs)
+    fail("{}: head_dim {} (even, at most {} expected)", op, head_dim, 2 * kWarp * kQkMaxPairs);
+  if ((q_norm == nullptr) != (k_norm == nullptr)) fail("{}: q_norm and k_norm must be given together", op);
 }
 
 }  // namespace
@@ -100,16 +159,36 @@ void qk_norm_rope_forward(Context& ctx, const bf16* q, int64_t q_stride, const b
                           const float* k_norm, float eps, int64_t pos0, const int32_t* d_pos0,
                           const float* inv_freq, float attention_scaling, bf16* q_out, int64_t q_out_stride,
                           bf16* k_out, int64_t k_out_stride) {
-  if (head_dim % 2 != 0 || head_dim > 2 * kWarp * kQkMaxPairs)
-    fail("qk_norm_rope_forward: head_dim {} (even, at most {} expected)", head_dim, 2 * kWarp * kQkMaxPairs);
-  if ((q_norm == nullptr) != (k_norm == nullptr))
-    fail("qk_norm_rope_forward: q_norm and k_norm must be given together");
+  check_qk_args("qk_norm_rope_forward", head_dim, q_norm, k_norm);
   const int64_t rows = n * (hq + hkv);
   if (rows == 0) return;
-  launch_pdl(ctx, qk_norm_rope_kernel, dim3(static_cast<unsigned>(ceil_div(rows, kQkWarps))),
-             dim3(kQkWarps * kWarp), 0, q, q_stride, k, k_stride, n, static_cast<int>(hq),
-             static_cast<int>(hkv), static_cast<int>(head_dim / 2), q_norm, k_norm, eps, pos0, d_pos0,
-             inv_freq, attention_scaling, q_out, q_out_stride, k_out, k_out_stride);
+  launch_pdl(ctx, qk_norm_rope_kernel<false, KvType::BF16>,
+             dim3(static_cast<unsigned>(ceil_div(rows, kQkWarps))), dim3(kQkWarps * kWarp), 0, q, q_stride, k,
+             k_stride, n, static_cast<int>(hq), static_cast<int>(hkv), static_cast<int>(head_dim / 2), q_norm,
+             k_norm, eps, pos0, d_pos0, inv_freq, attention_scaling, q_out, q_out_stride, k_out, k_out_stride,
+             KvAppend{});
+}
+
+void qk_norm_rope_kv_forward(Context& ctx, const bf16* q, int64_t q_stride, const bf16* k, int64_t k_stride,
+                             const bf16* v, int64_t v_stride, int64_t n, int64_t hq, int64_t hkv,
+                             int64_t head_dim, const float* q_norm, const float* k_norm, float eps,
+                             int64_t pos0, const int32_t* d_pos0, const float* inv_freq,
+                             float attention_scaling, bf16* q_out, int64_t q_out_stride, bf16* k_out,
+                             int64_t k_out_stride, void* k_cache, void* v_cache, KvType kv_type,
+                             int64_t capacity) {
+  check_qk_args("qk_norm_rope_kv_forward", head_dim, q_norm, k_norm);
+  if (pos0 < 0 || pos0 + n > capacity)
+    fail("qk_norm_rope_kv_forward: positions [{}, {}) outside the cache capacity {}", pos0, pos0 + n,
+         capacity);
+  const int64_t rows = n * (hq + 2 * hkv);
+  if (rows == 0) return;
+  const KvAppend kv{v, v_stride, k_cache, v_cache, capacity};
+  const auto kernel = kv_type == KvType::BF16 ? qk_norm_rope_kernel<true, KvType::BF16>
+                                              : qk_norm_rope_kernel<true, KvType::FP8_E4M3>;
+  launch_pdl(ctx, kernel, dim3(static_cast<unsigned>(ceil_div(rows, kQkWarps))), dim3(kQkWarps * kWarp), 0, q,
+             q_stride, k, k_stride, n, static_cast<int>(hq), static_cast<int>(hkv),
+             static_cast<int>(head_dim / 2), q_norm, k_norm, eps, pos0, d_pos0, inv_freq, attention_scaling,
+             q_out, q_out_stride, k_out, k_out_stride, kv);
 }
 
 }  // namespace nibble::cuda
