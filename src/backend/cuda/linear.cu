@@ -330,20 +330,33 @@ struct GemvNorm {
 constexpr int kNormPad = 8;
 
 // rmsnorm(x) of n rows into xs (shared, row stride K + kNormPad), bit for bit as norm.cu's
-// rmsnorm_kernel computes it (both through rmsnorm_row.cuh), one warp per row.
+// rmsnorm_kernel computes it (both through rmsnorm_row.cuh): warp r sums row r's squares in the
+// contract's order (8 chunks of a lane in flight: K = 2560 in two memory latencies, and no more
+// registers than the GEMV's main loop needs); then every warp of the block scales (elementwise:
+// any split gives the same bits). Before, warp 0 alone did both passes of a one-token row while
+// the block waited. Ends with __syncthreads.
+constexpr int kNormAhead = 8;
+
+// inv_s: n floats of shared memory.
 __device__ __forceinline__ void rmsnorm_rows_to_shared(const bf16* __restrict__ x, int64_t ldx, int n,
-                                                       int64_t K, const GemvNorm& norm, bf16* xs, bool keep) {
+                                                       int64_t K, const GemvNorm& norm, bf16* xs,
+                                                       float* inv_s, bool keep) {
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, warps = blockDim.x / kWarp;
   for (int r = warp; r < n; r += warps) {
-    const bf16* xr = x + r * ldx;
-    const float inv = rms_row_inv<4>(xr, K, norm.eps, lane);
-    for (int64_t c = lane * 8; c < K; c += kWarp * 8) {
-      const Bf16x8 y8 = rms_scale8(xr, c, inv, norm.w);
-      const uint4 y = *reinterpret_cast<const uint4*>(&y8);  // one 16-byte store
-      *reinterpret_cast<uint4*>(xs + r * (K + kNormPad) + c) = y;
-      if (keep) *reinterpret_cast<uint4*>(norm.out + r * K + c) = y;
-    }
+    const float inv = rms_row_inv<kNormAhead>(x + r * ldx, K, norm.eps, lane);
+    if (lane == 0) inv_s[r] = inv;
   }
+  __syncthreads();
+  const int64_t per_row = K / 8;
+  for (int64_t i = threadIdx.x; i < n * per_row; i += blockDim.x) {
+    const int r = static_cast<int>(i / per_row);
+    const int64_t c = (i % per_row) * 8;
+    const Bf16x8 y8 = rms_scale8(x + r * ldx, c, inv_s[r], norm.w);
+    const uint4 y = *reinterpret_cast<const uint4*>(&y8);  // one 16-byte store
+    *reinterpret_cast<uint4*>(xs + r * (K + kNormPad) + c) = y;
+    if (keep) *reinterpret_cast<uint4*>(norm.out + r * K + c) = y;
+  }
+  __syncthreads();
 }
 
 // ---- TMA: bulk copies from global to shared memory, completed on an mbarrier (PTX ISA 8.0) ------
@@ -394,14 +407,16 @@ __host__ __device__ __forceinline__ int64_t smem_code_stride(int64_t K) {
 }
 
 // Dynamic shared memory of a block: codes P x 16 rows (stride smem_code_stride), scales P x 16 x
-// K/16, the K-split sums (warps - 1) x P x 4 x 32 floats, NORM: n x (K + kNormPad) bf16, mbarrier.
+// K/16, the K-split sums (warps - 1) x P x 4 x 32 floats, NORM: the rows' 1/rms (8 floats) and
+// n x (K + kNormPad) bf16, mbarrier.
 struct GemvSmem {
-  int64_t codes, scales, partial, xs, bar, total;
+  int64_t codes, scales, partial, inv, xs, bar, total;
   __host__ __device__ GemvSmem(int P, int64_t K, int warps, int n, bool norm) {
     codes = 0;
     scales = codes + P * kMmaTile * smem_code_stride(K);
     partial = scales + P * K;  // P x 16 rows x K/16
-    xs = partial + static_cast<int64_t>(warps - 1) * P * 4 * kWarp * 4;
+    inv = partial + static_cast<int64_t>(warps - 1) * P * 4 * kWarp * 4;
+    xs = inv + (norm ? 4 * kGemvMaxTokens : 0);
     bar = xs + (norm ? (static_cast<int64_t>(n) * (K + kNormPad) * 2 + 15) / 16 * 16 : 0);
     total = bar + 16;
   }
@@ -462,7 +477,8 @@ __global__ void __launch_bounds__(kMmaMaxWarps* kWarp, 1)
   const bf16* xr;
   if constexpr (NORM) {
     bf16* xs = reinterpret_cast<bf16*>(smem + lay.xs);
-    rmsnorm_rows_to_shared(x, ldx, n, K, norm, xs, blockIdx.x == 0 && norm.out != nullptr);
+    rmsnorm_rows_to_shared(x, ldx, n, K, norm, xs, reinterpret_cast<float*>(smem + lay.inv),
+                           blockIdx.x == 0 && norm.out != nullptr);
     xr = xs + static_cast<int64_t>(min(g, n - 1)) * (K + kNormPad);
   } else {
     xr = x + static_cast<int64_t>(min(g, n - 1)) * ldx;
