@@ -173,9 +173,13 @@ size_t smem_bytes(int warps, int64_t hd) {
 template <int WARPS, int DPL>
 void launch_simt(Context& ctx, const Params& p, dim3 grid) {
   const size_t smem = smem_bytes(WARPS, p.hd);
-  if (smem > 48 * 1024)
-    CUDA_CHECK(cudaFuncSetAttribute(simt_attention_kernel<WARPS, DPL>,
-                                    cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  if (smem > 48 * 1024)  // the largest any head_dim asks of this kernel, set once
+    ctx.kernel_setup(reinterpret_cast<const void*>(simt_attention_kernel<WARPS, DPL>), [&] {
+      CUDA_CHECK(cudaFuncSetAttribute(simt_attention_kernel<WARPS, DPL>,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(ctx.info().smem_per_block_optin)));
+      return 0;
+    });
   simt_attention_kernel<WARPS, DPL><<<grid, WARPS * kWarp, smem, ctx.stream()>>>(p);
   CUDA_CHECK_LAUNCH();
 }
@@ -739,22 +743,25 @@ struct DecodeKernel {
 };
 
 template <KvType KV, int HDP, bool FULL>
-DecodeKernel decode_kernel() {
+DecodeKernel decode_kernel(Context& ctx) {
   DecodeKernel k{attention_decode_kernel<KV, HDP, FULL>, decode_smem_bytes(KV, HDP, FULL), 0};
-  CUDA_CHECK(
-      cudaFuncSetAttribute(k.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(k.smem)));
-  CUDA_CHECK(cudaFuncSetAttribute(k.fn, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                  cudaSharedmemCarveoutMaxShared));
-  CUDA_CHECK(
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&k.blocks_per_sm, k.fn, kDecodeWarps * kWarp, k.smem));
+  k.blocks_per_sm = ctx.kernel_setup(reinterpret_cast<const void*>(k.fn), [&] {
+    CUDA_CHECK(
+        cudaFuncSetAttribute(k.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(k.smem)));
+    CUDA_CHECK(cudaFuncSetAttribute(k.fn, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                    cudaSharedmemCarveoutMaxShared));
+    int blocks = 0;
+    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, k.fn, kDecodeWarps * kWarp, k.smem));
+    return blocks;
+  });
   return k;
 }
 
 template <KvType KV>
-DecodeKernel decode_kernel_hd(int64_t hd, bool full) {
-  if (hd <= 64) return full ? decode_kernel<KV, 64, true>() : decode_kernel<KV, 64, false>();
-  if (hd <= 128) return full ? decode_kernel<KV, 128, true>() : decode_kernel<KV, 128, false>();
-  return decode_kernel<KV, 256, false>();  // 16-row tiles would not fit the registers
+DecodeKernel decode_kernel_hd(Context& ctx, int64_t hd, bool full) {
+  if (hd <= 64) return full ? decode_kernel<KV, 64, true>(ctx) : decode_kernel<KV, 64, false>(ctx);
+  if (hd <= 128) return full ? decode_kernel<KV, 128, true>(ctx) : decode_kernel<KV, 128, false>(ctx);
+  return decode_kernel<KV, 256, false>(ctx);  // 16-row tiles would not fit the registers
 }
 
 // k, v (n, KVH, hd) bf16 -> cache (KVH, cap, hd) of KV, positions pos0 + i; one thread per 8 elements.
@@ -867,8 +874,9 @@ void attention_forward(Context& ctx, const bf16* q, int64_t q_stride, int64_t n,
   // 8-row tiles when they hold every row (one decode token), else 16-row tiles (head_dim <= 128).
   const bool full = p.rows > 8 && s.head_dim <= 128;
   const int64_t tiles = ceil_div(p.rows, full ? 16 : 8);
-  const DecodeKernel kernel = kv_type == KvType::BF16 ? decode_kernel_hd<KvType::BF16>(s.head_dim, full)
-                                                      : decode_kernel_hd<KvType::FP8_E4M3>(s.head_dim, full);
+  const DecodeKernel kernel = kv_type == KvType::BF16
+                                  ? decode_kernel_hd<KvType::BF16>(ctx, s.head_dim, full)
+                                  : decode_kernel_hd<KvType::FP8_E4M3>(ctx, s.head_dim, full);
   // Splits: one wave of resident blocks, within the scratch; none for prefill-sized n (its scratch
   // is not planned). From the shape, scratch and device only: never from pos0.
   int64_t max_splits = 1;

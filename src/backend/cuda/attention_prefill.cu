@@ -392,10 +392,13 @@ template <int HD, int MT, bool FP8>
 void launch(Context& ctx, const Params& prm) {
   constexpr int bytes = Tile<HD, MT, FP8>::kBytes;
   auto kernel = attention_prefill_kernel<HD, MT, FP8>;
-  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-  // Two blocks of up to 112 KB share an SM only with the largest shared-memory carveout.
-  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                  cudaSharedmemCarveoutMaxShared));
+  ctx.kernel_setup(reinterpret_cast<const void*>(kernel), [&] {
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    // Two blocks of up to 112 KB share an SM only with the largest shared-memory carveout.
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                    cudaSharedmemCarveoutMaxShared));
+    return 0;
+  });
   const int64_t blocks = static_cast<int64_t>(prm.row_blocks) * prm.kv_heads;
   kernel<<<static_cast<unsigned>(blocks), kWarps * kWarp, bytes, ctx.stream()>>>(prm);
   CUDA_CHECK_LAUNCH();

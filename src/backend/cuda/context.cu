@@ -82,6 +82,13 @@ void Context::device_free(void* ptr, size_t bytes) {
   live_bytes_ -= bytes;
 }
 
+int Context::kernel_setup(const void* kernel, const std::function<int()>& setup) {
+  if (const auto it = kernel_setups_.find(kernel); it != kernel_setups_.end()) return it->second;
+  const int v = setup();
+  kernel_setups_.emplace(kernel, v);
+  return v;
+}
+
 std::pair<size_t, size_t> Context::mem_info() const {
   size_t free_b = 0, total_b = 0;
   CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));

@@ -10,9 +10,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 
 namespace nibble::cuda {
 
@@ -74,6 +76,11 @@ class Context {
   // cudaMemGetInfo: (free, total) bytes on this device, all processes.
   std::pair<size_t, size_t> mem_info() const;
 
+  // A kernel's one-time set-up on this device (cudaFuncSetAttribute, an occupancy query): runs
+  // `setup` the first time `kernel` is seen and returns what it returned then, so that launches
+  // (every op of an unrecorded step, every prefill) pay a hash lookup instead of driver calls.
+  int kernel_setup(const void* kernel, const std::function<int()>& setup);
+
  private:
   DeviceInfo info_;
   cudaStream_t stream_ = nullptr;
@@ -83,6 +90,7 @@ class Context {
   size_t blas_workspace_bytes_ = 0;
   int64_t alloc_count_ = 0;
   size_t live_bytes_ = 0, peak_bytes_ = 0;
+  std::unordered_map<const void*, int> kernel_setups_;
 };
 
 // A device buffer owned through a Context (RAII); for tests and for the arena itself.

@@ -676,13 +676,12 @@ void launch_gemv_mma(Context& ctx, int64_t tiles, const bf16* x, int64_t ldx, in
   if (smem > ctx.info().smem_per_block_optin)
     fail("nvfp4 GEMV: K={} with {} tokens needs {} bytes of shared memory per block (the device has {})", K,
          n, smem, ctx.info().smem_per_block_optin);
-  // Once per kernel: allow the device's largest dynamic shared memory.
-  static const bool opted_in = [&] {
+  // Once per kernel and device: allow the device's largest dynamic shared memory.
+  ctx.kernel_setup(reinterpret_cast<const void*>(kernel), [&] {
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     static_cast<int>(ctx.info().smem_per_block_optin)));
-    return true;
-  }();
-  (void)opted_in;
+    return 0;
+  });
   launch_pdl(ctx, kernel, dim3(static_cast<unsigned>(tiles)), dim3(static_cast<unsigned>(warps * kWarp)),
              smem, x, ldx, static_cast<int>(n), K, epi, norm, prefetch);
 }
