@@ -65,12 +65,14 @@ struct DevBf16 {
     if (init) std::copy(init->begin(), init->end(), f.begin());
     const auto bits = test::to_bf16_bits(f);
     EXPECT_EQ(cudaMemcpy(buf.p, bits.data(), bits.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
+    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);  // a pageable copy may return before its DMA ends
   }
   __nv_bfloat16* ptr() const { return buf.as<__nv_bfloat16>(); }
   void poison() const {  // every element back to the sentinel
     const auto bits =
         test::to_bf16_bits(std::vector<float>(static_cast<size_t>(n + test::kPad), test::kSentinel));
     EXPECT_EQ(cudaMemcpy(buf.p, bits.data(), bits.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
+    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);  // a pageable copy may return before its DMA ends
   }
   std::vector<uint16_t> bits() const {
     std::vector<uint16_t> b(static_cast<size_t>(n + test::kPad));
@@ -171,6 +173,7 @@ TEST_F(CudaAttentionDecode, MatchesReference) {
           DevBuf kc(cache_bytes), vc(cache_bytes), scratch(cuda::attention_scratch_bytes(s, n)), dpos(4);
           CU(cudaMemset(kc.p, 0xff, cache_bytes));
           CU(cudaMemset(vc.p, 0xff, cache_bytes));
+          CU(cudaDeviceSynchronize());  // legacy-stream set-up done before ctx's non-blocking stream runs
           const int64_t ts = KVH * hd;  // token stride of k, v
           if (pos0 > 0)
             cuda::kv_cache_write(*ctx, kd.ptr(), ts, vd.ptr(), ts, pos0, 0, nullptr, kc.p, vc.p, kt, s);
@@ -183,6 +186,7 @@ TEST_F(CudaAttentionDecode, MatchesReference) {
                                   static_cast<float>(scale), out_h.ptr(), H * hd, sc);
           const int32_t p32 = static_cast<int32_t>(pos0);
           CU(cudaMemcpy(dpos.p, &p32, 4, cudaMemcpyHostToDevice));
+          CU(cudaDeviceSynchronize());  // legacy-stream set-up done before ctx's non-blocking stream runs
           cuda::attention_forward(*ctx, qd.ptr(), H * hd, n, cap - n, dpos.as<int32_t>(), kc.p, vc.p, kt, s,
                                   static_cast<float>(scale), out_d.ptr(), H * hd, sc);
           ctx->synchronize();
@@ -241,10 +245,12 @@ TEST_F(CudaAttentionDecode, PrefillSizedN) {
       DevBuf kc(cache_bytes), vc(cache_bytes), scratch(cuda::attention_scratch_bytes(s, n)), dpos(4);
       CU(cudaMemset(kc.p, 0xff, cache_bytes));
       CU(cudaMemset(vc.p, 0xff, cache_bytes));
+      CU(cudaDeviceSynchronize());  // legacy-stream set-up done before ctx's non-blocking stream runs
       DevBf16 kd(static_cast<int64_t>(k.size()), &k), vd(static_cast<int64_t>(v.size()), &v);
       DevBf16 qd(n * H * hd, &q), out(n * H * hd);
       const int32_t p32 = static_cast<int32_t>(pos0);
       CU(cudaMemcpy(dpos.p, &p32, 4, cudaMemcpyHostToDevice));
+      CU(cudaDeviceSynchronize());  // legacy-stream set-up done before ctx's non-blocking stream runs
       cuda::kv_cache_write(*ctx, kd.ptr(), KVH * hd, vd.ptr(), KVH * hd, pos0 + n, 0, nullptr, kc.p, vc.p, kt,
                            s);
       cuda::attention_forward(*ctx, qd.ptr(), H * hd, n, cap - n, dpos.as<int32_t>(), kc.p, vc.p, kt, s,
@@ -270,9 +276,11 @@ TEST_F(CudaAttentionDecode, KvCacheWrite) {
       DevBuf kc(bytes), vc(bytes), dpos(4);
       CU(cudaMemset(kc.p, 0x5a, bytes));
       CU(cudaMemset(vc.p, 0x5a, bytes));
+      CU(cudaDeviceSynchronize());  // legacy-stream set-up done before ctx's non-blocking stream runs
       DevBf16 kd(static_cast<int64_t>(k.size()), &k), vd(static_cast<int64_t>(v.size()), &v);
       const int32_t p32 = static_cast<int32_t>(pos0);
       CU(cudaMemcpy(dpos.p, &p32, 4, cudaMemcpyHostToDevice));
+      CU(cudaDeviceSynchronize());  // legacy-stream set-up done before ctx's non-blocking stream runs
       cuda::kv_cache_write(*ctx, kd.ptr(), KVH * hd, vd.ptr(), KVH * hd, n, device_pos ? cap - n : pos0,
                            device_pos ? dpos.as<int32_t>() : nullptr, kc.p, vc.p, kt, s);
       ctx->synchronize();
@@ -329,6 +337,7 @@ TEST_F(CudaAttentionDecode, GraphReplayOverPositions) {
     CU(cudaGraphInstantiate(&exec, graph, 0));
     for (const int32_t pos0 : {0, 1, 31, 127, 128, 300, 4095, 4199}) {
       CU(cudaMemcpy(dpos.p, &pos0, 4, cudaMemcpyHostToDevice));
+      CU(cudaDeviceSynchronize());  // legacy-stream set-up done before ctx's non-blocking stream runs
       CU(cudaGraphLaunch(exec, ctx->stream()));
       cuda::attention_forward(*ctx, qd.ptr(), H * hd, n, pos0, nullptr, kc.p, vc.p, kt, s, scale, out_h.ptr(),
                               H * hd, {scratch.p, scratch.bytes});
@@ -385,8 +394,10 @@ TEST_F(CudaAttentionDecode, BackToBackCallsInOneGraph) {
       for (const int32_t pos0 : {static_cast<int32_t>(cap - n), 4000, 777, 100, 0, 4000}) {
         SCOPED_TRACE(::testing::Message() << "n " << n << " pos0 " << pos0 << (fp8 ? " FP8" : " BF16"));
         CU(cudaMemset(scratch.p, 0xff, scratch.bytes));  // what another op may leave there
+        CU(cudaDeviceSynchronize());  // legacy-stream set-up done before ctx's non-blocking stream runs
         for (int c = 0; c < kCalls; ++c) out_g[c]->poison(), out_h[c]->poison();
         CU(cudaMemcpy(dpos.p, &pos0, 4, cudaMemcpyHostToDevice));
+        CU(cudaDeviceSynchronize());  // legacy-stream set-up done before ctx's non-blocking stream runs
         CU(cudaGraphLaunch(exec, ctx->stream()));
         ctx->synchronize();
         std::vector<std::vector<uint16_t>> got_bits;
@@ -433,6 +444,7 @@ TEST_F(CudaAttentionDecode, Bandwidth) {
   DevBuf norm_w(unit.size() * 4), freq(inv_freq.size() * 4);
   CU(cudaMemcpy(norm_w.p, unit.data(), unit.size() * 4, cudaMemcpyHostToDevice));
   CU(cudaMemcpy(freq.p, inv_freq.data(), inv_freq.size() * 4, cudaMemcpyHostToDevice));
+  CU(cudaDeviceSynchronize());  // legacy-stream set-up done before ctx's non-blocking stream runs
   struct Case {
     const char* name;
     int64_t keys;
@@ -459,6 +471,7 @@ TEST_F(CudaAttentionDecode, Bandwidth) {
       }
       const int32_t p32 = static_cast<int32_t>(keys - n);
       CU(cudaMemcpy(dpos.p, &p32, 4, cudaMemcpyHostToDevice));
+      CU(cudaDeviceSynchronize());  // legacy-stream set-up done before ctx's non-blocking stream runs
       ctx->synchronize();
       cudaGraph_t graph;
       cudaGraphExec_t exec;

@@ -78,6 +78,7 @@ struct DevWeight {
       CUDA_CHECK(cudaMemcpy(scales.get<uint8_t>() + r0 * in / 16, h.q.scales.data(),
                             static_cast<size_t>(r * in / 16), cudaMemcpyHostToDevice));
     }
+    CUDA_CHECK(cudaDeviceSynchronize());  // see to_device
     w = h.q.view();
     w.out = h.out;
     w.data = codes.get();
