@@ -141,6 +141,37 @@ struct GpuModel {
   }
 };
 
+// The L2 prefetch of upcoming weights (CudaBackendOptions::l2_prefetch_bytes, off by default) is a
+// hint: with it on, every logit is bitwise what the same steps give without it. Lookaheads from
+// 16 bytes (windows inside one weight) to more than the tiny models' whole weight stream (windows
+// that wrap around to the first layer); the stream's ranges are not multiples of 16 bytes here, so
+// this also checks that no prefetch goes out misaligned (a fault) or past an allocation.
+TEST(CudaDecode, L2PrefetchChangesNoBit) {
+  NIBBLE_REQUIRE_GPU();
+  for (const char* name : {"qwen3_tied_gqa_f32", "llama_gqa_f32"}) {
+    const auto dir = test::data_dir() / "models" / name;
+    const ModelConfig config = ModelConfig::load(dir);
+    const WeightStore store = WeightStore::open_dir(dir);
+    const ModelWeights dense = load_model_weights(store, config, read_quant_config(dir, config));
+    const test::QuantisedWeights q(dense);
+    const auto prompt = prompt_of(9, static_cast<int32_t>(config.vocab_size), 3);
+    const auto next = prompt_of(20, static_cast<int32_t>(config.vocab_size), 4);
+    GpuModel off(CudaBackendOptions{}, config, q.w, 64);
+    const auto want = off.run(prompt, next);
+    for (const size_t bytes : {size_t{16}, size_t{4096}, size_t{1} << 20, size_t{64} << 20}) {
+      SCOPED_TRACE(::testing::Message() << name << " lookahead " << bytes);
+      CudaBackendOptions o;
+      o.l2_prefetch_bytes = bytes;
+      GpuModel on(o, config, q.w, 64);
+      const auto got = on.run(prompt, next);
+      ASSERT_EQ(got.size(), want.size());
+      size_t differ = 0;
+      for (size_t i = 0; i < got.size(); ++i) differ += got[i] != want[i] || !std::isfinite(got[i]);
+      EXPECT_EQ(differ, 0u);
+    }
+  }
+}
+
 // Recording a decode step as a CUDA graph and replaying it (positions and ids from device memory)
 // computes exactly what launching the same ops one by one does: bitwise equal logits at every step,
 // for BF16 and NVFP4 linears, and one recording serves all steps.
