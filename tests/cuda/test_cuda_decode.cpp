@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <random>
 #include <vector>
 
@@ -111,6 +112,28 @@ std::vector<int32_t> prompt_of(int64_t n, int32_t vocab, uint32_t seed) {
   return ids;
 }
 
+// A tiny fixture model (tests/fixtures/models/<name>): its config and its weights as stored (the
+// store maps the tensors the weights point into).
+struct Fixture {
+  std::filesystem::path dir;
+  ModelConfig config;
+  WeightStore store;
+  ModelWeights host;
+  explicit Fixture(const char* name)
+      : dir(test::data_dir() / "models" / name),
+        config(ModelConfig::load(dir)),
+        store(WeightStore::open_dir(dir)),
+        host(load_model_weights(store, config, read_quant_config(dir, config))) {}
+};
+
+// Elements of two logit sequences that differ in any bit (or are not finite in `got`).
+size_t bits_differing(const std::vector<float>& got, const std::vector<float>& want) {
+  size_t differ = got.size() != want.size();
+  for (size_t i = 0; i < got.size() && i < want.size(); ++i)
+    differ += got[i] != want[i] || !std::isfinite(got[i]);
+  return differ;
+}
+
 // A model on a CUDA backend with planned memory, as the Engine runs it.
 struct GpuModel {
   CudaBackend gpu;
@@ -149,11 +172,9 @@ struct GpuModel {
 TEST(CudaDecode, L2PrefetchChangesNoBit) {
   NIBBLE_REQUIRE_GPU();
   for (const char* name : {"qwen3_tied_gqa_f32", "llama_gqa_f32"}) {
-    const auto dir = test::data_dir() / "models" / name;
-    const ModelConfig config = ModelConfig::load(dir);
-    const WeightStore store = WeightStore::open_dir(dir);
-    const ModelWeights dense = load_model_weights(store, config, read_quant_config(dir, config));
-    const test::QuantisedWeights q(dense);
+    const Fixture f(name);
+    const ModelConfig& config = f.config;
+    const test::QuantisedWeights q(f.host);
     const auto prompt = prompt_of(9, static_cast<int32_t>(config.vocab_size), 3);
     const auto next = prompt_of(20, static_cast<int32_t>(config.vocab_size), 4);
     GpuModel off(CudaBackendOptions{}, config, q.w, 64);
@@ -163,11 +184,7 @@ TEST(CudaDecode, L2PrefetchChangesNoBit) {
       CudaBackendOptions o;
       o.l2_prefetch_bytes = bytes;
       GpuModel on(o, config, q.w, 64);
-      const auto got = on.run(prompt, next);
-      ASSERT_EQ(got.size(), want.size());
-      size_t differ = 0;
-      for (size_t i = 0; i < got.size(); ++i) differ += got[i] != want[i] || !std::isfinite(got[i]);
-      EXPECT_EQ(differ, 0u);
+      EXPECT_EQ(bits_differing(on.run(prompt, next), want), 0u);
     }
   }
 }
@@ -178,10 +195,9 @@ TEST(CudaDecode, L2PrefetchChangesNoBit) {
 TEST(CudaDecode, GraphReplayEqualsDirectLaunches) {
   NIBBLE_REQUIRE_GPU();
   for (const char* name : {"qwen3_tied_gqa_f32", "qwen3_hd32_gqa_bf16", "qwen2_bias_f32"}) {
-    const auto dir = test::data_dir() / "models" / name;
-    const ModelConfig config = ModelConfig::load(dir);
-    const WeightStore store = WeightStore::open_dir(dir);
-    const ModelWeights dense = load_model_weights(store, config, read_quant_config(dir, config));
+    const Fixture f(name);
+    const ModelConfig& config = f.config;
+    const ModelWeights& dense = f.host;
     const test::QuantisedWeights q(dense);
     const auto prompt = prompt_of(9, static_cast<int32_t>(config.vocab_size), 1);
     const auto next = prompt_of(40, static_cast<int32_t>(config.vocab_size), 2);
@@ -193,10 +209,7 @@ TEST(CudaDecode, GraphReplayEqualsDirectLaunches) {
       const auto la = a.run(prompt, next), lb = b.run(prompt, next);
       EXPECT_EQ(a.gpu.recorded_steps(), 1);
       EXPECT_EQ(b.gpu.recorded_steps(), 0);
-      ASSERT_EQ(la.size(), lb.size());
-      size_t differ = 0;
-      for (size_t i = 0; i < la.size(); ++i) differ += la[i] != lb[i] || !std::isfinite(la[i]);
-      EXPECT_EQ(differ, 0u) << "logits differing between graph replay and direct launches";
+      EXPECT_EQ(bits_differing(la, lb), 0u) << "logits differing between graph replay and direct launches";
     }
   }
 }
@@ -211,10 +224,9 @@ TEST(CudaDecode, Fp8KvCacheParity) {
   NIBBLE_REQUIRE_GPU();
   for (const char* name : {"qwen3_tied_gqa_f32", "qwen3_hd32_gqa_bf16", "llama_gqa_f32"}) {
     SCOPED_TRACE(name);
-    const auto dir = test::data_dir() / "models" / name;
-    const ModelConfig config = ModelConfig::load(dir);
-    const WeightStore store = WeightStore::open_dir(dir);
-    const ModelWeights host = load_model_weights(store, config, read_quant_config(dir, config));
+    const Fixture f(name);
+    const ModelConfig& config = f.config;
+    const ModelWeights& host = f.host;
     const auto prompt = prompt_of(50, static_cast<int32_t>(config.vocab_size), 3);
     const auto next = prompt_of(60, static_cast<int32_t>(config.vocab_size), 4);
 
