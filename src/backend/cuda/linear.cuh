@@ -70,9 +70,11 @@ void linear_forward(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const W
 // after its griddepcontrol.wait. A kernel launched the ordinary way after a PDL kernel simply waits
 // for it, so mixing the two is safe, in a stream and under CUDA-graph capture.
 //
-// Bit-exactness: for one K, every variant runs the same per-row summation (the same split of K
-// over warps, the same mma order) and then the same roundings as the unfused ops, so each equals
-// linear_forward followed by swiglu_forward / add_forward bit for bit.
+// Bit-exactness: for one K (and fewer than 2048 16-row tiles, or more: the head), every variant
+// runs the same per-row summation (the same split of K over warps, the same mma order) and then the
+// same roundings as the unfused ops, so each equals linear_forward followed by swiglu_forward /
+// add_forward bit for bit. Weight tiles reach shared memory through the TMA engine (cp.async.bulk)
+// before griddepcontrol.wait: codes 16-byte aligned, scales too (nvfp4_gemv_fusable).
 
 // y_j (n, out_j) bf16, row stride ldy = x W_j^T * global_j + bias_j (bias (out_j) fp32 or null).
 struct GemvTarget {
