@@ -334,7 +334,7 @@ constexpr int kNormPad = 8;
 // contract's order (8 chunks of a lane in flight: K = 2560 in two memory latencies, and no more
 // registers than the GEMV's main loop needs); then every warp of the block scales (elementwise:
 // any split gives the same bits). Before, warp 0 alone did both passes of a one-token row while
-// the block waited. Ends with __syncthreads.
+// the block waited. The caller's __syncthreads makes xs visible to the block.
 constexpr int kNormAhead = 8;
 
 // inv_s: n floats of shared memory.
@@ -356,7 +356,6 @@ __device__ __forceinline__ void rmsnorm_rows_to_shared(const bf16* __restrict__ 
     *reinterpret_cast<uint4*>(xs + r * (K + kNormPad) + c) = y;
     if (keep) *reinterpret_cast<uint4*>(norm.out + r * K + c) = y;
   }
-  __syncthreads();
 }
 
 // ---- TMA: bulk copies from global to shared memory, completed on an mbarrier (PTX ISA 8.0) ------
@@ -549,13 +548,6 @@ __global__ void __launch_bounds__(kMmaMaxWarps* kWarp, 1)
 // Epilogues: tile(idx) names tile idx's parts, store(idx) writes what thread (g, t) holds of it.
 // Every write of these kernels comes after pdl_wait() (PDL rule in linear.cuh).
 
-// Tile idx (rows idx * 16 ...) of a weight with N rows of K codes.
-__device__ __forceinline__ GemvTile weight_tile(const uint8_t* codes, const uint8_t* scales, int64_t N,
-                                                int64_t K, int64_t idx) {
-  const int64_t r0 = idx * kMmaTile;
-  return {codes + r0 * (K / 2), scales + r0 * (K / 16), tile_rows(N, r0)};
-}
-
 // f(row, tok, q) for each accumulator slot q of thread (g, t) of tile idx that lies inside (N, n).
 template <class F>
 __device__ __forceinline__ void for_each_slot(int64_t idx, int64_t N, int g, int t, int n, F&& f) {
@@ -566,22 +558,33 @@ __device__ __forceinline__ void for_each_slot(int64_t idx, int64_t N, int g, int
     if (row < N && tok < n) f(row, tok, q);
   }
 }
-template <typename OutT>
-struct GemvLinear {  // y = x W^T * scale + bias
-  const uint8_t* codes;
-  const uint8_t* scales;
-  int64_t N, K;
+// One NVFP4 weight as the epilogues see it: its tiles, and y = acc * scale + bias (scale: the
+// global scale times kMmaOutScale; bias (N) fp32 or null).
+struct GemvWeight {
+  const uint8_t* codes;   // (N, K/2)
+  const uint8_t* scales;  // (N, K/16)
+  int64_t N;
   float scale;
   const float* bias;
+
+  __device__ GemvTile tile(int64_t K, int64_t idx) const {  // rows idx * 16 ...
+    const int64_t r0 = idx * kMmaTile;
+    return {codes + r0 * (K / 2), scales + r0 * (K / 16), tile_rows(N, r0)};
+  }
+  __device__ float value(float acc, int64_t row) const { return gemv_value(acc, scale, bias, row); }
+};
+
+template <typename OutT>
+struct GemvLinear {  // y = x W^T * scale + bias
+  GemvWeight w;
+  int64_t K;
   OutT* y;
   int64_t ldy;
 
-  __device__ void tile(int64_t idx, GemvTile (&tl)[1]) const {
-    tl[0] = weight_tile(codes, scales, N, K, idx);
-  }
+  __device__ void tile(int64_t idx, GemvTile (&tl)[1]) const { tl[0] = w.tile(K, idx); }
   __device__ void store(int64_t idx, const float (&acc)[1][4], int g, int t, int n) const {
-    for_each_slot(idx, N, g, t, n, [&](int64_t row, int tok, int q) {
-      const float v = gemv_value(acc[0][q], scale, bias, row);
+    for_each_slot(idx, w.N, g, t, n, [&](int64_t row, int tok, int q) {
+      const float v = w.value(acc[0][q], row);
       if constexpr (sizeof(OutT) == 4)
         y[tok * ldy + row] = v;
       else
@@ -591,12 +594,8 @@ struct GemvLinear {  // y = x W^T * scale + bias
 };
 
 struct GemvMultiPart {
-  const uint8_t* codes;
-  const uint8_t* scales;
-  int64_t N;
+  GemvWeight w;
   int64_t tiles;
-  float scale;
-  const float* bias;
   bf16* y;
   int64_t ldy;
 };
@@ -612,56 +611,49 @@ struct GemvMulti {  // up to 3 weights of one K, the tiles of each following tho
     return i;
   }
   __device__ void tile(int64_t idx, GemvTile (&tl)[1]) const {
-    const GemvMultiPart& m = part[locate(idx)];
-    tl[0] = weight_tile(m.codes, m.scales, m.N, K, idx);
+    const GemvMultiPart& m = part[locate(idx)];  // idx becomes the tile within part i first
+    tl[0] = m.w.tile(K, idx);
   }
   __device__ void store(int64_t idx, const float (&acc)[1][4], int g, int t, int n) const {
     const GemvMultiPart& m = part[locate(idx)];
-    for_each_slot(idx, m.N, g, t, n, [&](int64_t row, int tok, int q) {
-      m.y[tok * m.ldy + row] = __float2bfloat16_rn(gemv_value(acc[0][q], m.scale, m.bias, row));
+    for_each_slot(idx, m.w.N, g, t, n, [&](int64_t row, int tok, int q) {
+      m.y[tok * m.ldy + row] = __float2bfloat16_rn(m.w.value(acc[0][q], row));
     });
   }
 };
 
 struct GemvResidual {  // y = residual + bf16(x W^T * scale + bias); y may be residual
-  const uint8_t* codes;
-  const uint8_t* scales;
-  int64_t N, K;
-  float scale;
-  const float* bias;
+  GemvWeight w;
+  int64_t K;
   const bf16* residual;
   int64_t ldr;
   bf16* y;
   int64_t ldy;
 
-  __device__ void tile(int64_t idx, GemvTile (&tl)[1]) const {
-    tl[0] = weight_tile(codes, scales, N, K, idx);
-  }
+  __device__ void tile(int64_t idx, GemvTile (&tl)[1]) const { tl[0] = w.tile(K, idx); }
   __device__ void store(int64_t idx, const float (&acc)[1][4], int g, int t, int n) const {
-    for_each_slot(idx, N, g, t, n, [&](int64_t row, int tok, int q) {
-      const float v = __bfloat162float(__float2bfloat16_rn(gemv_value(acc[0][q], scale, bias, row)));
+    for_each_slot(idx, w.N, g, t, n, [&](int64_t row, int tok, int q) {
+      const float v = __bfloat162float(__float2bfloat16_rn(w.value(acc[0][q], row)));
       y[tok * ldy + row] = __float2bfloat16_rn(__bfloat162float(residual[tok * ldr + row]) + v);
     });
   }
 };
 
-struct GemvSwiglu {  // out = bf16(silu(bf16(x Wg^T)) * bf16(x Wu^T)), as swiglu_forward rounds
-  const uint8_t* codes[2];
-  const uint8_t* scales[2];
-  int64_t N, K;
-  float scale[2];
+struct GemvSwiglu {     // out = bf16(silu(bf16(x Wg^T)) * bf16(x Wu^T)), as swiglu_forward rounds
+  GemvWeight gate, up;  // one shape, no bias
+  int64_t K;
   bf16* out;
   int64_t ldo;
 
   __device__ void tile(int64_t idx, GemvTile (&tl)[2]) const {
-#pragma unroll
-    for (int p = 0; p < 2; ++p) tl[p] = weight_tile(codes[p], scales[p], N, K, idx);
+    tl[0] = gate.tile(K, idx);
+    tl[1] = up.tile(K, idx);
   }
   __device__ void store(int64_t idx, const float (&acc)[2][4], int g, int t, int n) const {
-    for_each_slot(idx, N, g, t, n, [&](int64_t row, int tok, int q) {
-      const float gate = __bfloat162float(__float2bfloat16_rn(gemv_value(acc[0][q], scale[0], nullptr, row)));
-      const float up = __bfloat162float(__float2bfloat16_rn(gemv_value(acc[1][q], scale[1], nullptr, row)));
-      out[tok * ldo + row] = __float2bfloat16_rn(gate / (1.0f + expf(-gate)) * up);  // activation.cu's silu
+    for_each_slot(idx, gate.N, g, t, n, [&](int64_t row, int tok, int q) {
+      const float gv = __bfloat162float(__float2bfloat16_rn(gate.value(acc[0][q], row)));
+      const float uv = __bfloat162float(__float2bfloat16_rn(up.value(acc[1][q], row)));
+      out[tok * ldo + row] = __float2bfloat16_rn(gv / (1.0f + expf(-gv)) * uv);  // activation.cu's silu
     });
   }
 };
@@ -686,13 +678,11 @@ void launch_gemv_mma(Context& ctx, int64_t tiles, const bf16* x, int64_t ldx, in
              smem, x, ldx, static_cast<int>(n), K, epi, norm, prefetch);
 }
 
-template <class Epi>
-void launch_gemv_linear(Context& ctx, int64_t tiles, const bf16* x, int64_t ldx, int64_t n, int64_t K,
-                        const Epi& epi, const L2Prefetch& prefetch) {
-  launch_gemv_mma<1>(ctx, tiles, x, ldx, n, K, epi, prefetch);
-}
-
 const uint8_t* codes_of(const Weight& w) { return static_cast<const uint8_t*>(w.data); }
+
+GemvWeight gemv_weight(const Weight& w, const float* bias) {
+  return {codes_of(w), w.scales, w.out, w.global_scale * kMmaOutScale, bias};
+}
 
 // y (n, m) row stride ldy += bias (m), after a cuBLASLt product.
 template <typename OutT>
@@ -827,17 +817,13 @@ void linear_forward(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const W
       fail("linear_forward: x must be 16-byte aligned with ldx % 8 == 0");
     if (!nvfp4_gemv_fusable(w, n)) return nvfp4_gemv_ffma(ctx, x, ldx, n, w, bias, y, y_dtype, ldy);
     const int64_t tiles = ceil_div(w.out, kMmaTile);
-    const float scale = w.global_scale * kMmaOutScale;
     if (y_dtype == DType::F32)
-      launch_gemv_linear(
-          ctx, tiles, x, ldx, n, w.in,
-          GemvLinear<float>{codes_of(w), w.scales, w.out, w.in, scale, bias, static_cast<float*>(y), ldy},
-          prefetch);
+      launch_gemv_mma<1>(ctx, tiles, x, ldx, n, w.in,
+                         GemvLinear<float>{gemv_weight(w, bias), w.in, static_cast<float*>(y), ldy},
+                         prefetch);
     else
-      launch_gemv_linear(
-          ctx, tiles, x, ldx, n, w.in,
-          GemvLinear<bf16>{codes_of(w), w.scales, w.out, w.in, scale, bias, static_cast<bf16*>(y), ldy},
-          prefetch);
+      launch_gemv_mma<1>(ctx, tiles, x, ldx, n, w.in,
+                         GemvLinear<bf16>{gemv_weight(w, bias), w.in, static_cast<bf16*>(y), ldy}, prefetch);
     return;
   }
   // A biased bf16 product is staged in fp32 at the start of the scratch (see linear_scratch_bytes).
@@ -917,8 +903,7 @@ GemvMulti multi_epilogue(const bf16* x, int64_t ldx, int64_t n, const GemvTarget
     check_fused("nvfp4_gemv_multi", x, ldx, n, w);
     if (w.in != epi.K) fail("nvfp4_gemv_multi: target {} has K={}, target 0 K={}", i, w.in, epi.K);
     const int64_t tiles = ceil_div(w.out, kMmaTile);
-    epi.part[i] = {codes_of(w),     w.scales,     w.out,         tiles, w.global_scale * kMmaOutScale,
-                   targets[i].bias, targets[i].y, targets[i].ldy};
+    epi.part[i] = {gemv_weight(w, targets[i].bias), tiles, targets[i].y, targets[i].ldy};
     total_tiles += tiles;
   }
   return epi;
@@ -930,13 +915,7 @@ GemvSwiglu swiglu_epilogue(const bf16* x, int64_t ldx, int64_t n, const Weight& 
   check_fused("nvfp4_gemv_swiglu", x, ldx, n, wu);
   if (wg.out != wu.out || wg.in != wu.in)
     fail("nvfp4_gemv_swiglu: gate ({}, {}) and up ({}, {}) differ in shape", wg.out, wg.in, wu.out, wu.in);
-  return GemvSwiglu{{codes_of(wg), codes_of(wu)},
-                    {wg.scales, wu.scales},
-                    wg.out,
-                    wg.in,
-                    {wg.global_scale * kMmaOutScale, wu.global_scale * kMmaOutScale},
-                    out,
-                    ldo};
+  return GemvSwiglu{gemv_weight(wg, nullptr), gemv_weight(wu, nullptr), wg.in, out, ldo};
 }
 
 // The RMSNorm in front of a GEMV of K inputs: a weight, and x_norm_out (n, K) null or 16-byte
@@ -989,8 +968,7 @@ void nvfp4_gemv_residual(Context& ctx, const bf16* x, int64_t ldx, int64_t n, co
                          const float* bias, const bf16* residual, int64_t ldr, bf16* y, int64_t ldy,
                          const L2Prefetch& prefetch) {
   check_fused("nvfp4_gemv_residual", x, ldx, n, w);
-  const GemvResidual epi{codes_of(w), w.scales, w.out, w.in, w.global_scale * kMmaOutScale,
-                         bias,        residual, ldr,   y,    ldy};
+  const GemvResidual epi{gemv_weight(w, bias), w.in, residual, ldr, y, ldy};
   const int64_t tiles = ceil_div(w.out, kMmaTile);
   launch_gemv_mma<1>(ctx, tiles, x, ldx, n, w.in, epi, prefetch);
 }
