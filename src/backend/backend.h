@@ -162,7 +162,9 @@ class Backend {
                                      const Tensor& gate_tmp, const Tensor& up_tmp, const Tensor& out);
   // The RMSNorm in front of the two above: x_norm (n, dim) = rmsnorm(x) with norm_w (dim), then
   // linear_multi_forward / linear_swiglu_forward of x_norm. x_norm is always written (a kept
-  // activation); a fused implementation computes the default's values bit for bit.
+  // activation). A fused implementation may apply 1/rms after the products (CUDA decode: y =
+  // (1/rms) * (W . bf16(x * norm_w)), the sum of squares in its own order): its outputs then equal
+  // the default's within bf16 rounding, and its x_norm the default's within one bf16 ulp.
   virtual void rmsnorm_linear_multi_forward(const Tensor& x, const Tensor& norm_w, float eps,
                                             const Tensor& x_norm, std::span<const LinearOut> outs);
   virtual void rmsnorm_linear_swiglu_forward(const Tensor& x, const Tensor& norm_w, float eps,

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <random>
@@ -339,9 +340,35 @@ cuda::DeviceBuffer random_norm_weight(cuda::Context& ctx, int64_t dim, std::mt19
   return b;
 }
 
-// The RMSNorm fused in front of the q/k/v GEMV: outputs and the kept x_norm equal rmsnorm_forward
-// then nvfp4_gemv_multi bit for bit (dims of Qwen3-4B, 4096, and 1056 = 33 * 32: K % 256 != 0, so
-// lanes own different numbers of chunks); x_norm_out null gives the same outputs.
+// NMSE of a against b (both bf16 outputs of one shape), b the reference.
+double nmse_between(const std::vector<float>& a, const std::vector<float>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < b.size(); ++i) {
+    num += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
+    den += static_cast<double>(b[i]) * b[i];
+  }
+  return num / den;
+}
+
+// Elements of two bf16 arrays (bit patterns) more than one unit in the last place apart (same sign
+// assumed: the RMSNorm keeps signs).
+int64_t beyond_one_ulp(const std::vector<uint32_t>& a, const std::vector<uint32_t>& b) {
+  int64_t bad = 0;
+  for (size_t i = 0; i < b.size(); ++i)
+    if (std::abs(static_cast<int64_t>(a[i]) - static_cast<int64_t>(b[i])) > 1) ++bad;
+  return bad;
+}
+
+// The fused RMSNorm defers its 1/rms to the epilogue (linear.cu, rmsnorm_deferred_to_shared): bf16
+// rounds x * w instead of x * w / rms and the sum of squares runs in the block's order. Outputs:
+// NMSE against rmsnorm_forward + the unfused GEMV below 3e-5 (measured up to 1.1e-5 for q/k/v and
+// 3.6e-5 for the SwiGLU product on an H200; both sides carry bf16 roundings of x and of y); x_norm
+// within one bf16 ulp of rmsnorm_forward's.
+constexpr double kDeferredNorm = 3e-5;
+
+// The RMSNorm fused in front of the q/k/v GEMV against rmsnorm_forward then nvfp4_gemv_multi (dims
+// of Qwen3-4B, 4096, and 1056 = 33 * 32: K % 256 != 0, so threads own different numbers of
+// chunks); x_norm_out null gives the same outputs bit for bit.
 TEST_F(CudaGemv, RmsnormMultiEqualsNormThenMulti) {
   struct Case {
     int64_t in;
@@ -378,20 +405,21 @@ TEST_F(CudaGemv, RmsnormMultiEqualsNormThenMulti) {
                                      count, nullptr);
       sync();
       const std::string what = "rmsnorm+multi K=" + std::to_string(c.in) + " n=" + std::to_string(n);
-      EXPECT_EQ(xn_fused.bits(what + " x_norm"), xn_plain.bits(what + " x_norm (unfused)")) << what;
+      EXPECT_EQ(beyond_one_ulp(xn_fused.bits(what + " x_norm"), xn_plain.bits(what + " x_norm (unfused)")), 0)
+          << what;
       for (size_t i = 0; i < c.outs.size(); ++i) {
         const std::string wi = what + " target " + std::to_string(i);
-        const auto want = plain[i]->bits(wi + " (unfused)");
-        EXPECT_EQ(fused[i]->bits(wi), want) << wi;
-        EXPECT_EQ(fused_nokeep[i]->bits(wi + " no x_norm"), want) << wi << " no x_norm";
-        fused[i]->values(wi);
+        EXPECT_LT(nmse_between(fused[i]->values(wi), plain[i]->values(wi + " (unfused)")), kDeferredNorm)
+            << wi;
+        EXPECT_EQ(fused_nokeep[i]->bits(wi + " no x_norm"), fused[i]->bits(wi)) << wi << " no x_norm";
       }
       EXPECT_EQ(xd.bits("x").size(), static_cast<size_t>(n * c.in));  // input's sentinels intact
     }
   }
 }
 
-// The RMSNorm fused in front of gate/up + SwiGLU: bit for bit rmsnorm_forward then nvfp4_gemv_swiglu.
+// The RMSNorm fused in front of gate/up + SwiGLU against rmsnorm_forward then nvfp4_gemv_swiglu
+// (the SwiGLU product carries the rounding of both projections: twice the bound).
 TEST_F(CudaGemv, RmsnormSwigluEqualsNormThenSwiglu) {
   for (auto [out, in] : {std::pair<int64_t, int64_t>{9728, 2560}, {1024, 4096}, {40, 1056}}) {
     DevWeight g(*ctx, random_weight(out, in, rng)), u(*ctx, random_weight(out, in, rng));
@@ -407,9 +435,10 @@ TEST_F(CudaGemv, RmsnormSwigluEqualsNormThenSwiglu) {
       sync();
       const std::string what =
           "rmsnorm+swiglu " + std::to_string(out) + "x" + std::to_string(in) + " n=" + std::to_string(n);
-      EXPECT_EQ(xn_fused.bits(what + " x_norm"), xn_plain.bits(what + " x_norm (unfused)")) << what;
-      EXPECT_EQ(fused.bits(what), plain.bits(what + " (unfused)")) << what;
-      fused.values(what);
+      EXPECT_EQ(beyond_one_ulp(xn_fused.bits(what + " x_norm"), xn_plain.bits(what + " x_norm (unfused)")), 0)
+          << what;
+      EXPECT_LT(nmse_between(fused.values(what), plain.values(what + " (unfused)")), 2 * kDeferredNorm)
+          << what;
     }
   }
 }

@@ -325,36 +325,80 @@ struct GemvNorm {
   bf16* out = nullptr;
 };
 
-// Normalised x rows in shared memory: row stride K + kNormPad elements. The pad shifts row r by
+// x * w rows in shared memory: row stride K + kNormPad elements. The pad shifts row r by
 // 4r banks, so that the 8 token rows x 4 chunk threads of an mma's B load spread over all banks.
 constexpr int kNormPad = 8;
 
-// rmsnorm(x) of n rows into xs (shared, row stride K + kNormPad), bit for bit as norm.cu's
-// rmsnorm_kernel computes it (both through rmsnorm_row.cuh): warp r sums row r's squares in the
-// contract's order (8 chunks of a lane in flight: K = 2560 in two memory latencies, and no more
-// registers than the GEMV's main loop needs); then every warp of the block scales (elementwise:
-// any split gives the same bits). Before, warp 0 alone did both passes of a one-token row while
-// the block waited. The caller's __syncthreads makes xs visible to the block.
-constexpr int kNormAhead = 8;
-
-// inv_s: n floats of shared memory.
-__device__ __forceinline__ void rmsnorm_rows_to_shared(const bf16* __restrict__ x, int64_t ldx, int n,
-                                                       int64_t K, const GemvNorm& norm, bf16* xs,
-                                                       float* inv_s, bool keep) {
-  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, warps = blockDim.x / kWarp;
-  for (int r = warp; r < n; r += warps) {
-    const float inv = rms_row_inv<kNormAhead>(x + r * ldx, K, norm.eps, lane);
-    if (lane == 0) inv_s[r] = inv;
-  }
-  __syncthreads();
+// The RMSNorm in front of a GEMV with its 1/rms deferred: y = (1/rms) * (W . bf16(x * w)) instead
+// of W . bf16(x * (1/rms) * w). The prologue that every block runs between griddepcontrol.wait and
+// its main loop is then elementwise: xs (shared, row stride K + kNormPad) = bf16(x * w), while each
+// thread adds up the squares of the x it reads; the warps' sums go to ss_s (n x kMmaMaxWarps
+// floats) and the epilogue turns them into 1/rms (gemv_inv_rms) -- no reduction and no second
+// pass before the mma.
+// Measured on an H200 (2026-11-26, nibble bench with sampling and attention left out): the
+// exact prologue (warp r summing row r's squares in rmsnorm_row.cuh's order, a barrier, then every
+// thread scaling) cost the step 0.31 ms of 1.82, of which 0.14 ms was the reduction.
+// Numerics: 1/rms = rsqrtf(sum / K + eps) with the sum in the block's order (each thread's chunks
+// in order, warp_sum, warps in order): the same for every NORM kernel of one K and tile count, but
+// not rmsnorm_forward's order, and bf16 rounds x * w instead of x * w / rms: results equal the
+// unfused rmsnorm_forward + GEMV within rounding, not bit for bit. The kept x_norm (block 0) is
+// bf16(x * (1/rms) * w) with this 1/rms, written before block 0's main loop.
+// The caller's __syncthreads makes xs and ss_s visible to the block.
+__device__ __forceinline__ void rmsnorm_deferred_to_shared(const bf16* __restrict__ x, int64_t ldx, int n,
+                                                           int64_t K, const GemvNorm& norm, bf16* xs,
+                                                           float* ss_s) {
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
   const int64_t per_row = K / 8;
+  float part[kGemvMaxTokens];
+#pragma unroll
+  for (int r = 0; r < kGemvMaxTokens; ++r) part[r] = 0.0f;
   for (int64_t i = threadIdx.x; i < n * per_row; i += blockDim.x) {
     const int r = static_cast<int>(i / per_row);
     const int64_t c = (i % per_row) * 8;
-    const Bf16x8 y8 = rms_scale8(x + r * ldx, c, inv_s[r], norm.w);
-    const uint4 y = *reinterpret_cast<const uint4*>(&y8);  // one 16-byte store
-    *reinterpret_cast<uint4*>(xs + r * (K + kNormPad) + c) = y;
-    if (keep) *reinterpret_cast<uint4*>(norm.out + r * K + c) = y;
+    float f[8];
+    bf16x8_to_float(*reinterpret_cast<const Bf16x8*>(x + r * ldx + c), f);
+    float sq = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      sq = fmaf(f[j], f[j], sq);
+      f[j] *= norm.w[c + j];
+    }
+#pragma unroll
+    for (int q = 0; q < kGemvMaxTokens; ++q)
+      if (q == r) part[q] += sq;
+    const Bf16x8 y8 = float_to_bf16x8(f);
+    *reinterpret_cast<uint4*>(xs + r * (K + kNormPad) + c) = *reinterpret_cast<const uint4*>(&y8);
+  }
+  for (int r = 0; r < n; ++r) {
+    float v = 0.0f;
+#pragma unroll
+    for (int q = 0; q < kGemvMaxTokens; ++q)
+      if (q == r) v = part[q];
+    v = warp_sum(v);
+    if (lane == 0) ss_s[r * kMmaMaxWarps + warp] = v;
+  }
+}
+
+// 1/rms of row r from the warps' sums of squares (ss_s after a barrier), in warp order.
+__device__ __forceinline__ float gemv_inv_rms(const float* ss_s, int r, int warps, int64_t K, float eps) {
+  float ss = 0.0f;
+  for (int w = 0; w < warps; ++w) ss += ss_s[r * kMmaMaxWarps + w];
+  return rsqrtf(ss / static_cast<float>(K) + eps);
+}
+
+// This block's share of x_norm = bf16(x * (1/rms) * w) (norm.out, row stride K): the 8-element
+// chunks i = blockIdx.x, blockIdx.x + gridDim.x, ... of the n rows, by the lanes of one warp (one
+// that has nothing else to do while warp 0 stores), so that no block's tail grows.
+__device__ __forceinline__ void gemv_keep_x_norm_share(const bf16* __restrict__ x, int64_t ldx, int n,
+                                                       int64_t K, const GemvNorm& norm, const float* ss_s,
+                                                       int warps, int lane) {
+  const int64_t per_row = K / 8;
+  for (int64_t i = blockIdx.x + static_cast<int64_t>(gridDim.x) * lane; i < n * per_row;
+       i += static_cast<int64_t>(gridDim.x) * kWarp) {
+    const int r = static_cast<int>(i / per_row);
+    const int64_t c = (i % per_row) * 8;
+    const Bf16x8 y8 = rms_scale8(x + r * ldx, c, gemv_inv_rms(ss_s, r, warps, K, norm.eps), norm.w);
+    *reinterpret_cast<uint4*>(norm.out + r * K + c) = *reinterpret_cast<const uint4*>(&y8);
   }
 }
 
@@ -415,7 +459,7 @@ struct GemvSmem {
     scales = codes + P * kMmaTile * smem_code_stride(K);
     partial = scales + P * K;  // P x 16 rows x K/16
     inv = partial + static_cast<int64_t>(warps - 1) * P * 4 * kWarp * 4;
-    xs = inv + (norm ? 4 * kGemvMaxTokens : 0);
+    xs = inv + (norm ? 4 * kGemvMaxTokens * kMmaMaxWarps : 0);
     bar = xs + (norm ? (static_cast<int64_t>(n) * (K + kNormPad) * 2 + 15) / 16 * 16 : 0);
     total = bar + 16;
   }
@@ -474,15 +518,15 @@ __global__ void __launch_bounds__(kMmaMaxWarps* kWarp, 1)
   pdl_launch_dependents();
   pdl_wait();
   const bf16* xr;
+  const float* ss_s = reinterpret_cast<const float*>(smem + lay.inv);
   if constexpr (NORM) {
     bf16* xs = reinterpret_cast<bf16*>(smem + lay.xs);
-    rmsnorm_rows_to_shared(x, ldx, n, K, norm, xs, reinterpret_cast<float*>(smem + lay.inv),
-                           blockIdx.x == 0 && norm.out != nullptr);
+    rmsnorm_deferred_to_shared(x, ldx, n, K, norm, xs, reinterpret_cast<float*>(smem + lay.inv));
     xr = xs + static_cast<int64_t>(min(g, n - 1)) * (K + kNormPad);
   } else {
     xr = x + static_cast<int64_t>(min(g, n - 1)) * ldx;
   }
-  __syncthreads();  // the mbarrier's initialisation, the hand-copied scales and the normalised x
+  __syncthreads();  // the mbarrier's initialisation, the hand-copied scales, x * w and its squares
   mbar_wait(bar, 0);
 
   float acc[P][4];
@@ -542,7 +586,18 @@ __global__ void __launch_bounds__(kMmaMaxWarps* kWarp, 1)
 #pragma unroll
           for (int q = 0; q < 4; ++q) acc[p][q] += part[((w * P + p) * 4 + q) * kWarp + lane];
   }
-  if (warp == 0) epi.store(tile, acc, g, t, n);
+  if (NORM && norm.out != nullptr && warp == (warps > 1 ? 1 : 0))
+    gemv_keep_x_norm_share(x, ldx, n, K, norm, ss_s, warps, lane);
+  if (warp != 0) return;
+  if constexpr (NORM) {  // the deferred 1/rms of each accumulator's token (2t + q % 2)
+    const float inv0 = gemv_inv_rms(ss_s, min(2 * t, n - 1), warps, K, norm.eps),
+                inv1 = gemv_inv_rms(ss_s, min(2 * t + 1, n - 1), warps, K, norm.eps);
+#pragma unroll
+    for (int q = 0; q < 4; ++q)
+#pragma unroll
+      for (int p = 0; p < P; ++p) acc[p][q] *= q % 2 ? inv1 : inv0;
+  }
+  epi.store(tile, acc, g, t, n);
 }
 
 // Epilogues: tile(idx) names tile idx's parts, store(idx) writes what thread (g, t) holds of it.

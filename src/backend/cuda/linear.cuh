@@ -71,10 +71,11 @@ void linear_forward(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const W
 // for it, so mixing the two is safe, in a stream and under CUDA-graph capture.
 //
 // Bit-exactness: for one K (and fewer than 2048 16-row tiles, or more: the head), every variant
-// runs the same per-row summation (the same split of K over warps, the same mma order) and then the
-// same roundings as the unfused ops, so each equals linear_forward followed by swiglu_forward /
-// add_forward bit for bit. Weight tiles reach shared memory through the TMA engine (cp.async.bulk)
-// before griddepcontrol.wait: codes 16-byte aligned, scales too (nvfp4_gemv_fusable).
+// without the RMSNorm runs the same per-row summation (the same split of K over warps, the same mma
+// order) and then the same roundings as the unfused ops, so each equals linear_forward followed by
+// swiglu_forward / add_forward bit for bit (the _rmsnorm variants: see there). Weight tiles reach shared
+// memory through the TMA engine (cp.async.bulk) before griddepcontrol.wait: codes 16-byte aligned, scales too
+// (nvfp4_gemv_fusable).
 
 // y_j (n, out_j) bf16, row stride ldy = x W_j^T * global_j + bias_j (bias (out_j) fp32 or null).
 struct GemvTarget {
@@ -99,12 +100,15 @@ void nvfp4_gemv_multi(Context& ctx, const __nv_bfloat16* x, int64_t ldx, int64_t
 void nvfp4_gemv_swiglu(Context& ctx, const __nv_bfloat16* x, int64_t ldx, int64_t n, const Weight& wg,
                        const Weight& wu, __nv_bfloat16* out, int64_t ldo, const L2Prefetch& prefetch = {});
 
-// RMSNorm fused in front: the two GEMVs above applied to rmsnorm(x) (norm_w (in) fp32, eps), which
-// every block computes after griddepcontrol.wait into shared memory exactly as rmsnorm_forward does
-// (same per-lane chunk order, fmaf order, warp_sum, rsqrtf and bf16 rounding), so each equals
-// rmsnorm_forward followed by the plain variant bit for bit. Block 0 also writes the normalised
-// rows to x_norm_out ((n, in) bf16, row stride in, 16-byte aligned, apart from x; null: not kept).
-// Shared memory: n * (in + 8) * 2 bytes more than the plain variant.
+// RMSNorm fused in front: the two GEMVs above applied to rmsnorm(x) (norm_w (in) fp32, eps) with
+// the 1/rms deferred to the epilogue: every block writes bf16(x * norm_w) to shared memory after
+// griddepcontrol.wait while summing the squares of x (no reduction before its main loop), and
+// scales its sums by 1/rms = rsqrtf(sum / in + eps) at the end. Results equal rmsnorm_forward
+// followed by the plain variant within bf16 rounding (not bit for bit: bf16 rounds x * w instead
+// of x * w / rms, and the sum of squares runs in the block's order; the same for every _rmsnorm
+// variant of one K and tile count). Block 0 also writes bf16(x * (1/rms) * norm_w) to x_norm_out
+// ((n, in) bf16, row stride in, 16-byte aligned, apart from x; null: not kept), within one bf16 ulp
+// of rmsnorm_forward's. Shared memory: n * (in + 8) * 2 bytes more than the plain variant.
 void nvfp4_gemv_multi_rmsnorm(Context& ctx, const __nv_bfloat16* x, int64_t ldx, int64_t n,
                               const float* norm_w, float eps, const GemvTarget* targets, int count,
                               __nv_bfloat16* x_norm_out, const L2Prefetch& prefetch = {});
