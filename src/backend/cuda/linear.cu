@@ -318,7 +318,7 @@ __device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
 }
 
 // The RMSNorm fused in front of a GEMV (NORM kernels): w (K) fp32 norm weight; out (n, K) bf16
-// rows of stride K written by block 0 (null: not kept).
+// rows of stride K, written in shares by every block (null: not kept).
 struct GemvNorm {
   const float* w = nullptr;
   float eps = 0.0f;
@@ -335,14 +335,15 @@ constexpr int kNormPad = 8;
 // thread adds up the squares of the x it reads; the warps' sums go to ss_s (n x kMmaMaxWarps
 // floats) and the epilogue turns them into 1/rms (gemv_inv_rms) -- no reduction and no second
 // pass before the mma.
-// Measured on an H200 (2026-11-26, nibble bench with sampling and attention left out): the
-// exact prologue (warp r summing row r's squares in rmsnorm_row.cuh's order, a barrier, then every
-// thread scaling) cost the step 0.31 ms of 1.82, of which 0.14 ms was the reduction.
+// Measured on an H200 (2026-11-26): the exact prologue this replaces (warp r summing row r's squares
+// in rmsnorm_row.cuh's order, a barrier, then every thread scaling) cost the decode step 0.31 ms of
+// 1.82 (sampling and attention left out), 0.14 ms of it the reduction; deferring took decode from
+// 518.5 to 540.1 tok/s at context 0 (441.1 -> 451.6 at 4K).
 // Numerics: 1/rms = rsqrtf(sum / K + eps) with the sum in the block's order (each thread's chunks
 // in order, warp_sum, warps in order): the same for every NORM kernel of one K and tile count, but
 // not rmsnorm_forward's order, and bf16 rounds x * w instead of x * w / rms: results equal the
-// unfused rmsnorm_forward + GEMV within rounding, not bit for bit. The kept x_norm (block 0) is
-// bf16(x * (1/rms) * w) with this 1/rms, written before block 0's main loop.
+// unfused rmsnorm_forward + GEMV within rounding, not bit for bit. The kept x_norm is
+// bf16(x * (1/rms) * w) with this 1/rms (gemv_keep_x_norm_share).
 // The caller's __syncthreads makes xs and ss_s visible to the block.
 __device__ __forceinline__ void rmsnorm_deferred_to_shared(const bf16* __restrict__ x, int64_t ldx, int n,
                                                            int64_t K, const GemvNorm& norm, bf16* xs,
