@@ -235,6 +235,14 @@ constexpr int kDecodeWarps = 4;
 constexpr int kChunkKeys = 16;
 constexpr int kBlockKeys = kDecodeWarps * kChunkKeys;  // split lengths are multiples of this
 constexpr int kMinKeysPerSplit = 128;
+// Up to kSplitTarget splits of at least kMinKeysPerSplit keys, and beyond that as many as keep each
+// split at most kMaxKeysPerSplit keys (within the launch's max_splits). Measured on an H200
+// (2026-11-26, nibble bench, Qwen3-4B: 8 KV heads, one wave = 33 splits): always 128-key splits gave
+// 516 / 457 / 314 tok/s at context 1K / 4K / 32K, 512-key splits 490 / 475 / 314: short contexts
+// want the parallelism, at 4K 32 splits of 128 keys lose to 8 longer ones (fewer partials for the
+// combine, longer per-warp pipelines).
+constexpr int kSplitTarget = 8;
+constexpr int kMaxKeysPerSplit = 512;
 constexpr int kDecodeMaxSplits = 64;  // scratch is planned for this many
 constexpr int kCombineBatch = 16;     // splits whose partials a combine thread loads at once
 
@@ -274,15 +282,19 @@ struct DecodeParams {
 };
 
 // The split partition of `keys` keys: `count` splits of `len` keys (a multiple of kBlockKeys; the
-// last one shorter). count <= min(max_splits, ceil(keys / min_keys)), which grows with keys: a
-// launch sized for the largest keys covers every smaller count.
+// last one shorter). count <= min(max_splits, max(min(kSplitTarget, ceil(keys / min_keys)),
+// ceil(keys / kMaxKeysPerSplit))), which never decreases as keys grow: a launch sized for the
+// largest keys covers every smaller count.
 struct SplitPlan {
   int count;
   int len;
 };
 // In 32-bit arithmetic (positions fit int; 64-bit divisions lengthen the blocks' start-up).
 __host__ __device__ inline int max_split_count(int keys, int max_splits, int min_keys) {
-  const int s = (keys + min_keys - 1) / min_keys;
+  const int by_min = (keys + min_keys - 1) / min_keys,
+            by_max = (keys + kMaxKeysPerSplit - 1) / kMaxKeysPerSplit;
+  const int short_ctx = by_min < kSplitTarget ? by_min : kSplitTarget;
+  const int s = by_max > short_ctx ? by_max : short_ctx;
   return s < 1 ? 1 : s > max_splits ? max_splits : s;
 }
 __host__ __device__ inline SplitPlan plan_splits(int keys, int max_splits, int min_keys) {
