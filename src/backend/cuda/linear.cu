@@ -238,8 +238,8 @@ void nvfp4_gemv_ffma_typed(Context& ctx, const bf16* x, int64_t ldx, int64_t n, 
 // B = x for 8 token slots (slots >= n repeat token n-1 and their columns are dropped). Thread
 // (g = lane/4, t = lane%4) owns rows g and g+8; chunk c (16 bytes = 32 codes of a row) of group j is
 // c = 4j + t, and warp s takes groups s, s + warps, s + 2 warps, ... The summation order depends on
-// K and the tile count alone (through gemv_warps), never on the fused variant: every variant equals
-// linear_forward bit for bit.
+// K and the tile count alone (through gemv_warps), never on the fused variant: every variant without
+// the RMSNorm equals linear_forward bit for bit (with it: rmsnorm_deferred_to_shared).
 //
 // Element order: a dot product may visit k in any order as long as A and B agree. The 8 codes of a
 // 32-bit word (k0..k0+7) are taken as 4 pairs {k0+j, k0+j+4}: codes j and j+4 lie 16 bits apart,
@@ -365,8 +365,8 @@ __device__ __forceinline__ void rmsnorm_deferred_to_shared(const bf16* __restric
       f[j] *= norm.w[c + j];
     }
 #pragma unroll
-    for (int q = 0; q < kGemvMaxTokens; ++q)
-      if (q == r) part[q] += sq;
+    for (int q = 0; q < kGemvMaxTokens; ++q)  // part[r] with r known at run time: a select per
+      if (q == r) part[q] += sq;              // slot keeps part in registers, not local memory
     const Bf16x8 y8 = float_to_bf16x8(f);
     *reinterpret_cast<uint4*>(xs + r * (K + kNormPad) + c) = *reinterpret_cast<const uint4*>(&y8);
   }
@@ -781,65 +781,6 @@ int64_t dequant_rows_per_chunk(const Weight& w, size_t scratch_bytes) {
 bool is_aligned(const void* p, size_t a) { return reinterpret_cast<uintptr_t>(p) % a == 0; }
 
 }  // namespace
-
-// ---- cuBLASLt ---------------------------------------------------------------------------------
-
-MatmulCache::~MatmulCache() {
-  for (auto& [key, p] : plans_) {
-    cublasLtMatrixLayoutDestroy(p.a);
-    cublasLtMatrixLayoutDestroy(p.b);
-    cublasLtMatrixLayoutDestroy(p.c);
-    cublasLtMatmulDescDestroy(p.desc);
-  }
-}
-
-const MatmulCache::Plan& MatmulCache::get(cublasLtHandle_t handle, const Key& key) {
-  if (auto it = plans_.find(key); it != plans_.end()) return it->second;
-  const auto [m, n, k, lda, ldb, ldc, c_type, ws_bytes] = key;
-  Plan p;
-  CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-  const cublasOperation_t trans_a = CUBLAS_OP_T, trans_b = CUBLAS_OP_N;
-  CUBLAS_CHECK(
-      cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &trans_a, sizeof(trans_a)));
-  CUBLAS_CHECK(
-      cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &trans_b, sizeof(trans_b)));
-  // Column-major view: A = W stored (k, m) ld lda, used transposed; B = x stored (k, n) ld ldb;
-  // C = y stored (m, n) ld ldc, i.e. y row-major (n, m).
-  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_16BF, k, m, lda));
-  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_16BF, k, n, ldb));
-  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, static_cast<cudaDataType_t>(c_type), m, n, ldc));
-  cublasLtMatmulPreference_t pref;
-  CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-  size_t ws = ws_bytes;
-  CUBLAS_CHECK(
-      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
-  cublasLtMatmulHeuristicResult_t result{};
-  int found = 0;
-  const cublasStatus_t st =
-      cublasLtMatmulAlgoGetHeuristic(handle, p.desc, p.a, p.b, p.c, p.c, pref, 1, &result, &found);
-  cublasLtMatmulPreferenceDestroy(pref);
-  if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
-    cublasLtMatrixLayoutDestroy(p.a);
-    cublasLtMatrixLayoutDestroy(p.b);
-    cublasLtMatrixLayoutDestroy(p.c);
-    cublasLtMatmulDescDestroy(p.desc);
-    fail("cuBLASLt has no algorithm for bf16 GEMM m={} n={} k={} (lda {}, ldb {}, ldc {}): {}", m, n, k, lda,
-         ldb, ldc, cublasLtGetStatusString(st));
-  }
-  p.algo = result.algo;
-  return plans_.emplace(key, p).first->second;
-}
-
-void gemm_bf16_nt(Context& ctx, const bf16* x, int64_t ldx, const bf16* w, int64_t ldw, void* y,
-                  DType y_dtype, int64_t ldy, int64_t n, int64_t m, int64_t k, float alpha) {
-  if (n == 0 || m == 0) return;
-  const int c_type = y_dtype == DType::F32 ? CUDA_R_32F : CUDA_R_16BF;
-  const MatmulCache::Plan& p =
-      ctx.matmul_cache().get(ctx.blaslt(), {m, n, k, ldw, ldx, ldy, c_type, ctx.blas_workspace_bytes()});
-  const float beta = 0.0f;
-  CUBLAS_CHECK(cublasLtMatmul(ctx.blaslt(), p.desc, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c, &p.algo,
-                              ctx.blas_workspace(), ctx.blas_workspace_bytes(), ctx.stream()));
-}
 
 // ---- linear -----------------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 // defines: linear_forward (y = x · W^T for a dense BF16 or an NVFP4 Weight), linear_scratch_bytes,
-// gemm_bf16_nt (the cuBLASLt call under it), MatmulCache (cuBLASLt descriptors by shape), and the
+// gemm_bf16_nt (the cuBLASLt call under it) and MatmulCache (descriptors by shape; both in matmul.cpp), the
 // decode-time NVFP4 GEMVs: fused q/k/v (nvfp4_gemv_multi), gate/up + SwiGLU (nvfp4_gemv_swiglu),
 // both also with the RMSNorm in front (*_rmsnorm), projection + residual add (nvfp4_gemv_residual),
 // nvfp4_gemv_fusable, nvfp4_gemv_ffma.

@@ -1,6 +1,6 @@
-// defines: rms_row_inv and rms_scale8, the RMSNorm of one row by one warp, shared by the norm kernel
-// (norm.cu) and the GEMVs that normalise their input themselves (linear.cu) so that both give the
-// same bits. Only for .cu files: uses device code.
+// defines: rms_row_inv and rms_scale8, the RMSNorm of one row by one warp (norm.cu); rms_scale8
+// also writes the x_norm the fused GEMVs keep (linear.cu, with their own 1/rms). Only for .cu
+// files: uses device code.
 //
 // Order (part of the contract): lane l takes the 8-element chunks l, l + 32, l + 64, ... and sums
 // their squares with fmaf in that order; warp_sum; inv = rsqrtf(ss / dim + eps); y = bf16(x * inv * w).
