@@ -123,6 +123,12 @@ void Backend::linear_residual_forward(const Tensor& x, const Weight& w, const Te
   add_forward(residual, tmp, out);
 }
 
+void Backend::linear_residual_norm_forward(const Tensor& x, const Weight& w, const Tensor& bias,
+                                           const Tensor& residual, const Tensor& tmp, const Tensor& out,
+                                           const Tensor& /*next_norm_w*/, float /*eps*/) {
+  linear_residual_forward(x, w, bias, residual, tmp, out);
+}
+
 static Tensor kv_layer_view(const Buffer& b, const KvCache& c, int64_t layer) {
   NIBBLE_ASSERT(layer >= 0 && layer < c.layers);
   const size_t per_layer = static_cast<size_t>(c.kv_heads * c.capacity * c.head_dim) * dtype_size(c.dtype);

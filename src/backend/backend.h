@@ -34,7 +34,8 @@
 //   swiglu_forward     gate (n, ffn), up (n, ffn)                            -> out = silu(gate) * up
 //   add_forward        a, b (same shape)                                     -> out = a + b (residual)
 //   fused: qk_norm_rope, qk_norm_rope_kv (+ kv_cache_write), linear_multi (q/k/v), linear_swiglu,
-//          rmsnorm_linear_multi, rmsnorm_linear_swiglu, linear_residual (defaults compose the ops above)
+//          rmsnorm_linear_multi, rmsnorm_linear_swiglu, linear_residual, linear_residual_norm (the
+//          residual with a hint of the RMSNorm that follows) (defaults compose the ops above)
 //   copy_to_host / copy_from_host: any activation <-> host fp32
 //
 // How CUDA plugs in: backend/cuda/cuda_backend.{h,cu} derives from Backend (raw_alloc =
@@ -173,6 +174,15 @@ class Backend {
   // out = residual + (x W^T + bias); tmp (n, W.out) is the product. out may not alias residual.
   virtual void linear_residual_forward(const Tensor& x, const Weight& w, const Tensor& bias,
                                        const Tensor& residual, const Tensor& tmp, const Tensor& out);
+  // linear_residual_forward from a caller whose next op on `out` is rmsnorm_linear_multi_forward or
+  // rmsnorm_linear_swiglu_forward with next_norm_w and eps, `out` unchanged in between. A backend
+  // may start that RMSNorm here, while it writes out (CUDA decode: bf16(out * next_norm_w) and the
+  // sums of squares go to a handoff buffer, and the next fused GEMV reads them instead of
+  // normalising x itself); the next op's results then equal the unprepared ones within rounding.
+  // The default is linear_residual_forward.
+  virtual void linear_residual_norm_forward(const Tensor& x, const Weight& w, const Tensor& bias,
+                                            const Tensor& residual, const Tensor& tmp, const Tensor& out,
+                                            const Tensor& next_norm_w, float eps);
 
   // ---- recorded steps (CUDA graphs). A backend that can record the ops of one forward and replay
   // them: set_step_inputs puts the token ids and the first position in backend memory, where the

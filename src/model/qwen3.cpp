@@ -223,12 +223,17 @@ void Qwen3Model::layer_forward(int64_t layer, const Tensor& x, const LayerActiva
                             L.q_norm, L.k_norm, eps, pos0, rope_, q3, k3, cache, layer);
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   b.attention_forward(q3, none, none, cache, layer, pos0, scale, a.attn.reshape({n, hq, hd}));
-  b.linear_residual_forward(a.attn, L.o_proj, L.o_bias, x, a.attn_proj, a.h);
+  // The residual sums go next into an RMSNorm + GEMV: the backend may start that norm as it writes them.
+  b.linear_residual_norm_forward(a.attn, L.o_proj, L.o_bias, x, a.attn_proj, a.h, L.post_attention_norm, eps);
 
   // MLP block (SwiGLU).
   b.rmsnorm_linear_swiglu_forward(a.h, L.post_attention_norm, eps, a.h_norm, L.gate_proj, L.up_proj, a.gate,
                                   a.up, a.act);
-  b.linear_residual_forward(a.act, L.down_proj, none, a.h, a.mlp_out, x_out);
+  if (layer + 1 < config_.num_layers)
+    b.linear_residual_norm_forward(a.act, L.down_proj, none, a.h, a.mlp_out, x_out,
+                                   weights_.layers[static_cast<size_t>(layer + 1)].input_norm, eps);
+  else  // the final norm and the head follow (run)
+    b.linear_residual_forward(a.act, L.down_proj, none, a.h, a.mlp_out, x_out);
 }
 
 void Qwen3Model::forward(std::span<const int32_t> tokens, int64_t pos0, KvCache& cache, int64_t logit_rows,

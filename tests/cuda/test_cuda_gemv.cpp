@@ -1,9 +1,10 @@
 // The decode GEMVs (backend/cuda/linear.cuh, NVFP4, n <= 8 tokens): linear_forward's GEMV path
-// against an fp64 CPU reference of the dequantised weights, the fused variants (q/k/v multi,
-// gate/up + SwiGLU, projection + residual, and q/k/v and gate/up with the RMSNorm in front) bit for
-// bit against the unfused ops, sentinels after every output, and a chain of 50 dependent GEMVs (programmatic
-// dependent launch) equal bit for bit whether run one launch at a time, back to back, or replayed from a CUDA
-// graph. Skips without a GPU.
+// against an fp64 CPU reference of the dequantised weights; the fused variants against the unfused
+// ops: q/k/v multi, gate/up + SwiGLU and projection + residual bit for bit, q/k/v and gate/up with
+// the RMSNorm in front (from their own prologue, or from the start the residual GEMV hands them)
+// within rounding; sentinels after every output; and a chain of 50 dependent GEMVs (programmatic
+// dependent launch) equal bit for bit whether run one launch at a time, back to back, or replayed
+// from a CUDA graph. Skips without a GPU.
 //
 // Bounds. A bf16 output is rounded once (relative error <= 2^-9: NMSE <= 2^-18 = 3.8e-6 if every
 // element hit the worst case, ~1.3e-6 typically); the fp32 dot products of K <= 9728 exact products
@@ -443,6 +444,113 @@ TEST_F(CudaGemv, RmsnormSwigluEqualsNormThenSwiglu) {
   }
 }
 
+// The residual GEMV that starts the next RMSNorm (NormHandoff): its sum equals the plain residual
+// bit for bit; xw is bf16(y * w) exactly (host RNE); each sumsq column is the fp64 sum of y^2 over
+// its 16 rows within fp32 rounding; and the fused GEMVs that take the handoff equal their own
+// prologue (on the same y) within one bf16 ulp, x_norm too -- only the sum of squares' order
+// differs -- and rmsnorm_forward + the unfused GEMV within kDeferredNorm. Dims: Qwen3-4B's o_proj
+// -> q/k/v and down_proj -> gate/up, and 1056 (66 tiles: sumsq rows padded to 68 columns).
+TEST_F(CudaGemv, ResidualHandoffFeedsTheNextRmsnorm) {
+  struct Case {
+    int64_t dim, in;             // the residual GEMV: (dim, in)
+    std::vector<int64_t> outs;   // the next GEMV: q/k/v outputs, or one gate/up output (SwiGLU)
+    bool swiglu;
+  };
+  for (const Case& c : {Case{2560, 4096, {4096, 1024, 1024}, false}, Case{2560, 9728, {9728}, true},
+                        Case{1056, 64, {40, 33, 7}, false}, Case{1056, 96, {40}, true}}) {
+    DevWeight wr(*ctx, random_weight(c.dim, c.in, rng));
+    std::vector<std::unique_ptr<DevWeight>> dws;
+    for (size_t i = 0; i < c.outs.size() + (c.swiglu ? 1 : 0); ++i)
+      dws.push_back(std::make_unique<DevWeight>(*ctx, random_weight(c.outs[std::min(i, c.outs.size() - 1)],
+                                                                    c.dim, rng)));
+    std::normal_distribution<float> dn(1.0f, 0.25f);
+    std::vector<float> norm_host(static_cast<size_t>(c.dim));
+    for (auto& v : norm_host) v = dn(rng);
+    cuda::DeviceBuffer norm_w(*ctx, norm_host.size() * 4, "norm weight");
+    to_device(norm_w.get(), norm_host.data(), norm_host.size() * 4);
+    const int64_t ld = cuda::norm_handoff_ld(c.dim), tiles = c.dim / 16;
+    ASSERT_EQ(ld % 4, 0);
+    ASSERT_GE(ld, tiles);
+    for (int64_t n = 1; n <= 8; ++n) {
+      const std::string what = "handoff " + std::to_string(c.dim) + "x" + std::to_string(c.in) +
+                                " n=" + std::to_string(n) + (c.swiglu ? " swiglu" : " multi");
+      DevArray xd(*ctx, n * c.in), res(*ctx, n * c.dim), y_plain(*ctx, n * c.dim), y(*ctx, n * c.dim),
+          xw(*ctx, n * c.dim), sumsq(*ctx, n * ld, true);
+      xd.upload(test::randn_bf16(static_cast<size_t>(n * c.in), rng));
+      res.upload(test::randn_bf16(static_cast<size_t>(n * c.dim), rng, 4.0f));
+      const cuda::NormHandoff h{norm_w.get<float>(), xw.bf(), sumsq.buf.get<float>()};
+      cuda::nvfp4_gemv_residual(*ctx, xd.bf(), c.in, n, wr.w, nullptr, res.bf(), c.dim, y_plain.bf(), c.dim);
+      cuda::nvfp4_gemv_residual(*ctx, xd.bf(), c.in, n, wr.w, nullptr, res.bf(), c.dim, y.bf(), c.dim, {}, &h);
+      sync();
+      const auto y_bits = y.bits(what + " y");
+      EXPECT_EQ(y_bits, y_plain.bits(what + " y (no handoff)")) << what;
+      const auto xw_bits = xw.bits(what + " xw");
+      const auto ss = sumsq.bits(what + " sumsq");
+      int64_t bad_xw = 0, bad_ss = 0;
+      for (int64_t t = 0; t < n; ++t)
+        for (int64_t j = 0; j < tiles; ++j) {
+          double want = 0;
+          for (int64_t r = 16 * j; r < 16 * j + 16; ++r) {
+            const size_t i = static_cast<size_t>(t * c.dim + r);
+            const float f = bf16_to_f32(static_cast<uint16_t>(y_bits[i]));
+            want += static_cast<double>(f) * f;
+            if (xw_bits[i] != f32_to_bf16(f * norm_host[static_cast<size_t>(r)])) ++bad_xw;
+          }
+          const float got = std::bit_cast<float>(ss[static_cast<size_t>(t * ld + j)]);
+          if (!(std::abs(got - want) <= 1e-6 * want)) ++bad_ss;
+        }
+      EXPECT_EQ(bad_xw, 0) << what;
+      EXPECT_EQ(bad_ss, 0) << what;
+
+      // The next GEMV three ways: rmsnorm_forward + unfused, its prologue, the handoff.
+      const int64_t out = c.outs[0];
+      DevArray xn_plain(*ctx, n * c.dim), xn_pro(*ctx, n * c.dim), xn_prep(*ctx, n * c.dim);
+      std::vector<std::unique_ptr<DevArray>> plain, pro, prep;
+      std::vector<cuda::GemvTarget> t_plain, t_pro, t_prep;
+      for (size_t i = 0; i < (c.swiglu ? 1 : c.outs.size()); ++i) {
+        for (auto* v : {&plain, &pro, &prep}) v->push_back(std::make_unique<DevArray>(*ctx, n * c.outs[i]));
+        t_plain.push_back({&dws[i]->w, nullptr, plain.back()->bf(), c.outs[i]});
+        t_pro.push_back({&dws[i]->w, nullptr, pro.back()->bf(), c.outs[i]});
+        t_prep.push_back({&dws[i]->w, nullptr, prep.back()->bf(), c.outs[i]});
+      }
+      const int count = static_cast<int>(t_plain.size());
+      const float* nw = norm_w.get<float>();
+      cuda::rmsnorm_forward(*ctx, y.bf(), c.dim, n, 1, c.dim, nw, 1e-6f, xn_plain.bf(), c.dim);
+      if (c.swiglu) {
+        const Weight &g = dws[0]->w, &u = dws[1]->w;
+        cuda::nvfp4_gemv_swiglu(*ctx, xn_plain.bf(), c.dim, n, g, u, plain[0]->bf(), out);
+        cuda::nvfp4_gemv_swiglu_rmsnorm(*ctx, y.bf(), c.dim, n, nw, 1e-6f, g, u, pro[0]->bf(), out, xn_pro.bf());
+        cuda::nvfp4_gemv_swiglu_rmsnorm(*ctx, y.bf(), c.dim, n, nw, 1e-6f, g, u, prep[0]->bf(), out,
+                                        xn_prep.bf(), {}, &h);
+      } else {
+        cuda::nvfp4_gemv_multi(*ctx, xn_plain.bf(), c.dim, n, t_plain.data(), count);
+        cuda::nvfp4_gemv_multi_rmsnorm(*ctx, y.bf(), c.dim, n, nw, 1e-6f, t_pro.data(), count, xn_pro.bf());
+        cuda::nvfp4_gemv_multi_rmsnorm(*ctx, y.bf(), c.dim, n, nw, 1e-6f, t_prep.data(), count, xn_prep.bf(),
+                                       {}, &h);
+      }
+      sync();
+      EXPECT_EQ(beyond_one_ulp(xn_prep.bits(what + " x_norm"), xn_pro.bits(what + " x_norm (prologue)")), 0)
+          << what;
+      EXPECT_EQ(beyond_one_ulp(xn_prep.bits(what + " x_norm"), xn_plain.bits(what + " x_norm (unfused)")), 0)
+          << what;
+      for (int i = 0; i < count; ++i) {
+        const std::string wi = what + " target " + std::to_string(i);
+        const auto v = prep[static_cast<size_t>(i)]->values(wi);
+        // SwiGLU: silu(g) * u of g, u each within one ulp of the prologue's
+        if (c.swiglu)
+          EXPECT_LT(nmse_between(v, pro[0]->values(wi + " (prologue)")), 1e-6) << wi;
+        else
+          EXPECT_EQ(beyond_one_ulp(prep[static_cast<size_t>(i)]->bits(wi), pro[static_cast<size_t>(i)]->bits(wi)),
+                    0)
+              << wi;
+        EXPECT_LT(nmse_between(v, plain[static_cast<size_t>(i)]->values(wi + " (unfused)")),
+                  (c.swiglu ? 2 : 1) * kDeferredNorm)
+            << wi;
+      }
+    }
+  }
+}
+
 TEST_F(CudaGemv, FusedVariantsRefuseWhatTheyCannotTake) {
   const HostWeight h = random_weight(8, 48, rng);  // K % 32 != 0: FFMA only
   DevWeight dw(*ctx, h);
@@ -463,6 +571,16 @@ TEST_F(CudaGemv, FusedVariantsRefuseWhatTheyCannotTake) {
       Error);
   EXPECT_THROW(cuda::nvfp4_gemv_swiglu_rmsnorm(*ctx, x2.bf(), 64, 1, norm_w.get<float>(), 1e-6f, dw2.w, dw2.w,
                                                y2.bf(), 8, x2.bf()),
+               Error);
+  // a handoff prepared for another norm weight, or with a misaligned buffer
+  const cuda::DeviceBuffer other_w = random_norm_weight(*ctx, 64, rng);
+  DevArray xw(*ctx, 64), ss(*ctx, cuda::norm_handoff_ld(64), true);
+  const cuda::NormHandoff other{other_w.get<float>(), xw.bf(), ss.buf.get<float>()};
+  EXPECT_THROW(cuda::nvfp4_gemv_multi_rmsnorm(*ctx, x2.bf(), 64, 1, norm_w.get<float>(), 1e-6f, &t, 1, nullptr,
+                                              {}, &other),
+               Error);
+  const cuda::NormHandoff odd{other_w.get<float>(), xw.bf() + 1, ss.buf.get<float>()};
+  EXPECT_THROW(cuda::nvfp4_gemv_residual(*ctx, x2.bf(), 64, 1, dw2.w, nullptr, y2.bf(), 8, y2.bf(), 8, {}, &odd),
                Error);
 }
 

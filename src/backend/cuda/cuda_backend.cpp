@@ -214,6 +214,7 @@ cuda::MemoryPlan plan_model_memory(const ModelConfig& c, const ModelWeights& hos
   }
   plan.add("workspace", "cuBLASLt", kBlasWorkspace);
   plan.add("workspace", "op scratch", scratch);
+  plan.add("workspace", "norm handoff", cuda::norm_handoff_bytes(std::min(n, cuda::kGemvMaxTokens), dim));
   plan.add("workspace", "token ids", static_cast<size_t>(std::max(n, context)) * 4);
   plan.add("workspace", "sampling output", kSampleSlots * 4);
   plan.add("workspace", "step inputs", kStepSlots * 4);
@@ -223,7 +224,7 @@ cuda::MemoryPlan plan_model_memory(const ModelConfig& c, const ModelWeights& hos
 std::string CudaBackend::prepare_model(const ModelConfig& config, const ModelWeights& host, int64_t context,
                                        int64_t max_tokens) {
   if (arena_) fail("cuda backend: prepare_model called twice");
-  if (blas_ws_ || scratch_ || ids_) fail("cuda backend: prepare_model must come before the first op");
+  if (blas_ws_ || scratch_ || ids_ || handoff_buf_) fail("cuda backend: prepare_model must come before the first op");
   const cuda::MemoryPlan plan = plan_model_memory(config, host, context, max_tokens, opts_.kv_dtype);
   std::optional<size_t> budget;
   if (opts_.mem_budget_gb) budget = static_cast<size_t>(*opts_.mem_budget_gb * 1e9);
@@ -252,6 +253,9 @@ std::string CudaBackend::prepare_model(const ModelConfig& config, const ModelWei
     } else if (e.name == "op scratch") {
       scratch_ = carve(e.bytes, "op scratch");
       scratch_bytes_ = e.bytes;
+    } else if (e.name == "norm handoff") {
+      handoff_buf_ = carve(e.bytes, "norm handoff");
+      handoff_bytes_ = e.bytes;
     } else if (e.name == "token ids") {
       ids_ = static_cast<int32_t*>(carve(e.bytes, "token ids"));
       ids_capacity_ = e.bytes / 4;
@@ -575,36 +579,84 @@ void CudaBackend::linear_swiglu_forward(const Tensor& x, const Weight& gate, con
 
 void CudaBackend::rmsnorm_linear_multi_forward(const Tensor& x, const Tensor& norm_w, float eps,
                                                const Tensor& x_norm, std::span<const LinearOut> outs) {
+  cuda::NormHandoff h{};
+  const bool prepared = take_handoff(x, norm_w, eps, h);
   if (!multi_fusable(x, outs) || !norm_fusable(x, norm_w, x_norm))
     return Backend::rmsnorm_linear_multi_forward(x, norm_w, eps, x_norm, outs);
   cuda::GemvTarget targets[3];
   const int count = gemv_targets(outs, targets);
   cuda::nvfp4_gemv_multi_rmsnorm(*ctx_, x.as<const bf16>(), x.cols(), x.rows(), norm_w.as<const float>(), eps,
                                  targets, count, x_norm.as<bf16>(),
-                                 l2_prefetch(*targets[0].w, *targets[count - 1].w));
+                                 l2_prefetch(*targets[0].w, *targets[count - 1].w), prepared ? &h : nullptr);
 }
 
 void CudaBackend::rmsnorm_linear_swiglu_forward(const Tensor& x, const Tensor& norm_w, float eps,
                                                 const Tensor& x_norm, const Weight& gate, const Weight& up,
                                                 const Tensor& gate_tmp, const Tensor& up_tmp,
                                                 const Tensor& out) {
+  cuda::NormHandoff h{};
+  const bool prepared = take_handoff(x, norm_w, eps, h);
   if (!swiglu_fusable(x, gate, up, out) || !norm_fusable(x, norm_w, x_norm))
     return Backend::rmsnorm_linear_swiglu_forward(x, norm_w, eps, x_norm, gate, up, gate_tmp, up_tmp, out);
   cuda::nvfp4_gemv_swiglu_rmsnorm(*ctx_, x.as<const bf16>(), x.cols(), x.rows(), norm_w.as<const float>(),
                                   eps, gate, up, out.as<bf16>(), out.cols(), x_norm.as<bf16>(),
-                                  l2_prefetch(gate, up));
+                                  l2_prefetch(gate, up), prepared ? &h : nullptr);
 }
+
+namespace {
+bool residual_fusable(const Tensor& x, const Weight& w, const Tensor& bias, const Tensor& residual,
+                      const Tensor& out) {
+  const int64_t n = x.rows();
+  return x.dtype == DType::BF16 && x.cols() == w.in && cuda::nvfp4_gemv_fusable(w, n) &&
+         bf16_rows(residual, n, w.out) && bf16_rows(out, n, w.out) && (bias.empty() || bias.numel() == w.out) &&
+         out.data != x.data;
+}
+}  // namespace
 
 void CudaBackend::linear_residual_forward(const Tensor& x, const Weight& w, const Tensor& bias,
                                           const Tensor& residual, const Tensor& tmp, const Tensor& out) {
-  const int64_t n = x.rows();
-  const bool fused = x.dtype == DType::BF16 && x.cols() == w.in && cuda::nvfp4_gemv_fusable(w, n) &&
-                     bf16_rows(residual, n, w.out) && bf16_rows(out, n, w.out) &&
-                     (bias.empty() || bias.numel() == w.out) && out.data != x.data;
-  if (!fused) return Backend::linear_residual_forward(x, w, bias, residual, tmp, out);
-  cuda::nvfp4_gemv_residual(*ctx_, x.as<const bf16>(), x.cols(), n, w, opt_f32(bias),
+  pending_norm_ = {};
+  if (!residual_fusable(x, w, bias, residual, out))
+    return Backend::linear_residual_forward(x, w, bias, residual, tmp, out);
+  cuda::nvfp4_gemv_residual(*ctx_, x.as<const bf16>(), x.cols(), x.rows(), w, opt_f32(bias),
                             residual.as<const bf16>(), residual.cols(), out.as<bf16>(), out.cols(),
                             l2_prefetch(w, w));
+}
+
+void CudaBackend::linear_residual_norm_forward(const Tensor& x, const Weight& w, const Tensor& bias,
+                                               const Tensor& residual, const Tensor& tmp, const Tensor& out,
+                                               const Tensor& next_norm_w, float eps) {
+  const int64_t n = x.rows();
+  if (!residual_fusable(x, w, bias, residual, out) || next_norm_w.dtype != DType::F32 ||
+      next_norm_w.numel() != w.out)
+    return linear_residual_forward(x, w, bias, residual, tmp, out);
+  char* buf = static_cast<char*>(ensure_handoff(cuda::norm_handoff_bytes(n, w.out)));
+  const cuda::NormHandoff h{next_norm_w.as<const float>(), reinterpret_cast<bf16*>(buf),
+                            reinterpret_cast<float*>(buf + cuda::norm_handoff_sumsq_offset(n, w.out))};
+  cuda::nvfp4_gemv_residual(*ctx_, x.as<const bf16>(), x.cols(), n, w, opt_f32(bias), residual.as<const bf16>(),
+                            residual.cols(), out.as<bf16>(), out.cols(), l2_prefetch(w, w), &h);
+  pending_norm_ = {out.data, n, w.out, next_norm_w.data, eps};
+}
+
+void* CudaBackend::ensure_handoff(size_t bytes) {
+  if (bytes > handoff_bytes_) {
+    if (arena_) fail("internal error: a norm handoff of {} bytes needed, {} planned", bytes, handoff_bytes_);
+    handoff_buf_ = carve(bytes, "norm handoff");  // the smaller one stays allocated until the end
+    handoff_bytes_ = bytes;
+  }
+  return handoff_buf_;
+}
+
+bool CudaBackend::take_handoff(const Tensor& x, const Tensor& norm_w, float eps, cuda::NormHandoff& h) {
+  const PendingNorm p = pending_norm_;
+  pending_norm_ = {};
+  if (p.x == nullptr || p.x != x.data || p.rows != x.rows() || p.dim != x.cols() || p.norm_w != norm_w.data ||
+      p.eps != eps)
+    return false;
+  char* buf = static_cast<char*>(handoff_buf_);
+  h = {norm_w.as<const float>(), reinterpret_cast<bf16*>(buf),
+       reinterpret_cast<float*>(buf + cuda::norm_handoff_sumsq_offset(p.rows, p.dim))};
+  return true;
 }
 
 // ---- L2 prefetch ------------------------------------------------------------------------------

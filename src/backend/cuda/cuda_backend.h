@@ -29,6 +29,7 @@ struct SamplerParams;
 
 namespace cuda {
 struct L2Prefetch;
+struct NormHandoff;
 class Context;
 class MemoryPlan;
 class DeviceBuffer;
@@ -83,6 +84,12 @@ class CudaBackend final : public Backend {
                              const Tensor& up_tmp, const Tensor& out) override;
   void linear_residual_forward(const Tensor& x, const Weight& w, const Tensor& bias, const Tensor& residual,
                                const Tensor& tmp, const Tensor& out) override;
+  // Decode (fused residual GEMV): also writes the next RMSNorm's start (cuda::NormHandoff) to the
+  // "norm handoff" workspace and remembers for which x, norm weight and eps; the next
+  // rmsnorm_linear_* call on that x with that norm takes it (no RMSNorm prologue in its GEMV).
+  void linear_residual_norm_forward(const Tensor& x, const Weight& w, const Tensor& bias,
+                                    const Tensor& residual, const Tensor& tmp, const Tensor& out,
+                                    const Tensor& next_norm_w, float eps) override;
   void rmsnorm_linear_multi_forward(const Tensor& x, const Tensor& norm_w, float eps, const Tensor& x_norm,
                                     std::span<const LinearOut> outs) override;
   void rmsnorm_linear_swiglu_forward(const Tensor& x, const Tensor& norm_w, float eps, const Tensor& x_norm,
@@ -135,6 +142,10 @@ class CudaBackend final : public Backend {
   void* carve(size_t bytes, const char* what);  // arena or a cudaMalloc of its own
   void ensure_workspace(size_t scratch_bytes);  // without a plan: grow the op scratch on demand
   void ensure_ids(size_t count);
+  void* ensure_handoff(size_t bytes);  // the norm handoff buffer, at least `bytes`
+  // True (and h set) when the handoff linear_residual_norm_forward left is for x (same data,
+  // rows and columns), norm_w and eps. Either way the handoff is used up.
+  bool take_handoff(const Tensor& x, const Tensor& norm_w, float eps, cuda::NormHandoff& h);
   const int32_t* step_pos() const { return recording_ ? step_ : nullptr; }  // device pos0 while recording
   void drop_recordings();                                                   // destroys every recorded step
   // The L2 prefetch of a decode GEMV over the NVFP4 weights first..last (consecutive in upload
@@ -156,6 +167,15 @@ class CudaBackend final : public Backend {
   size_t scratch_bytes_ = 0;
   void* blas_ws_ = nullptr;
   int32_t* ids_ = nullptr;  // device staging for token ids / seen ids
+  void* handoff_buf_ = nullptr;  // cuda::NormHandoff's xw and sumsq ("norm handoff" workspace)
+  size_t handoff_bytes_ = 0;
+  struct PendingNorm {  // what handoff_buf_ holds: the RMSNorm of x with norm_w, eps (x null: nothing)
+    const void* x = nullptr;
+    int64_t rows = 0, dim = 0;
+    const void* norm_w = nullptr;
+    float eps = 0.0f;
+  };
+  PendingNorm pending_norm_;
   size_t ids_capacity_ = 0;
   int32_t* sample_out_ = nullptr;  // device: the chosen id, then the uniform (as float) at [1]
   int32_t* host_id_ = nullptr;     // pinned

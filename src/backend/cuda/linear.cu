@@ -317,12 +317,19 @@ __device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
   return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
 }
 
-// The RMSNorm fused in front of a GEMV (NORM kernels): w (K) fp32 norm weight; out (n, K) bf16
-// rows of stride K, written in shares by every block (null: not kept).
+// The RMSNorm in front of a GEMV: none, the kernel's own prologue (rmsnorm_deferred_to_shared), or
+// prepared by the residual GEMV that wrote x (NormHandoff: bf16(x * w) and sums of squares).
+enum class GemvNormMode { kNone, kPrologue, kPrepared };
+
+// The RMSNorm fused in front of a GEMV: w (K) fp32 norm weight; out (n, K) bf16 rows of stride K,
+// written in shares by every block (null: not kept); kPrepared: xw (n, K) and sumsq (n, ld).
 struct GemvNorm {
   const float* w = nullptr;
   float eps = 0.0f;
   bf16* out = nullptr;
+  const bf16* xw = nullptr;
+  const float* sumsq = nullptr;
+  int64_t ld = 0;
 };
 
 // x * w rows in shared memory: row stride K + kNormPad elements. The pad shifts row r by
@@ -380,25 +387,44 @@ __device__ __forceinline__ void rmsnorm_deferred_to_shared(const bf16* __restric
   }
 }
 
-// 1/rms of row r from the warps' sums of squares (ss_s after a barrier), in warp order.
-__device__ __forceinline__ float gemv_inv_rms(const float* ss_s, int r, int warps, int64_t K, float eps) {
-  float ss = 0.0f;
-  for (int w = 0; w < warps; ++w) ss += ss_s[r * kMmaMaxWarps + w];
-  return rsqrtf(ss / static_cast<float>(K) + eps);
+// inv_s[r] = 1/rms of row r < n, by the lanes of one warp. kPrologue: from the warps' sums of
+// squares (ss_s, n x kMmaMaxWarps, after a barrier), added in warp order. kPrepared: from the
+// handoff's columns (sums_s, n x ld, in shared memory once its bulk copy has landed): lane l adds
+// columns l, l + 32, ..., then warp_sum. The caller's barrier publishes inv_s. Not inlined: inlined,
+// ptxas keeps its addressing live across the main loop and the kPrepared SwiGLU kernel grows from
+// 80 to 95 registers (3 -> 2 blocks of 8 warps per SM).
+template <GemvNormMode M>
+__device__ __noinline__ void gemv_inv_rms_rows(const float* sums_s, int n, int warps, int64_t K,
+                                                  const GemvNorm& norm, float* inv_s, int lane) {
+  if constexpr (M == GemvNormMode::kPrologue) {
+    if (lane < n) {
+      float ss = 0.0f;
+      for (int w = 0; w < warps; ++w) ss += sums_s[lane * kMmaMaxWarps + w];
+      inv_s[lane] = rsqrtf(ss / static_cast<float>(K) + norm.eps);
+    }
+  } else {
+    const int64_t parts = ceil_div(K, kMmaTile);
+    for (int r = 0; r < n; ++r) {
+      float ss = 0.0f;
+      for (int64_t p = lane; p < parts; p += kWarp) ss += sums_s[r * norm.ld + p];
+      ss = warp_sum(ss);
+      if (lane == 0) inv_s[r] = rsqrtf(ss / static_cast<float>(K) + norm.eps);
+    }
+  }
 }
 
 // This block's share of x_norm = bf16(x * (1/rms) * w) (norm.out, row stride K): the 8-element
 // chunks i = blockIdx.x, blockIdx.x + gridDim.x, ... of the n rows, by the lanes of one warp (one
 // that has nothing else to do while warp 0 stores), so that no block's tail grows.
 __device__ __forceinline__ void gemv_keep_x_norm_share(const bf16* __restrict__ x, int64_t ldx, int n,
-                                                       int64_t K, const GemvNorm& norm, const float* ss_s,
-                                                       int warps, int lane) {
+                                                       int64_t K, const GemvNorm& norm, const float* inv_s,
+                                                       int lane) {
   const int64_t per_row = K / 8;
   for (int64_t i = blockIdx.x + static_cast<int64_t>(gridDim.x) * lane; i < n * per_row;
        i += static_cast<int64_t>(gridDim.x) * kWarp) {
     const int r = static_cast<int>(i / per_row);
     const int64_t c = (i % per_row) * 8;
-    const Bf16x8 y8 = rms_scale8(x + r * ldx, c, gemv_inv_rms(ss_s, r, warps, K, norm.eps), norm.w);
+    const Bf16x8 y8 = rms_scale8(x + r * ldx, c, inv_s[r], norm.w);
     *reinterpret_cast<uint4*>(norm.out + r * K + c) = *reinterpret_cast<const uint4*>(&y8);
   }
 }
@@ -442,6 +468,14 @@ __device__ __forceinline__ void bulk_load(void* dst, const void* src, uint32_t b
       "l"(src), "r"(bytes), "r"(smem_u32(bar)), "l"(policy)
       : "memory");
 }
+// The same without a cache hint: for data every block reads (it should stay in L2).
+__device__ __forceinline__ void bulk_load(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+          smem_u32(dst)),
+      "l"(src), "r"(bytes), "r"(smem_u32(bar))
+      : "memory");
+}
 
 // Shared-memory row stride of a tile's codes: K/2 bytes padded so that rows r and r+1 start 64
 // bytes apart modulo 128 (the 8 rows x 4 threads of a 16-byte load then hit distinct banks).
@@ -451,32 +485,41 @@ __host__ __device__ __forceinline__ int64_t smem_code_stride(int64_t K) {
 }
 
 // Dynamic shared memory of a block: codes P x 16 rows (stride smem_code_stride), scales P x 16 x
-// K/16, the K-split sums (warps - 1) x P x 4 x 32 floats, NORM: the rows' 1/rms (8 floats) and
-// n x (K + kNormPad) bf16, mbarrier.
+// K/16, the K-split sums (warps - 1) x P x 4 x 32 floats; with a norm the rows' 1/rms (inv, 8
+// floats), then kPrologue: the warps' sums of squares (n x kMmaMaxWarps floats) and x * w (xs, n x
+// (K + kNormPad) bf16), kPrepared: the handoff's sums (n x ld floats, at xs); two mbarriers (the
+// weights; the handoff's sums).
 struct GemvSmem {
-  int64_t codes, scales, partial, inv, xs, bar, total;
-  __host__ __device__ GemvSmem(int P, int64_t K, int warps, int n, bool norm) {
+  int64_t codes, scales, partial, inv, sums, xs, bar, total;
+  __host__ __device__ GemvSmem(int P, int64_t K, int warps, int n, GemvNormMode mode) {
     codes = 0;
     scales = codes + P * kMmaTile * smem_code_stride(K);
     partial = scales + P * K;  // P x 16 rows x K/16
     inv = partial + static_cast<int64_t>(warps - 1) * P * 4 * kWarp * 4;
-    xs = inv + (norm ? 4 * kGemvMaxTokens * kMmaMaxWarps : 0);
-    bar = xs + (norm ? (static_cast<int64_t>(n) * (K + kNormPad) * 2 + 15) / 16 * 16 : 0);
+    sums = inv + (mode == GemvNormMode::kNone ? 0 : 4 * kGemvMaxTokens);
+    xs = sums + (mode == GemvNormMode::kPrologue ? 4 * kGemvMaxTokens * kMmaMaxWarps : 0);
+    int64_t xs_bytes = 0;
+    if (mode == GemvNormMode::kPrologue) xs_bytes = static_cast<int64_t>(n) * (K + kNormPad) * 2;
+    if (mode == GemvNormMode::kPrepared) xs_bytes = static_cast<int64_t>(n) * handoff_ld(K) * 4;
+    bar = xs + (xs_bytes + 15) / 16 * 16;
     total = bar + 16;
   }
+  // Columns of a NormHandoff's sumsq for a sum over K rows: one per 16-row tile, rounded up to 4.
+  __host__ __device__ static int64_t handoff_ld(int64_t K) { return (ceil_div(K, kMmaTile) + 3) / 4 * 4; }
 };
 
 // acc[p][q]: part p, q = 2h + e -> row g + 8h of the tile, token 2t + e.
-template <int P, bool NORM, class Epi>
+template <int P, GemvNormMode M, class Epi>
 __global__ void __launch_bounds__(kMmaMaxWarps* kWarp, 1)
     nvfp4_gemv_mma_kernel(const bf16* __restrict__ x, int64_t ldx, int n, int64_t K, const Epi epi,
                           const GemvNorm norm, const L2Prefetch prefetch) {
+  constexpr bool kNorm = M != GemvNormMode::kNone;
   extern __shared__ __align__(128) unsigned char smem[];
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, warps = blockDim.x / kWarp;
   const int g = lane / 4, t = lane % 4;
   const int64_t chunks = K / 32, groups = ceil_div(chunks, 4);
   const int gw = static_cast<int>((groups - warp + warps - 1) / warps);  // this warp's groups
-  const GemvSmem lay(P, K, warps, n, NORM);
+  const GemvSmem lay(P, K, warps, n, M);
   const int64_t cs = smem_code_stride(K), ss = K / 16;
   unsigned char* codes_s = smem + lay.codes;
   unsigned char* scales_s = smem + lay.scales;
@@ -495,6 +538,7 @@ __global__ void __launch_bounds__(kMmaMaxWarps* kWarp, 1)
       bytes += static_cast<uint32_t>(tl[p].rows * (K / 2) + ((tl[p].rows * ss) & ~int64_t{15}));
     if (lane == 0) {
       mbar_init(bar);
+      if constexpr (M == GemvNormMode::kPrepared) mbar_init(bar + 1);
       mbar_arrive_expect_tx(bar, bytes);
     }
     __syncwarp();
@@ -519,15 +563,23 @@ __global__ void __launch_bounds__(kMmaMaxWarps* kWarp, 1)
   pdl_launch_dependents();
   pdl_wait();
   const bf16* xr;
-  const float* ss_s = reinterpret_cast<const float*>(smem + lay.inv);
-  if constexpr (NORM) {
+  float* inv_s = reinterpret_cast<float*>(smem + lay.inv);
+  float* sums_s = reinterpret_cast<float*>(smem + (M == GemvNormMode::kPrologue ? lay.sums : lay.xs));
+  if constexpr (M == GemvNormMode::kPrologue) {
     bf16* xs = reinterpret_cast<bf16*>(smem + lay.xs);
-    rmsnorm_deferred_to_shared(x, ldx, n, K, norm, xs, reinterpret_cast<float*>(smem + lay.inv));
+    rmsnorm_deferred_to_shared(x, ldx, n, K, norm, xs, sums_s);
     xr = xs + static_cast<int64_t>(min(g, n - 1)) * (K + kNormPad);
+  } else if constexpr (M == GemvNormMode::kPrepared) {
+    if (threadIdx.x == 0) {  // the handoff's sums: written by the previous kernel, so after pdl_wait
+      const uint32_t bytes = static_cast<uint32_t>(n * norm.ld * 4);
+      mbar_arrive_expect_tx(bar + 1, bytes);
+      bulk_load(sums_s, norm.sumsq, bytes, bar + 1);
+    }
+    xr = norm.xw + static_cast<int64_t>(min(g, n - 1)) * K;
   } else {
     xr = x + static_cast<int64_t>(min(g, n - 1)) * ldx;
   }
-  __syncthreads();  // the mbarrier's initialisation, the hand-copied scales, x * w and its squares
+  __syncthreads();  // the mbarriers' initialisation, the hand-copied scales, x * w and its squares
   mbar_wait(bar, 0);
 
   float acc[P][4];
@@ -571,6 +623,12 @@ __global__ void __launch_bounds__(kMmaMaxWarps* kWarp, 1)
     }
   }
 
+  // The last warp (the fewest groups) turns the sums of squares into 1/rms for every row.
+  if (kNorm && warp == warps - 1) {
+    if constexpr (M == GemvNormMode::kPrepared) mbar_wait(bar + 1, 0);
+    gemv_inv_rms_rows<M>(sums_s, n, warps, K, norm, inv_s, lane);
+    __syncwarp();
+  }
   // Warps 1.. hand their sums to warp 0, which adds them in warp order (deterministic) and stores.
   if (warps > 1) {
     float* part = reinterpret_cast<float*>(smem + lay.partial);
@@ -587,12 +645,11 @@ __global__ void __launch_bounds__(kMmaMaxWarps* kWarp, 1)
 #pragma unroll
           for (int q = 0; q < 4; ++q) acc[p][q] += part[((w * P + p) * 4 + q) * kWarp + lane];
   }
-  if (NORM && norm.out != nullptr && warp == (warps > 1 ? 1 : 0))
-    gemv_keep_x_norm_share(x, ldx, n, K, norm, ss_s, warps, lane);
+  if (kNorm && norm.out != nullptr && warp == (warps > 1 ? 1 : 0))
+    gemv_keep_x_norm_share(x, ldx, n, K, norm, inv_s, lane);
   if (warp != 0) return;
-  if constexpr (NORM) {  // the deferred 1/rms of each accumulator's token (2t + q % 2)
-    const float inv0 = gemv_inv_rms(ss_s, min(2 * t, n - 1), warps, K, norm.eps),
-                inv1 = gemv_inv_rms(ss_s, min(2 * t + 1, n - 1), warps, K, norm.eps);
+  if constexpr (kNorm) {  // the deferred 1/rms of each accumulator's token (2t + q % 2)
+    const float inv0 = inv_s[min(2 * t, n - 1)], inv1 = inv_s[min(2 * t + 1, n - 1)];
 #pragma unroll
     for (int q = 0; q < 4; ++q)
 #pragma unroll
@@ -678,20 +735,40 @@ struct GemvMulti {  // up to 3 weights of one K, the tiles of each following tho
   }
 };
 
-struct GemvResidual {  // y = residual + bf16(x W^T * scale + bias); y may be residual
+// y = residual + bf16(x W^T * scale + bias); y may be residual. With next.xw: the next RMSNorm's
+// start as well (NormHandoff): bf16(y * next.norm_w), and per token the sum of y^2 over the tile's
+// rows (each thread's rows g, g + 8, then the 8 lanes of a token slot) into column idx of sumsq.
+struct GemvResidual {
   GemvWeight w;
   int64_t K;
   const bf16* residual;
   int64_t ldr;
   bf16* y;
   int64_t ldy;
+  NormHandoff next;
+  int64_t next_ld;
 
   __device__ void tile(int64_t idx, GemvTile (&tl)[1]) const { tl[0] = w.tile(K, idx); }
   __device__ void store(int64_t idx, const float (&acc)[1][4], int g, int t, int n) const {
+    float sq[2] = {0.0f, 0.0f};  // tokens 2t, 2t + 1
     for_each_slot(idx, w.N, g, t, n, [&](int64_t row, int tok, int q) {
       const float v = __bfloat162float(__float2bfloat16_rn(w.value(acc[0][q], row)));
-      y[tok * ldy + row] = __float2bfloat16_rn(__bfloat162float(residual[tok * ldr + row]) + v);
+      const bf16 s = __float2bfloat16_rn(__bfloat162float(residual[tok * ldr + row]) + v);
+      y[tok * ldy + row] = s;
+      if (next.xw != nullptr) {
+        const float f = __bfloat162float(s);
+        next.xw[tok * w.N + row] = __float2bfloat16_rn(f * next.norm_w[row]);
+        sq[q % 2] = fmaf(f, f, sq[q % 2]);
+      }
     });
+    if (next.xw == nullptr) return;
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      float v = sq[e];
+#pragma unroll
+      for (int o = 4; o < kWarp; o *= 2) v += __shfl_xor_sync(0xffffffffu, v, o);  // over g
+      if (g == 0 && 2 * t + e < n) next.sumsq[(2 * t + e) * next_ld + idx] = v;
+    }
   }
 };
 
@@ -714,13 +791,14 @@ struct GemvSwiglu {     // out = bf16(silu(bf16(x Wg^T)) * bf16(x Wu^T)), as swi
   }
 };
 
-// NORM: `norm` is the RMSNorm in front (its rows take n * (K + kNormPad) bf16 of shared memory).
-template <int P, bool NORM = false, class Epi>
+// M: how `norm`, the RMSNorm in front, is applied (kPrologue: its rows take n * (K + kNormPad)
+// bf16 of shared memory).
+template <int P, GemvNormMode M = GemvNormMode::kNone, class Epi>
 void launch_gemv_mma(Context& ctx, int64_t tiles, const bf16* x, int64_t ldx, int64_t n, int64_t K,
                      const Epi& epi, const L2Prefetch& prefetch, const GemvNorm& norm = {}) {
-  const auto kernel = nvfp4_gemv_mma_kernel<P, NORM, Epi>;
+  const auto kernel = nvfp4_gemv_mma_kernel<P, M, Epi>;
   const int warps = gemv_warps(K, tiles);
-  const size_t smem = static_cast<size_t>(GemvSmem(P, K, warps, static_cast<int>(n), NORM).total);
+  const size_t smem = static_cast<size_t>(GemvSmem(P, K, warps, static_cast<int>(n), M).total);
   if (smem > ctx.info().smem_per_block_optin)
     fail("nvfp4 GEMV: K={} with {} tokens needs {} bytes of shared memory per block (the device has {})", K,
          n, smem, ctx.info().smem_per_block_optin);
@@ -916,9 +994,10 @@ GemvSwiglu swiglu_epilogue(const bf16* x, int64_t ldx, int64_t n, const Weight& 
 }
 
 // The RMSNorm in front of a GEMV of K inputs: a weight, and x_norm_out (n, K) null or 16-byte
-// aligned and apart from x (block 0 writes it while other blocks still read x).
+// aligned and apart from x (block 0 writes it while other blocks still read x); prepared: a
+// NormHandoff for this weight (kPrepared), null: the kernel's prologue.
 GemvNorm norm_of(const char* what, const bf16* x, int64_t ldx, int64_t n, int64_t K, const float* norm_w,
-                 float eps, bf16* x_norm_out) {
+                 float eps, bf16* x_norm_out, const NormHandoff* prepared) {
   if (norm_w == nullptr) fail("{}: no norm weight", what);
   if (x_norm_out != nullptr) {
     if (!is_aligned(x_norm_out, 16)) fail("{}: x_norm_out must be 16-byte aligned", what);
@@ -927,9 +1006,38 @@ GemvNorm norm_of(const char* what, const bf16* x, int64_t ldx, int64_t n, int64_
                ohi = reinterpret_cast<uintptr_t>(x_norm_out + n * K);
     if (olo < hi && lo < ohi) fail("{}: x_norm_out overlaps x", what);
   }
-  return GemvNorm{norm_w, eps, x_norm_out};
+  GemvNorm norm{norm_w, eps, x_norm_out};
+  if (prepared != nullptr) {
+    if (prepared->norm_w != norm_w) fail("{}: the prepared RMSNorm is for another norm weight", what);
+    if (!is_aligned(prepared->xw, 16) || !is_aligned(prepared->sumsq, 16))
+      fail("{}: the prepared RMSNorm's buffers must be 16-byte aligned", what);
+    norm.xw = prepared->xw;
+    norm.sumsq = prepared->sumsq;
+    norm.ld = norm_handoff_ld(K);
+  }
+  return norm;
+}
+
+// The two RMSNorm variants of one fused GEMV: the prologue, or the prepared handoff.
+template <int P, class Epi>
+void launch_gemv_mma_norm(Context& ctx, int64_t tiles, const bf16* x, int64_t ldx, int64_t n, int64_t K,
+                          const Epi& epi, const L2Prefetch& prefetch, const GemvNorm& norm) {
+  if (norm.xw != nullptr)
+    launch_gemv_mma<P, GemvNormMode::kPrepared>(ctx, tiles, x, ldx, n, K, epi, prefetch, norm);
+  else
+    launch_gemv_mma<P, GemvNormMode::kPrologue>(ctx, tiles, x, ldx, n, K, epi, prefetch, norm);
 }
 }  // namespace
+
+int64_t norm_handoff_ld(int64_t dim) { return GemvSmem::handoff_ld(dim); }
+
+size_t norm_handoff_sumsq_offset(int64_t n, int64_t dim) {
+  return (static_cast<size_t>(n * dim) * 2 + 255) / 256 * 256;
+}
+
+size_t norm_handoff_bytes(int64_t n, int64_t dim) {
+  return norm_handoff_sumsq_offset(n, dim) + static_cast<size_t>(n * norm_handoff_ld(dim)) * 4;
+}
 
 void nvfp4_gemv_multi(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const GemvTarget* targets,
                       int count, const L2Prefetch& prefetch) {
@@ -940,11 +1048,12 @@ void nvfp4_gemv_multi(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const
 
 void nvfp4_gemv_multi_rmsnorm(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const float* norm_w,
                               float eps, const GemvTarget* targets, int count, bf16* x_norm_out,
-                              const L2Prefetch& prefetch) {
+                              const L2Prefetch& prefetch, const NormHandoff* prepared) {
   int64_t tiles = 0;
   const GemvMulti epi = multi_epilogue(x, ldx, n, targets, count, tiles);
-  const GemvNorm norm = norm_of("nvfp4_gemv_multi_rmsnorm", x, ldx, n, epi.K, norm_w, eps, x_norm_out);
-  launch_gemv_mma<1, true>(ctx, tiles, x, ldx, n, epi.K, epi, prefetch, norm);
+  const GemvNorm norm =
+      norm_of("nvfp4_gemv_multi_rmsnorm", x, ldx, n, epi.K, norm_w, eps, x_norm_out, prepared);
+  launch_gemv_mma_norm<1>(ctx, tiles, x, ldx, n, epi.K, epi, prefetch, norm);
 }
 
 void nvfp4_gemv_swiglu(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const Weight& wg,
@@ -955,17 +1064,24 @@ void nvfp4_gemv_swiglu(Context& ctx, const bf16* x, int64_t ldx, int64_t n, cons
 
 void nvfp4_gemv_swiglu_rmsnorm(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const float* norm_w,
                                float eps, const Weight& wg, const Weight& wu, bf16* out, int64_t ldo,
-                               bf16* x_norm_out, const L2Prefetch& prefetch) {
+                               bf16* x_norm_out, const L2Prefetch& prefetch, const NormHandoff* prepared) {
   const GemvSwiglu epi = swiglu_epilogue(x, ldx, n, wg, wu, out, ldo);
-  const GemvNorm norm = norm_of("nvfp4_gemv_swiglu_rmsnorm", x, ldx, n, wg.in, norm_w, eps, x_norm_out);
-  launch_gemv_mma<2, true>(ctx, ceil_div(wg.out, kMmaTile), x, ldx, n, wg.in, epi, prefetch, norm);
+  const GemvNorm norm =
+      norm_of("nvfp4_gemv_swiglu_rmsnorm", x, ldx, n, wg.in, norm_w, eps, x_norm_out, prepared);
+  launch_gemv_mma_norm<2>(ctx, ceil_div(wg.out, kMmaTile), x, ldx, n, wg.in, epi, prefetch, norm);
 }
 
 void nvfp4_gemv_residual(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const Weight& w,
                          const float* bias, const bf16* residual, int64_t ldr, bf16* y, int64_t ldy,
-                         const L2Prefetch& prefetch) {
+                         const L2Prefetch& prefetch, const NormHandoff* handoff) {
   check_fused("nvfp4_gemv_residual", x, ldx, n, w);
-  const GemvResidual epi{gemv_weight(w, bias), w.in, residual, ldr, y, ldy};
+  GemvResidual epi{gemv_weight(w, bias), w.in, residual, ldr, y, ldy, {}, 0};
+  if (handoff != nullptr) {
+    if (handoff->norm_w == nullptr || !is_aligned(handoff->xw, 16) || !is_aligned(handoff->sumsq, 16))
+      fail("nvfp4_gemv_residual: a handoff needs a norm weight and 16-byte-aligned buffers");
+    epi.next = *handoff;
+    epi.next_ld = norm_handoff_ld(w.out);
+  }
   const int64_t tiles = ceil_div(w.out, kMmaTile);
   launch_gemv_mma<1>(ctx, tiles, x, ldx, n, w.in, epi, prefetch);
 }

@@ -109,20 +109,44 @@ void nvfp4_gemv_swiglu(Context& ctx, const __nv_bfloat16* x, int64_t ldx, int64_
 // variant of one K and tile count). Block 0 also writes bf16(x * (1/rms) * norm_w) to x_norm_out
 // ((n, in) bf16, row stride in, 16-byte aligned, apart from x; null: not kept), within one bf16 ulp
 // of rmsnorm_forward's. Shared memory: n * (in + 8) * 2 bytes more than the plain variant.
+//
+// prepared (null: the prologue above): the RMSNorm already started by the residual GEMV that wrote
+// x (NormHandoff; its norm_w must be this norm_w). The block then reads bf16(x * norm_w) from
+// prepared->xw in its main loop and takes 1/rms from prepared->sumsq (one bulk copy to shared
+// memory after griddepcontrol.wait): no prologue, and no shared memory for x. Results equal the
+// prologue's within rounding (the same bf16(x * w); the sum of squares in another order).
+struct NormHandoff;
 void nvfp4_gemv_multi_rmsnorm(Context& ctx, const __nv_bfloat16* x, int64_t ldx, int64_t n,
                               const float* norm_w, float eps, const GemvTarget* targets, int count,
-                              __nv_bfloat16* x_norm_out, const L2Prefetch& prefetch = {});
+                              __nv_bfloat16* x_norm_out, const L2Prefetch& prefetch = {},
+                              const NormHandoff* prepared = nullptr);
 void nvfp4_gemv_swiglu_rmsnorm(Context& ctx, const __nv_bfloat16* x, int64_t ldx, int64_t n,
                                const float* norm_w, float eps, const Weight& wg, const Weight& wu,
                                __nv_bfloat16* out, int64_t ldo, __nv_bfloat16* x_norm_out,
-                               const L2Prefetch& prefetch = {});
+                               const L2Prefetch& prefetch = {}, const NormHandoff* prepared = nullptr);
+
+// The RMSNorm of a residual sum y (n, dim), started by the GEMV that writes y for the fused GEMV
+// that reads it next: xw (n, dim) bf16 = bf16(y * norm_w) (row stride dim), and sumsq (n, ld)
+// fp32, column j the sum of squares of y's row over rows 16j .. 16j+15 of the producing weight
+// (ld = norm_handoff_ld(dim): ceil(dim / 16) rounded up to 4, so each row is a 16-byte bulk copy).
+// The consumer adds the columns in order: the 1/rms is deterministic, but not rmsnorm_forward's
+// summation order. Both 16-byte aligned; the caller owns them (norm_handoff_bytes for n rows).
+struct NormHandoff {
+  const float* norm_w;  // (dim) fp32: the next RMSNorm's weight
+  __nv_bfloat16* xw;
+  float* sumsq;
+};
+int64_t norm_handoff_ld(int64_t dim);
+size_t norm_handoff_bytes(int64_t n, int64_t dim);  // xw, then sumsq at norm_handoff_sumsq_offset
+size_t norm_handoff_sumsq_offset(int64_t n, int64_t dim);
 
 // y (n, out) = residual + bf16(x W^T + bias), one launch (o_proj and down_proj adding into the
 // residual stream); the sum is taken in fp32 and rounded once, as add_forward does. y may alias
 // residual (in-place add: each element is read and then written by the same thread), never x.
+// handoff (null: none): also write the next RMSNorm's start (NormHandoff) for y.
 void nvfp4_gemv_residual(Context& ctx, const __nv_bfloat16* x, int64_t ldx, int64_t n, const Weight& w,
                          const float* bias, const __nv_bfloat16* residual, int64_t ldr, __nv_bfloat16* y,
-                         int64_t ldy, const L2Prefetch& prefetch = {});
+                         int64_t ldy, const L2Prefetch& prefetch = {}, const NormHandoff* handoff = nullptr);
 
 // The FFMA GEMV (8 lanes per row, fp32 dot products of 16-code blocks): linear_forward uses it for
 // K % 32 != 0; bench_cuda_gemv times it as the baseline. Ordinary launch (no PDL). y BF16 or F32.
