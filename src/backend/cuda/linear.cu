@@ -256,14 +256,19 @@ constexpr float kMmaOutScale = 128.0f;
 
 // Warps splitting K: a function of K and the tile count alone (the summation order must not depend
 // on anything else): about 2 groups (8 chunks) per warp, 4 to 16 warps; with kGemvManyTiles tiles
-// or more (the head) about 4 groups per warp. Measured on an H200 at n = 1 (bench_cuda_gemv,
-// 2026-11-26, shared-memory kernel): 2 instead of 4 groups per warp took q+k+v from 878 to 1404
-// GB/s, o_proj 761 -> 1113, gate/up 1634 -> 1885, and the decode step from 453 to 502 tok/s; the
-// head went the other way (2696 -> 2224 GB/s) and keeps 4.
+// or more (the head), or K >= kGemvLongK, about 4 groups per warp. Measured on an H200 at n = 1
+// (bench_cuda_gemv, 2026-11-26, shared-memory kernel): 2 instead of 4 groups per warp took q+k+v
+// from 878 to 1404 GB/s, gate/up 1634 -> 1885, and the decode step from 453 to 502 tok/s; the
+// head went the other way (2696 -> 2224 GB/s) and keeps 4. In the decode step (nibble bench,
+// H200, 2026-11-26, ctx 0) o_proj (K = 4096: 8 warps instead of 16) took the step from 565 to 586
+// tok/s -- its smaller blocks leave room on each SM for the gate/up blocks that PDL starts early,
+// whose weight copies then overlap it; down_proj (K = 9728) is within noise either way (2: 580,
+// 4: 585, 8: 590); q/k/v and gate/up lose with 4 (548, 541) and with 1 (514, 448).
 constexpr int64_t kGemvManyTiles = 2048;
+constexpr int64_t kGemvLongK = 4096;
 
 int gemv_warps(int64_t K, int64_t tiles) {
-  const int64_t per_warp = tiles >= kGemvManyTiles ? 4 : 2;
+  const int64_t per_warp = tiles >= kGemvManyTiles || K >= kGemvLongK ? 4 : 2;
   const int64_t groups = ceil_div(K / 32, 4);
   int64_t s = 4;
   while (s < kMmaMaxWarps && 2 * s <= groups / per_warp) s *= 2;
