@@ -117,6 +117,12 @@ void Backend::rmsnorm_linear_swiglu_forward(const Tensor& x, const Tensor& norm_
   linear_swiglu_forward(x_norm, gate, up, gate_tmp, up_tmp, out);
 }
 
+void Backend::rmsnorm_linear_forward(const Tensor& x, const Tensor& norm_w, float eps, const Tensor& x_norm,
+                                     const Weight& w, const Tensor& out) {
+  rmsnorm_forward(x, norm_w, eps, x_norm, Tensor());
+  linear_forward(x_norm, w, Tensor(), out);
+}
+
 void Backend::linear_residual_forward(const Tensor& x, const Weight& w, const Tensor& bias,
                                       const Tensor& residual, const Tensor& tmp, const Tensor& out) {
   linear_forward(x, w, bias, tmp);

@@ -34,8 +34,8 @@
 //   swiglu_forward     gate (n, ffn), up (n, ffn)                            -> out = silu(gate) * up
 //   add_forward        a, b (same shape)                                     -> out = a + b (residual)
 //   fused: qk_norm_rope, qk_norm_rope_kv (+ kv_cache_write), linear_multi (q/k/v), linear_swiglu,
-//          rmsnorm_linear_multi, rmsnorm_linear_swiglu, linear_residual, linear_residual_norm (the
-//          residual with a hint of the RMSNorm that follows) (defaults compose the ops above)
+//          rmsnorm_linear_multi, rmsnorm_linear_swiglu, rmsnorm_linear, linear_residual, linear_residual_norm
+//          (the residual with a hint of the RMSNorm that follows) (defaults compose the ops above)
 //   copy_to_host / copy_from_host: any activation <-> host fp32
 //
 // How CUDA plugs in: backend/cuda/cuda_backend.{h,cu} derives from Backend (raw_alloc =
@@ -171,11 +171,15 @@ class Backend {
   virtual void rmsnorm_linear_swiglu_forward(const Tensor& x, const Tensor& norm_w, float eps,
                                              const Tensor& x_norm, const Weight& gate, const Weight& up,
                                              const Tensor& gate_tmp, const Tensor& up_tmp, const Tensor& out);
+  // The same for one projection (the head after the final norm): out = rmsnorm(x) W^T, out BF16 or
+  // F32; x_norm as above.
+  virtual void rmsnorm_linear_forward(const Tensor& x, const Tensor& norm_w, float eps, const Tensor& x_norm,
+                                      const Weight& w, const Tensor& out);
   // out = residual + (x W^T + bias); tmp (n, W.out) is the product. out may not alias residual.
   virtual void linear_residual_forward(const Tensor& x, const Weight& w, const Tensor& bias,
                                        const Tensor& residual, const Tensor& tmp, const Tensor& out);
-  // linear_residual_forward from a caller whose next op on `out` is rmsnorm_linear_multi_forward or
-  // rmsnorm_linear_swiglu_forward with next_norm_w and eps, `out` unchanged in between. A backend
+  // linear_residual_forward from a caller whose next op on `out` is one of the rmsnorm_linear_*
+  // ops with next_norm_w and eps, `out` unchanged in between. A backend
   // may start that RMSNorm here, while it writes out (CUDA decode: bf16(out * next_norm_w) and the
   // sums of squares go to a handoff buffer, and the next fused GEMV reads them instead of
   // normalising x itself); the next op's results then equal the unprepared ones within rounding.

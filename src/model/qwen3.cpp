@@ -229,11 +229,10 @@ void Qwen3Model::layer_forward(int64_t layer, const Tensor& x, const LayerActiva
   // MLP block (SwiGLU).
   b.rmsnorm_linear_swiglu_forward(a.h, L.post_attention_norm, eps, a.h_norm, L.gate_proj, L.up_proj, a.gate,
                                   a.up, a.act);
-  if (layer + 1 < config_.num_layers)
-    b.linear_residual_norm_forward(a.act, L.down_proj, none, a.h, a.mlp_out, x_out,
-                                   weights_.layers[static_cast<size_t>(layer + 1)].input_norm, eps);
-  else  // the final norm and the head follow (run)
-    b.linear_residual_forward(a.act, L.down_proj, none, a.h, a.mlp_out, x_out);
+  const bool last = layer + 1 == config_.num_layers;  // then the final norm and the head follow (run)
+  b.linear_residual_norm_forward(
+      a.act, L.down_proj, none, a.h, a.mlp_out, x_out,
+      last ? weights_.final_norm : weights_.layers[static_cast<size_t>(layer + 1)].input_norm, eps);
 }
 
 void Qwen3Model::forward(std::span<const int32_t> tokens, int64_t pos0, KvCache& cache, int64_t logit_rows,
@@ -283,8 +282,8 @@ void Qwen3Model::run(std::span<const int32_t> tokens, int64_t pos0, KvCache& cac
     const int64_t rows = std::min(logit_chunk_, n - r);
     const Tensor xn = final_norm_.slice_rows(0, rows);
     const Tensor lg = logits_.slice_rows(0, rows);
-    backend_.rmsnorm_forward(x.slice_rows(r, rows), weights_.final_norm, eps, xn, Tensor());
-    backend_.linear_forward(xn, weights_.lm_head, Tensor(), lg);
+    backend_.rmsnorm_linear_forward(x.slice_rows(r, rows), weights_.final_norm, eps, xn, weights_.lm_head,
+                                    lg);
     if (logits.empty()) continue;
     backend_.copy_to_host(lg, logits.subspan(static_cast<size_t>((r - (n - logit_rows)) * vocab),
                                              static_cast<size_t>(rows * vocab)));

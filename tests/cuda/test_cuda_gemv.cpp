@@ -449,20 +449,25 @@ TEST_F(CudaGemv, RmsnormSwigluEqualsNormThenSwiglu) {
 // its 16 rows within fp32 rounding; and the fused GEMVs that take the handoff equal their own
 // prologue (on the same y) within one bf16 ulp, x_norm too -- only the sum of squares' order
 // differs -- and rmsnorm_forward + the unfused GEMV within kDeferredNorm. Dims: Qwen3-4B's o_proj
-// -> q/k/v and down_proj -> gate/up, and 1056 (66 tiles: sumsq rows padded to 68 columns).
+// -> q/k/v, down_proj -> gate/up and the last down_proj -> the head (F32 logits, 9496 tiles: the
+// head's warp split), and 1056 (66 tiles: sumsq rows padded to 68 columns).
 TEST_F(CudaGemv, ResidualHandoffFeedsTheNextRmsnorm) {
+  enum class Next { kMulti, kSwiglu, kHead };
   struct Case {
-    int64_t dim, in;             // the residual GEMV: (dim, in)
-    std::vector<int64_t> outs;   // the next GEMV: q/k/v outputs, or one gate/up output (SwiGLU)
-    bool swiglu;
+    int64_t dim, in;            // the residual GEMV: (dim, in)
+    std::vector<int64_t> outs;  // the next GEMV: q/k/v outputs, one gate/up output, or the head's
+    Next next;
   };
-  for (const Case& c : {Case{2560, 4096, {4096, 1024, 1024}, false}, Case{2560, 9728, {9728}, true},
-                        Case{1056, 64, {40, 33, 7}, false}, Case{1056, 96, {40}, true}}) {
+  for (const Case& c :
+       {Case{2560, 4096, {4096, 1024, 1024}, Next::kMulti}, Case{2560, 9728, {9728}, Next::kSwiglu},
+        Case{2560, 9728, {151936}, Next::kHead}, Case{1056, 64, {40, 33, 7}, Next::kMulti},
+        Case{1056, 96, {40}, Next::kSwiglu}, Case{1056, 96, {40}, Next::kHead}}) {
+    const bool swiglu = c.next == Next::kSwiglu, head = c.next == Next::kHead;
     DevWeight wr(*ctx, random_weight(c.dim, c.in, rng));
     std::vector<std::unique_ptr<DevWeight>> dws;
-    for (size_t i = 0; i < c.outs.size() + (c.swiglu ? 1 : 0); ++i)
-      dws.push_back(std::make_unique<DevWeight>(*ctx, random_weight(c.outs[std::min(i, c.outs.size() - 1)],
-                                                                    c.dim, rng)));
+    for (size_t i = 0; i < c.outs.size() + (swiglu ? 1 : 0); ++i)
+      dws.push_back(std::make_unique<DevWeight>(
+          *ctx, random_weight(c.outs[std::min(i, c.outs.size() - 1)], c.dim, rng)));
     std::normal_distribution<float> dn(1.0f, 0.25f);
     std::vector<float> norm_host(static_cast<size_t>(c.dim));
     for (auto& v : norm_host) v = dn(rng);
@@ -473,14 +478,18 @@ TEST_F(CudaGemv, ResidualHandoffFeedsTheNextRmsnorm) {
     ASSERT_GE(ld, tiles);
     for (int64_t n = 1; n <= 8; ++n) {
       const std::string what = "handoff " + std::to_string(c.dim) + "x" + std::to_string(c.in) +
-                                " n=" + std::to_string(n) + (c.swiglu ? " swiglu" : " multi");
+                               " n=" + std::to_string(n) +
+                               (swiglu ? " swiglu"
+                                : head ? " head"
+                                       : " multi");
       DevArray xd(*ctx, n * c.in), res(*ctx, n * c.dim), y_plain(*ctx, n * c.dim), y(*ctx, n * c.dim),
           xw(*ctx, n * c.dim), sumsq(*ctx, n * ld, true);
       xd.upload(test::randn_bf16(static_cast<size_t>(n * c.in), rng));
       res.upload(test::randn_bf16(static_cast<size_t>(n * c.dim), rng, 4.0f));
       const cuda::NormHandoff h{norm_w.get<float>(), xw.bf(), sumsq.buf.get<float>()};
       cuda::nvfp4_gemv_residual(*ctx, xd.bf(), c.in, n, wr.w, nullptr, res.bf(), c.dim, y_plain.bf(), c.dim);
-      cuda::nvfp4_gemv_residual(*ctx, xd.bf(), c.in, n, wr.w, nullptr, res.bf(), c.dim, y.bf(), c.dim, {}, &h);
+      cuda::nvfp4_gemv_residual(*ctx, xd.bf(), c.in, n, wr.w, nullptr, res.bf(), c.dim, y.bf(), c.dim, {},
+                                &h);
       sync();
       const auto y_bits = y.bits(what + " y");
       EXPECT_EQ(y_bits, y_plain.bits(what + " y (no handoff)")) << what;
@@ -507,8 +516,9 @@ TEST_F(CudaGemv, ResidualHandoffFeedsTheNextRmsnorm) {
       DevArray xn_plain(*ctx, n * c.dim), xn_pro(*ctx, n * c.dim), xn_prep(*ctx, n * c.dim);
       std::vector<std::unique_ptr<DevArray>> plain, pro, prep;
       std::vector<cuda::GemvTarget> t_plain, t_pro, t_prep;
-      for (size_t i = 0; i < (c.swiglu ? 1 : c.outs.size()); ++i) {
-        for (auto* v : {&plain, &pro, &prep}) v->push_back(std::make_unique<DevArray>(*ctx, n * c.outs[i]));
+      for (size_t i = 0; i < (swiglu ? 1 : c.outs.size()); ++i) {
+        for (auto* v : {&plain, &pro, &prep})
+          v->push_back(std::make_unique<DevArray>(*ctx, n * c.outs[i], head));
         t_plain.push_back({&dws[i]->w, nullptr, plain.back()->bf(), c.outs[i]});
         t_pro.push_back({&dws[i]->w, nullptr, pro.back()->bf(), c.outs[i]});
         t_prep.push_back({&dws[i]->w, nullptr, prep.back()->bf(), c.outs[i]});
@@ -516,10 +526,18 @@ TEST_F(CudaGemv, ResidualHandoffFeedsTheNextRmsnorm) {
       const int count = static_cast<int>(t_plain.size());
       const float* nw = norm_w.get<float>();
       cuda::rmsnorm_forward(*ctx, y.bf(), c.dim, n, 1, c.dim, nw, 1e-6f, xn_plain.bf(), c.dim);
-      if (c.swiglu) {
+      if (head) {
+        const Weight& w = dws[0]->w;
+        linear(xn_plain, n, w, nullptr, *plain[0]);
+        cuda::nvfp4_gemv_rmsnorm(*ctx, y.bf(), c.dim, n, nw, 1e-6f, w, pro[0]->buf.get(), DType::F32, out,
+                                 xn_pro.bf());
+        cuda::nvfp4_gemv_rmsnorm(*ctx, y.bf(), c.dim, n, nw, 1e-6f, w, prep[0]->buf.get(), DType::F32, out,
+                                 xn_prep.bf(), {}, &h);
+      } else if (swiglu) {
         const Weight &g = dws[0]->w, &u = dws[1]->w;
         cuda::nvfp4_gemv_swiglu(*ctx, xn_plain.bf(), c.dim, n, g, u, plain[0]->bf(), out);
-        cuda::nvfp4_gemv_swiglu_rmsnorm(*ctx, y.bf(), c.dim, n, nw, 1e-6f, g, u, pro[0]->bf(), out, xn_pro.bf());
+        cuda::nvfp4_gemv_swiglu_rmsnorm(*ctx, y.bf(), c.dim, n, nw, 1e-6f, g, u, pro[0]->bf(), out,
+                                        xn_pro.bf());
         cuda::nvfp4_gemv_swiglu_rmsnorm(*ctx, y.bf(), c.dim, n, nw, 1e-6f, g, u, prep[0]->bf(), out,
                                         xn_prep.bf(), {}, &h);
       } else {
@@ -536,15 +554,19 @@ TEST_F(CudaGemv, ResidualHandoffFeedsTheNextRmsnorm) {
       for (int i = 0; i < count; ++i) {
         const std::string wi = what + " target " + std::to_string(i);
         const auto v = prep[static_cast<size_t>(i)]->values(wi);
-        // SwiGLU: silu(g) * u of g, u each within one ulp of the prologue's
-        if (c.swiglu)
+        // SwiGLU: silu(g) * u of g, u each within one ulp of the prologue's; the head's F32 logits
+        // differ only by the 1/rms (a few fp32 ulps)
+        if (swiglu)
           EXPECT_LT(nmse_between(v, pro[0]->values(wi + " (prologue)")), 1e-6) << wi;
+        else if (head)
+          EXPECT_LT(nmse_between(v, pro[0]->values(wi + " (prologue)")), 1e-12) << wi;
         else
-          EXPECT_EQ(beyond_one_ulp(prep[static_cast<size_t>(i)]->bits(wi), pro[static_cast<size_t>(i)]->bits(wi)),
-                    0)
+          EXPECT_EQ(
+              beyond_one_ulp(prep[static_cast<size_t>(i)]->bits(wi), pro[static_cast<size_t>(i)]->bits(wi)),
+              0)
               << wi;
         EXPECT_LT(nmse_between(v, plain[static_cast<size_t>(i)]->values(wi + " (unfused)")),
-                  (c.swiglu ? 2 : 1) * kDeferredNorm)
+                  (swiglu ? 2 : 1) * kDeferredNorm)
             << wi;
       }
     }
@@ -576,12 +598,13 @@ TEST_F(CudaGemv, FusedVariantsRefuseWhatTheyCannotTake) {
   const cuda::DeviceBuffer other_w = random_norm_weight(*ctx, 64, rng);
   DevArray xw(*ctx, 64), ss(*ctx, cuda::norm_handoff_ld(64), true);
   const cuda::NormHandoff other{other_w.get<float>(), xw.bf(), ss.buf.get<float>()};
-  EXPECT_THROW(cuda::nvfp4_gemv_multi_rmsnorm(*ctx, x2.bf(), 64, 1, norm_w.get<float>(), 1e-6f, &t, 1, nullptr,
-                                              {}, &other),
+  EXPECT_THROW(cuda::nvfp4_gemv_multi_rmsnorm(*ctx, x2.bf(), 64, 1, norm_w.get<float>(), 1e-6f, &t, 1,
+                                              nullptr, {}, &other),
                Error);
   const cuda::NormHandoff odd{other_w.get<float>(), xw.bf() + 1, ss.buf.get<float>()};
-  EXPECT_THROW(cuda::nvfp4_gemv_residual(*ctx, x2.bf(), 64, 1, dw2.w, nullptr, y2.bf(), 8, y2.bf(), 8, {}, &odd),
-               Error);
+  EXPECT_THROW(
+      cuda::nvfp4_gemv_residual(*ctx, x2.bf(), 64, 1, dw2.w, nullptr, y2.bf(), 8, y2.bf(), 8, {}, &odd),
+      Error);
 }
 
 // 50 dependent steps on two ping-pong buffers x (n, 2560): a mix of linear_forward, the residual,

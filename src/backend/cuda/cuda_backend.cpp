@@ -224,7 +224,8 @@ cuda::MemoryPlan plan_model_memory(const ModelConfig& c, const ModelWeights& hos
 std::string CudaBackend::prepare_model(const ModelConfig& config, const ModelWeights& host, int64_t context,
                                        int64_t max_tokens) {
   if (arena_) fail("cuda backend: prepare_model called twice");
-  if (blas_ws_ || scratch_ || ids_ || handoff_buf_) fail("cuda backend: prepare_model must come before the first op");
+  if (blas_ws_ || scratch_ || ids_ || handoff_buf_)
+    fail("cuda backend: prepare_model must come before the first op");
   const cuda::MemoryPlan plan = plan_model_memory(config, host, context, max_tokens, opts_.kv_dtype);
   std::optional<size_t> budget;
   if (opts_.mem_budget_gb) budget = static_cast<size_t>(*opts_.mem_budget_gb * 1e9);
@@ -603,13 +604,27 @@ void CudaBackend::rmsnorm_linear_swiglu_forward(const Tensor& x, const Tensor& n
                                   l2_prefetch(gate, up), prepared ? &h : nullptr);
 }
 
+void CudaBackend::rmsnorm_linear_forward(const Tensor& x, const Tensor& norm_w, float eps,
+                                         const Tensor& x_norm, const Weight& w, const Tensor& out) {
+  cuda::NormHandoff h{};
+  const bool prepared = take_handoff(x, norm_w, eps, h);
+  const int64_t n = x.rows();
+  const bool fused = x.dtype == DType::BF16 && x.cols() == w.in && cuda::nvfp4_gemv_fusable(w, n) &&
+                     (out.dtype == DType::BF16 || out.dtype == DType::F32) && out.rows() == n &&
+                     out.cols() == w.out && norm_fusable(x, norm_w, x_norm);
+  if (!fused) return Backend::rmsnorm_linear_forward(x, norm_w, eps, x_norm, w, out);
+  cuda::nvfp4_gemv_rmsnorm(*ctx_, x.as<const bf16>(), x.cols(), n, norm_w.as<const float>(), eps, w, out.data,
+                           out.dtype, out.cols(), x_norm.as<bf16>(), l2_prefetch(w, w),
+                           prepared ? &h : nullptr);
+}
+
 namespace {
 bool residual_fusable(const Tensor& x, const Weight& w, const Tensor& bias, const Tensor& residual,
                       const Tensor& out) {
   const int64_t n = x.rows();
   return x.dtype == DType::BF16 && x.cols() == w.in && cuda::nvfp4_gemv_fusable(w, n) &&
-         bf16_rows(residual, n, w.out) && bf16_rows(out, n, w.out) && (bias.empty() || bias.numel() == w.out) &&
-         out.data != x.data;
+         bf16_rows(residual, n, w.out) && bf16_rows(out, n, w.out) &&
+         (bias.empty() || bias.numel() == w.out) && out.data != x.data;
 }
 }  // namespace
 
@@ -633,8 +648,9 @@ void CudaBackend::linear_residual_norm_forward(const Tensor& x, const Weight& w,
   char* buf = static_cast<char*>(ensure_handoff(cuda::norm_handoff_bytes(n, w.out)));
   const cuda::NormHandoff h{next_norm_w.as<const float>(), reinterpret_cast<bf16*>(buf),
                             reinterpret_cast<float*>(buf + cuda::norm_handoff_sumsq_offset(n, w.out))};
-  cuda::nvfp4_gemv_residual(*ctx_, x.as<const bf16>(), x.cols(), n, w, opt_f32(bias), residual.as<const bf16>(),
-                            residual.cols(), out.as<bf16>(), out.cols(), l2_prefetch(w, w), &h);
+  cuda::nvfp4_gemv_residual(*ctx_, x.as<const bf16>(), x.cols(), n, w, opt_f32(bias),
+                            residual.as<const bf16>(), residual.cols(), out.as<bf16>(), out.cols(),
+                            l2_prefetch(w, w), &h);
   pending_norm_ = {out.data, n, w.out, next_norm_w.data, eps};
 }
 

@@ -95,6 +95,8 @@ class CudaBackend final : public Backend {
   void rmsnorm_linear_swiglu_forward(const Tensor& x, const Tensor& norm_w, float eps, const Tensor& x_norm,
                                      const Weight& gate, const Weight& up, const Tensor& gate_tmp,
                                      const Tensor& up_tmp, const Tensor& out) override;
+  void rmsnorm_linear_forward(const Tensor& x, const Tensor& norm_w, float eps, const Tensor& x_norm,
+                              const Weight& w, const Tensor& out) override;
 
   // Decode steps as CUDA graphs: while recording, the ops read the token ids and the first
   // position from step_ (device), written by set_step_inputs before each replay.
@@ -166,7 +168,7 @@ class CudaBackend final : public Backend {
   void* scratch_ = nullptr;  // op scratch (NVFP4 tiles, split-KV partials, sampling), one stream
   size_t scratch_bytes_ = 0;
   void* blas_ws_ = nullptr;
-  int32_t* ids_ = nullptr;  // device staging for token ids / seen ids
+  int32_t* ids_ = nullptr;       // device staging for token ids / seen ids
   void* handoff_buf_ = nullptr;  // cuda::NormHandoff's xw and sumsq ("norm handoff" workspace)
   size_t handoff_bytes_ = 0;
   struct PendingNorm {  // what handoff_buf_ holds: the RMSNorm of x with norm_w, eps (x null: nothing)

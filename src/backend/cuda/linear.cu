@@ -400,7 +400,7 @@ __device__ __forceinline__ void rmsnorm_deferred_to_shared(const bf16* __restric
 // 80 to 95 registers (3 -> 2 blocks of 8 warps per SM).
 template <GemvNormMode M>
 __device__ __noinline__ void gemv_inv_rms_rows(const float* sums_s, int n, int warps, int64_t K,
-                                                  const GemvNorm& norm, float* inv_s, int lane) {
+                                               const GemvNorm& norm, float* inv_s, int lane) {
   if constexpr (M == GemvNormMode::kPrologue) {
     if (lane < n) {
       float ss = 0.0f;
@@ -1074,6 +1074,24 @@ void nvfp4_gemv_swiglu_rmsnorm(Context& ctx, const bf16* x, int64_t ldx, int64_t
   const GemvNorm norm =
       norm_of("nvfp4_gemv_swiglu_rmsnorm", x, ldx, n, wg.in, norm_w, eps, x_norm_out, prepared);
   launch_gemv_mma_norm<2>(ctx, ceil_div(wg.out, kMmaTile), x, ldx, n, wg.in, epi, prefetch, norm);
+}
+
+void nvfp4_gemv_rmsnorm(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const float* norm_w, float eps,
+                        const Weight& w, void* y, DType y_dtype, int64_t ldy, bf16* x_norm_out,
+                        const L2Prefetch& prefetch, const NormHandoff* prepared) {
+  check_fused("nvfp4_gemv_rmsnorm", x, ldx, n, w);
+  if (y_dtype != DType::BF16 && y_dtype != DType::F32)
+    fail("nvfp4_gemv_rmsnorm: output dtype {} (expected BF16 or F32)", dtype_name(y_dtype));
+  const GemvNorm norm = norm_of("nvfp4_gemv_rmsnorm", x, ldx, n, w.in, norm_w, eps, x_norm_out, prepared);
+  const int64_t tiles = ceil_div(w.out, kMmaTile);
+  if (y_dtype == DType::F32)
+    launch_gemv_mma_norm<1>(ctx, tiles, x, ldx, n, w.in,
+                            GemvLinear<float>{gemv_weight(w, nullptr), w.in, static_cast<float*>(y), ldy},
+                            prefetch, norm);
+  else
+    launch_gemv_mma_norm<1>(ctx, tiles, x, ldx, n, w.in,
+                            GemvLinear<bf16>{gemv_weight(w, nullptr), w.in, static_cast<bf16*>(y), ldy},
+                            prefetch, norm);
 }
 
 void nvfp4_gemv_residual(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const Weight& w,

@@ -125,6 +125,13 @@ void nvfp4_gemv_swiglu_rmsnorm(Context& ctx, const __nv_bfloat16* x, int64_t ldx
                                __nv_bfloat16* out, int64_t ldo, __nv_bfloat16* x_norm_out,
                                const L2Prefetch& prefetch = {}, const NormHandoff* prepared = nullptr);
 
+// linear_forward's tensor-core GEMV with the RMSNorm in front, as above (the head after the final
+// norm): y (n, w.out) BF16 or F32, row stride ldy, = rmsnorm(x) W^T * global. No bias.
+void nvfp4_gemv_rmsnorm(Context& ctx, const __nv_bfloat16* x, int64_t ldx, int64_t n, const float* norm_w,
+                        float eps, const Weight& w, void* y, DType y_dtype, int64_t ldy,
+                        __nv_bfloat16* x_norm_out, const L2Prefetch& prefetch = {},
+                        const NormHandoff* prepared = nullptr);
+
 // The RMSNorm of a residual sum y (n, dim), started by the GEMV that writes y for the fused GEMV
 // that reads it next: xw (n, dim) bf16 = bf16(y * norm_w) (row stride dim), and sumsq (n, ld)
 // fp32, column j the sum of squares of y's row over rows 16j .. 16j+15 of the producing weight
