@@ -1,8 +1,9 @@
 // defines: linear_forward (y = x · W^T for a dense BF16 or an NVFP4 Weight), linear_scratch_bytes,
 // gemm_bf16_nt (the cuBLASLt call under it) and MatmulCache (descriptors by shape; both in matmul.cpp), the
 // decode-time NVFP4 GEMVs: fused q/k/v (nvfp4_gemv_multi), gate/up + SwiGLU (nvfp4_gemv_swiglu),
-// both also with the RMSNorm in front (*_rmsnorm), projection + residual add (nvfp4_gemv_residual),
-// nvfp4_gemv_fusable, nvfp4_gemv_ffma.
+// both also with the RMSNorm in front (*_rmsnorm; nvfp4_gemv_rmsnorm for one weight, the head),
+// projection + residual add (nvfp4_gemv_residual, which can also start the next RMSNorm:
+// NormHandoff), nvfp4_gemv_fusable, nvfp4_gemv_ffma.
 //
 // Shapes (row-major, HF nn.Linear layout): x (n, in) bf16 with row stride ldx; W (out, in), `in`
 // contiguous; y (n, out) bf16 or f32 with row stride ldy. fp32 accumulation everywhere.
