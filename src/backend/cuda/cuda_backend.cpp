@@ -29,7 +29,6 @@ namespace {
 using cuda::bf16;
 
 constexpr size_t kBlasWorkspace = size_t{32} << 20;  // NVIDIA's suggestion for Hopper cuBLASLt
-constexpr size_t kSampleSlots = 4;                   // [0] chosen id, [1] uniform (float bits)
 constexpr int64_t kMaxStepTokens = 8;                // tokens of a recorded step at most
 constexpr size_t kStepSlots = 1 + kMaxStepTokens;    // [0] pos0, then the ids
 
@@ -62,7 +61,9 @@ CudaBackend::CudaBackend(const CudaBackendOptions& opts)
     : ctx_(std::make_unique<cuda::Context>(opts.device)), opts_(opts) {
   if (opts.kv_dtype != DType::BF16 && opts.kv_dtype != DType::F8_E4M3)
     fail("cuda backend: KV cache type {} (BF16 or F8_E4M3 expected)", dtype_name(opts.kv_dtype));
-  CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&host_id_), sizeof(int32_t)));
+  // The sampled id: pinned and mapped, written by the sampling kernel itself (no copy after it).
+  CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&host_id_), sizeof(int32_t), cudaHostAllocMapped));
+  CUDA_CHECK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&host_id_dev_), host_id_, 0));
   CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&host_step_), kStepSlots * sizeof(int32_t)));
   cudaEvent_t e;
   CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
@@ -140,7 +141,6 @@ void CudaBackend::ensure_workspace(size_t scratch_bytes) {
     scratch_ = carve(scratch_bytes, "op scratch");  // the smaller one stays allocated until the end
     scratch_bytes_ = scratch_bytes;
   }
-  if (!sample_out_) sample_out_ = static_cast<int32_t*>(carve(kSampleSlots * 4, "sampling output"));
   if (!step_) step_ = static_cast<int32_t*>(carve(kStepSlots * 4, "step inputs"));
 }
 
@@ -216,7 +216,6 @@ cuda::MemoryPlan plan_model_memory(const ModelConfig& c, const ModelWeights& hos
   plan.add("workspace", "op scratch", scratch);
   plan.add("workspace", "norm handoff", cuda::norm_handoff_bytes(std::min(n, cuda::kGemvMaxTokens), dim));
   plan.add("workspace", "token ids", static_cast<size_t>(std::max(n, context)) * 4);
-  plan.add("workspace", "sampling output", kSampleSlots * 4);
   plan.add("workspace", "step inputs", kStepSlots * 4);
   return plan;
 }
@@ -260,8 +259,6 @@ std::string CudaBackend::prepare_model(const ModelConfig& config, const ModelWei
     } else if (e.name == "token ids") {
       ids_ = static_cast<int32_t*>(carve(e.bytes, "token ids"));
       ids_capacity_ = e.bytes / 4;
-    } else if (e.name == "sampling output") {
-      sample_out_ = static_cast<int32_t*>(carve(e.bytes, "sampling output"));
     } else if (e.name == "step inputs") {
       step_ = static_cast<int32_t*>(carve(e.bytes, "step inputs"));
     }
@@ -785,13 +782,10 @@ std::optional<int32_t> CudaBackend::sample(const Tensor& logits, const SamplerPa
     seen_d = ids_;
   }
   const float u = static_cast<float>(std::clamp(uniform, 0.0, 1.0 - 1e-7));
-  CUDA_CHECK(cudaMemcpyAsync(sample_out_ + 1, &u, 4, cudaMemcpyHostToDevice, s));
   cuda::sample_enqueue(*ctx_, logits.data, logits.dtype == DType::BF16, V, cfg, seen_d,
-                       static_cast<int64_t>(seen.size()), reinterpret_cast<const float*>(sample_out_ + 1),
-                       sample_out_, {scratch_, scratch_bytes_});
-  CUDA_CHECK(cudaMemcpyAsync(host_id_, sample_out_, 4, cudaMemcpyDeviceToHost, s));
-  CUDA_CHECK(cudaStreamSynchronize(s));
-  return *host_id_;
+                       static_cast<int64_t>(seen.size()), u, host_id_dev_, {scratch_, scratch_bytes_});
+  CUDA_CHECK(cudaStreamSynchronize(s));  // the kernel's write to mapped host memory is visible now
+  return *static_cast<volatile int32_t*>(host_id_);
 }
 
 std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& opts) {

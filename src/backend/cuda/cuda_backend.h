@@ -179,8 +179,8 @@ class CudaBackend final : public Backend {
   };
   PendingNorm pending_norm_;
   size_t ids_capacity_ = 0;
-  int32_t* sample_out_ = nullptr;  // device: the chosen id, then the uniform (as float) at [1]
-  int32_t* host_id_ = nullptr;     // pinned
+  int32_t* host_id_ = nullptr;      // pinned, mapped: the sampled id
+  int32_t* host_id_dev_ = nullptr;  // host_id_ as the device sees it
   // Step inputs of recorded forwards: [0] = pos0, [1, 1 + n) = token ids; device and pinned host.
   int32_t* step_ = nullptr;
   int32_t* host_step_ = nullptr;

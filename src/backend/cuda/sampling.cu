@@ -112,7 +112,7 @@ __global__ void seen_bits_kernel(const int32_t* seen, int64_t n_seen, int64_t vo
 }
 
 __global__ void __launch_bounds__(kThreads)
-    sample_kernel(Args a, bool greedy, int64_t top_k, float top_p, float min_p, const float* uniform,
+    sample_kernel(Args a, bool greedy, int64_t top_k, float top_p, float min_p, float uniform,
                   int32_t* out_id) {
   __shared__ float red[kWarps];
   __shared__ int64_t redi[kWarps];
@@ -178,7 +178,7 @@ __global__ void __launch_bounds__(kThreads)
   }
   __syncthreads();
   const float excl = shared_f[threadIdx.x / kWarp] + incl - local;
-  const float r = uniform[0] * shared_f[kWarps];
+  const float r = uniform * shared_f[kWarps];
   if (local > 0.0f && r >= excl && r < excl + local) {
     float cum = excl;
     int64_t pick = last_kept;
@@ -208,7 +208,7 @@ __global__ void __launch_bounds__(kThreads)
 size_t sampling_scratch_bytes(int64_t vocab) { return static_cast<size_t>((vocab + 31) / 32) * 4; }
 
 void sample_enqueue(Context& ctx, const void* logits, bool logits_bf16, int64_t vocab,
-                    const SamplingConfig& cfg, const int32_t* seen, int64_t n_seen, const float* uniform,
+                    const SamplingConfig& cfg, const int32_t* seen, int64_t n_seen, float uniform,
                     int32_t* out_id, Scratch scratch) {
   if (vocab <= 0 || vocab > (int64_t{1} << 31) - 1) fail("sampling: vocabulary of {} ids", vocab);
   const bool greedy = cfg.temperature <= 0.0f;

@@ -27,11 +27,13 @@ struct SamplingConfig {
 
 size_t sampling_scratch_bytes(int64_t vocab);
 
-// Writes the chosen id to *out_id (device). logits (vocab) fp32 or bf16 (logits_bf16), device. seen (n_seen)
-// int32 device ids for the repetition penalty (duplicates allowed). uniform: device pointer to one
-// float in [0, 1), read when sampling. Stream-ordered, no host synchronisation.
+// Writes the chosen id to *out_id: device memory, or mapped pinned host memory (then no copy
+// follows the kernel: the id is on the host once the stream has synchronised). logits (vocab) fp32
+// or bf16 (logits_bf16), device. seen (n_seen) int32 device ids for the repetition penalty
+// (duplicates allowed). uniform in [0, 1) drives the draw (a kernel argument; unused when greedy).
+// Stream-ordered, no host synchronisation.
 void sample_enqueue(Context& ctx, const void* logits, bool logits_bf16, int64_t vocab,
-                    const SamplingConfig& cfg, const int32_t* seen, int64_t n_seen, const float* uniform,
+                    const SamplingConfig& cfg, const int32_t* seen, int64_t n_seen, float uniform,
                     int32_t* out_id, Scratch scratch);
 
 }  // namespace nibble::cuda
