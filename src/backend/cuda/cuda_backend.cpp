@@ -642,22 +642,25 @@ void CudaBackend::linear_residual_norm_forward(const Tensor& x, const Weight& w,
   if (!residual_fusable(x, w, bias, residual, out) || next_norm_w.dtype != DType::F32 ||
       next_norm_w.numel() != w.out)
     return linear_residual_forward(x, w, bias, residual, tmp, out);
-  char* buf = static_cast<char*>(ensure_handoff(cuda::norm_handoff_bytes(n, w.out)));
-  const cuda::NormHandoff h{next_norm_w.as<const float>(), reinterpret_cast<bf16*>(buf),
-                            reinterpret_cast<float*>(buf + cuda::norm_handoff_sumsq_offset(n, w.out))};
+  ensure_handoff(cuda::norm_handoff_bytes(n, w.out));
+  const cuda::NormHandoff h = handoff_view(next_norm_w.as<const float>(), n, w.out);
   cuda::nvfp4_gemv_residual(*ctx_, x.as<const bf16>(), x.cols(), n, w, opt_f32(bias),
                             residual.as<const bf16>(), residual.cols(), out.as<bf16>(), out.cols(),
                             l2_prefetch(w, w), &h);
   pending_norm_ = {out.data, n, w.out, next_norm_w.data, eps};
 }
 
-void* CudaBackend::ensure_handoff(size_t bytes) {
-  if (bytes > handoff_bytes_) {
-    if (arena_) fail("internal error: a norm handoff of {} bytes needed, {} planned", bytes, handoff_bytes_);
-    handoff_buf_ = carve(bytes, "norm handoff");  // the smaller one stays allocated until the end
-    handoff_bytes_ = bytes;
-  }
-  return handoff_buf_;
+void CudaBackend::ensure_handoff(size_t bytes) {
+  if (bytes <= handoff_bytes_) return;
+  if (arena_) fail("internal error: a norm handoff of {} bytes needed, {} planned", bytes, handoff_bytes_);
+  handoff_buf_ = carve(bytes, "norm handoff");  // the smaller one stays allocated until the end
+  handoff_bytes_ = bytes;
+}
+
+cuda::NormHandoff CudaBackend::handoff_view(const float* norm_w, int64_t rows, int64_t dim) const {
+  char* buf = static_cast<char*>(handoff_buf_);
+  return {norm_w, reinterpret_cast<bf16*>(buf),
+          reinterpret_cast<float*>(buf + cuda::norm_handoff_sumsq_offset(rows, dim))};
 }
 
 bool CudaBackend::take_handoff(const Tensor& x, const Tensor& norm_w, float eps, cuda::NormHandoff& h) {
@@ -666,9 +669,7 @@ bool CudaBackend::take_handoff(const Tensor& x, const Tensor& norm_w, float eps,
   if (p.x == nullptr || p.x != x.data || p.rows != x.rows() || p.dim != x.cols() || p.norm_w != norm_w.data ||
       p.eps != eps)
     return false;
-  char* buf = static_cast<char*>(handoff_buf_);
-  h = {norm_w.as<const float>(), reinterpret_cast<bf16*>(buf),
-       reinterpret_cast<float*>(buf + cuda::norm_handoff_sumsq_offset(p.rows, p.dim))};
+  h = handoff_view(norm_w.as<const float>(), p.rows, p.dim);
   return true;
 }
 

@@ -144,7 +144,9 @@ class CudaBackend final : public Backend {
   void* carve(size_t bytes, const char* what);  // arena or a cudaMalloc of its own
   void ensure_workspace(size_t scratch_bytes);  // without a plan: grow the op scratch on demand
   void ensure_ids(size_t count);
-  void* ensure_handoff(size_t bytes);  // the norm handoff buffer, at least `bytes`
+  void ensure_handoff(size_t bytes);  // the norm handoff buffer holds at least `bytes`
+  // The norm handoff buffer as xw (rows, dim) and sumsq for the norm weight norm_w.
+  cuda::NormHandoff handoff_view(const float* norm_w, int64_t rows, int64_t dim) const;
   // True (and h set) when the handoff linear_residual_norm_forward left is for x (same data,
   // rows and columns), norm_w and eps. Either way the handoff is used up.
   bool take_handoff(const Tensor& x, const Tensor& norm_w, float eps, cuda::NormHandoff& h);
@@ -168,7 +170,8 @@ class CudaBackend final : public Backend {
   void* scratch_ = nullptr;  // op scratch (NVFP4 tiles, split-KV partials, sampling), one stream
   size_t scratch_bytes_ = 0;
   void* blas_ws_ = nullptr;
-  int32_t* ids_ = nullptr;       // device staging for token ids / seen ids
+  int32_t* ids_ = nullptr;  // device staging for token ids / seen ids
+  size_t ids_capacity_ = 0;
   void* handoff_buf_ = nullptr;  // cuda::NormHandoff's xw and sumsq ("norm handoff" workspace)
   size_t handoff_bytes_ = 0;
   struct PendingNorm {  // what handoff_buf_ holds: the RMSNorm of x with norm_w, eps (x null: nothing)
@@ -178,7 +181,6 @@ class CudaBackend final : public Backend {
     float eps = 0.0f;
   };
   PendingNorm pending_norm_;
-  size_t ids_capacity_ = 0;
   int32_t* host_id_ = nullptr;      // pinned, mapped: the sampled id
   int32_t* host_id_dev_ = nullptr;  // host_id_ as the device sees it
   // Step inputs of recorded forwards: [0] = pos0, [1, 1 + n) = token ids; device and pinned host.
