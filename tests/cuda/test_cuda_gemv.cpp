@@ -360,7 +360,7 @@ int64_t beyond_one_ulp(const std::vector<uint32_t>& a, const std::vector<uint32_
   return bad;
 }
 
-// The fused RMSNorm defers its 1/rms to the epilogue (linear.cu, rmsnorm_deferred_to_shared): bf16
+// The fused RMSNorm defers its 1/rms to the epilogue (gemv_mma.cu, rmsnorm_deferred_to_shared): bf16
 // rounds x * w instead of x * w / rms and the sum of squares runs in the block's order. Outputs:
 // NMSE against rmsnorm_forward + the unfused GEMV below 3e-5 (measured up to 1.1e-5 for q/k/v and
 // 3.6e-5 for the SwiGLU product on an H200; both sides carry bf16 roundings of x and of y); x_norm

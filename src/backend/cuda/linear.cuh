@@ -1,9 +1,9 @@
 // defines: linear_forward (y = x · W^T for a dense BF16 or an NVFP4 Weight), linear_scratch_bytes,
 // gemm_bf16_nt (the cuBLASLt call under it) and MatmulCache (descriptors by shape; both in matmul.cpp), the
-// decode-time NVFP4 GEMVs: fused q/k/v (nvfp4_gemv_multi), gate/up + SwiGLU (nvfp4_gemv_swiglu),
-// both also with the RMSNorm in front (*_rmsnorm; nvfp4_gemv_rmsnorm for one weight, the head),
-// projection + residual add (nvfp4_gemv_residual, which can also start the next RMSNorm:
-// NormHandoff), nvfp4_gemv_fusable, nvfp4_gemv_ffma.
+// decode-time NVFP4 GEMVs (tensor cores in gemv_mma.cu: nvfp4_gemv_linear, and the fused ones): fused q/k/v
+// (nvfp4_gemv_multi), gate/up + SwiGLU (nvfp4_gemv_swiglu), both also with the RMSNorm in front (*_rmsnorm;
+// nvfp4_gemv_rmsnorm for one weight, the head), projection + residual add (nvfp4_gemv_residual, which can
+// also start the next RMSNorm: NormHandoff), nvfp4_gemv_fusable, nvfp4_gemv_ffma.
 //
 // Shapes (row-major, HF nn.Linear layout): x (n, in) bf16 with row stride ldx; W (out, in), `in`
 // contiguous; y (n, out) bf16 or f32 with row stride ldy. fp32 accumulation everywhere.
@@ -77,6 +77,13 @@ void linear_forward(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const W
 // swiglu_forward / add_forward bit for bit (the _rmsnorm variants: see there). Weight tiles reach shared
 // memory through the TMA engine (cp.async.bulk) before griddepcontrol.wait: codes 16-byte aligned, scales too
 // (nvfp4_gemv_fusable).
+
+// linear_forward's tensor-core GEMV (gemv_mma.cu): y (n, w.out) BF16 or F32, row stride ldy, =
+// x W^T * global + bias (bias (w.out) fp32 or null). Throws Error when the weight is not fusable
+// (nvfp4_gemv_fusable), x is misaligned or y_dtype is neither.
+void nvfp4_gemv_linear(Context& ctx, const __nv_bfloat16* x, int64_t ldx, int64_t n, const Weight& w,
+                       const float* bias, void* y, DType y_dtype, int64_t ldy,
+                       const L2Prefetch& prefetch = {});
 
 // y_j (n, out_j) bf16, row stride ldy = x W_j^T * global_j + bias_j (bias (out_j) fp32 or null).
 struct GemvTarget {

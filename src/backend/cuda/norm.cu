@@ -11,7 +11,7 @@ constexpr int kNormWarps = 4;
 constexpr int kNormAhead = 16;  // chunks a lane loads before the first is used (rows <= 4096 at once)
 
 // One warp per (token, head) row. VEC = 8 (16-byte accesses, when dim and strides allow it): the
-// row's RMSNorm as rmsnorm_row.cuh defines it (the fused GEMVs of linear.cu defer 1/rms and agree
+// row's RMSNorm as rmsnorm_row.cuh defines it (the fused GEMVs of gemv_mma.cu defer 1/rms and agree
 // within rounding), every chunk of a lane loaded before the first is used; the scaling pass
 // re-reads the row from L1. VEC = 1: one element at a time, the same order within each lane's
 // elements.

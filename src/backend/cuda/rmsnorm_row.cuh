@@ -1,5 +1,5 @@
 // defines: rms_row_inv and rms_scale8, the RMSNorm of one row by one warp (norm.cu); rms_scale8
-// also writes the x_norm the fused GEMVs keep (linear.cu, with their own 1/rms). Only for .cu
+// also writes the x_norm the fused GEMVs keep (gemv_mma.cu, with their own 1/rms). Only for .cu
 // files: uses device code.
 //
 // Order (part of the contract): lane l takes the 8-element chunks l, l + 32, l + 64, ... and sums

@@ -1,0 +1,814 @@
+// The decode GEMVs on tensor cores (NVFP4, n <= kGemvMaxTokens, K % 32 == 0): linear_forward's
+// GEMV path (nvfp4_gemv_linear) and the fused variants of linear.cuh -- q/k/v, gate/up + SwiGLU,
+// projection + residual (with the next RMSNorm's start, NormHandoff), each RMSNorm variant -- as one
+// kernel template with an epilogue per variant. API and numerics: linear.cuh.
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+
+#include <algorithm>
+
+#include "backend/cuda/check.cuh"
+#include "backend/cuda/common.cuh"
+#include "backend/cuda/linear.cuh"
+#include "backend/cuda/nvfp4_decode.cuh"
+#include "backend/cuda/pdl.cuh"
+#include "backend/cuda/rmsnorm_row.cuh"
+
+namespace nibble::cuda {
+namespace {
+
+// An L2 policy under which the lines a load brings in are the first to go: weights are read once
+// per step, and the ones L2Prefetch pulled in for the next kernels must outlive them.
+__device__ __forceinline__ uint64_t l2_evict_first_policy() {
+  uint64_t pol;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
+  return pol;
+}
+
+// This block's share of the ranges of `pf` (the blocks of the grid split their concatenation
+// evenly), prefetched into L2 by the lanes of warp 0 in pieces of kL2PrefetchPiece bytes.
+constexpr uint32_t kL2PrefetchPiece = 32u << 10;
+
+__device__ __forceinline__ void issue_l2_prefetch(const L2Prefetch& pf) {
+  if (pf.count == 0 || threadIdx.x >= kWarp) return;
+  uint64_t total = 0;
+  for (int i = 0; i < pf.count; ++i) total += pf.range[i].bytes & ~15u;
+  const uint64_t share = (total / gridDim.x + 15) & ~uint64_t{15};
+  const uint64_t lo = blockIdx.x * share, hi = min(total, lo + share);
+  uint64_t off = 0;
+  int piece = 0;
+  for (int i = 0; i < pf.count && off < hi; ++i) {
+    const uint64_t bytes = pf.range[i].bytes & ~15u, a = max(lo, off), b = min(hi, off + bytes);
+    for (uint64_t p = a; p < b; p += kL2PrefetchPiece, ++piece) {
+      if (piece % kWarp != static_cast<int>(threadIdx.x)) continue;
+      const char* ptr = static_cast<const char*>(pf.range[i].ptr) + (p - off);
+      const uint32_t len = static_cast<uint32_t>(min(static_cast<uint64_t>(kL2PrefetchPiece), b - p));
+      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(ptr), "r"(len) : "memory");
+    }
+    off += bytes;
+  }
+}
+
+// ---- tensor-core NVFP4 GEMV (n <= 8, K % 32 == 0) ---------------------------------------------
+// One block per 16-row tile of W (with P parts: SwiGLU's gate and up tiles of the same rows).
+// Loads: at its start, before griddepcontrol.wait, the block's first warp hands the tile's codes
+// (one bulk copy per row, into rows padded so that consecutive rows sit 64 bytes apart modulo 128:
+// no bank conflicts) and scales (one bulk copy per part) to the TMA engine (cp.async.bulk, sm_90),
+// which writes them to shared memory and signals an mbarrier. No register or instruction goes to
+// loading, the block's whole tile is in flight at once, and it streams in while the previous kernel
+// of the stream still runs. The block's gemv_warps(K, tiles) warps then split K. Each warp runs
+// mma.sync m16n8k16 (bf16 in, fp32 accumulate): A = the tile's 16 rows dequantised in registers,
+// B = x for 8 token slots (slots >= n repeat token n-1 and their columns are dropped). Thread
+// (g = lane/4, t = lane%4) owns rows g and g+8; chunk c (16 bytes = 32 codes of a row) of group j is
+// c = 4j + t, and warp s takes groups s, s + warps, s + 2 warps, ... The summation order depends on
+// K and the tile count alone (through gemv_warps), never on the fused variant: every variant without
+// the RMSNorm equals linear_forward bit for bit (with it: rmsnorm_deferred_to_shared).
+//
+// Element order: a dot product may visit k in any order as long as A and B agree. The 8 codes of a
+// 32-bit word (k0..k0+7) are taken as 4 pairs {k0+j, k0+j+4}: codes j and j+4 lie 16 bits apart,
+// so one shift per field places both halves of a bf16x2 (4 operations per pair). B takes the same
+// pairs out of x with byte permutes.
+//
+// Numerics: a code at bf16 bits 15 (sign) and 8..6 (e1 e0 m) is e2m1 * 2^-126 (0.5 is the subnormal
+// 2^-127; bf16 FMA has no flush-to-zero mode). Multiplied by the block scale * 2^119 it becomes
+// e2m1 * scale * 2^-7, exact in bf16 (2 + 4 significant bits) and normal (2^-17 .. 21); its products
+// with x are exact in fp32, and y = D * 2^7 * global.
+constexpr int kMmaTile = 16;      // rows per tile (the M of m16n8k16)
+constexpr int kMmaMaxWarps = 16;  // warps splitting K in a block
+constexpr float kMmaOutScale = 128.0f;
+
+// Warps splitting K: a function of K and the tile count alone (the summation order must not depend
+// on anything else): about 2 groups (8 chunks) per warp, 4 to 16 warps; with kGemvManyTiles tiles
+// or more (the head), or K >= kGemvLongK, about 4 groups per warp. Measured on an H200 at n = 1
+// (bench_cuda_gemv, 2026-11-26, shared-memory kernel): 2 instead of 4 groups per warp took q+k+v
+// from 878 to 1404 GB/s, gate/up 1634 -> 1885, and the decode step from 453 to 502 tok/s; the
+// head went the other way (2696 -> 2224 GB/s) and keeps 4. In the decode step (nibble bench,
+// H200, 2026-11-26, ctx 0) o_proj (K = 4096: 8 warps instead of 16) took the step from 565 to 586
+// tok/s -- its smaller blocks leave room on each SM for the gate/up blocks that PDL starts early,
+// whose weight copies then overlap it; down_proj (K = 9728) is within noise either way (2: 580,
+// 4: 585, 8: 590); q/k/v and gate/up lose with 4 (548, 541) and with 1 (514, 448).
+constexpr int64_t kGemvManyTiles = 2048;
+constexpr int64_t kGemvLongK = 4096;
+
+int gemv_warps(int64_t K, int64_t tiles) {
+  const int64_t per_warp = tiles >= kGemvManyTiles || K >= kGemvLongK ? 4 : 2;
+  const int64_t groups = ceil_div(K / 32, 4);
+  int64_t s = 4;
+  while (s < kMmaMaxWarps && 2 * s <= groups / per_warp) s *= 2;
+  return static_cast<int>(std::min(groups, s));
+}
+
+__device__ __forceinline__ int tile_rows(int64_t N, int64_t r0) {
+  return static_cast<int>(N - r0 < kMmaTile ? N - r0 : kMmaTile);
+}
+
+struct GemvTile {
+  const uint8_t* codes;   // (rows, K/2): row 0 of the tile
+  const uint8_t* scales;  // (rows, K/16)
+  int rows;               // valid rows, 0..16
+};
+
+template <int J>  // codes J and J+4 of a word -> bf16x2 {e2m1 * 2^-126, ...}
+__device__ __forceinline__ uint32_t e2m1_pair_bf16(uint32_t w) {
+  constexpr int kMag = 6 - 4 * J, kSign = 12 - 4 * J;
+  const uint32_t m = kMag >= 0 ? (w << (kMag >= 0 ? kMag : 0)) : (w >> (kMag < 0 ? -kMag : 0));
+  return (m & 0x01C001C0u) | ((w << kSign) & 0x80008000u);
+}
+
+__device__ __forceinline__ uint32_t bf16x2_mul(uint32_t a, uint32_t b) {
+  uint32_t d;
+  asm("mul.rn.bf16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+  return d;
+}
+
+__device__ __forceinline__ uint32_t bf16x2_bits(float a) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(a, a);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// Two fp8 scales (low byte first) -> {s0, s0} and {s1, s1} * 2^119 as bf16x2 (exact).
+__device__ __forceinline__ void scale_pairs(uint32_t s2, uint32_t& lo, uint32_t& hi) {
+  const float2 f = fp8x2_to_float2(static_cast<uint16_t>(s2));
+  lo = bf16x2_bits(f.x * 0x1p119f);
+  hi = bf16x2_bits(f.y * 0x1p119f);
+}
+
+__device__ __forceinline__ void mma_bf16(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                         uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
+  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+
+// The RMSNorm in front of a GEMV: none, the kernel's own prologue (rmsnorm_deferred_to_shared), or
+// prepared by the residual GEMV that wrote x (NormHandoff: bf16(x * w) and sums of squares).
+enum class GemvNormMode { kNone, kPrologue, kPrepared };
+
+// The RMSNorm fused in front of a GEMV: w (K) fp32 norm weight; out (n, K) bf16 rows of stride K,
+// written in shares by every block (null: not kept); kPrepared: xw (n, K) and sumsq (n, ld).
+struct GemvNorm {
+  const float* w = nullptr;
+  float eps = 0.0f;
+  bf16* out = nullptr;
+  const bf16* xw = nullptr;
+  const float* sumsq = nullptr;
+  int64_t ld = 0;
+};
+
+// x * w rows in shared memory: row stride K + kNormPad elements. The pad shifts row r by
+// 4r banks, so that the 8 token rows x 4 chunk threads of an mma's B load spread over all banks.
+constexpr int kNormPad = 8;
+
+// The RMSNorm in front of a GEMV with its 1/rms deferred: y = (1/rms) * (W . bf16(x * w)) instead
+// of W . bf16(x * (1/rms) * w). The prologue that every block runs between griddepcontrol.wait and
+// its main loop is then elementwise: xs (shared, row stride K + kNormPad) = bf16(x * w), while each
+// thread adds up the squares of the x it reads; the warps' sums go to ss_s (n x kMmaMaxWarps
+// floats) and the epilogue turns them into 1/rms (gemv_inv_rms) -- no reduction and no second
+// pass before the mma.
+// Measured on an H200 (2026-11-26): the exact prologue this replaces (warp r summing row r's squares
+// in rmsnorm_row.cuh's order, a barrier, then every thread scaling) cost the decode step 0.31 ms of
+// 1.82 (sampling and attention left out), 0.14 ms of it the reduction; deferring took decode from
+// 518.5 to 540.1 tok/s at context 0 (441.1 -> 451.6 at 4K).
+// Numerics: 1/rms = rsqrtf(sum / K + eps) with the sum in the block's order (each thread's chunks
+// in order, warp_sum, warps in order): the same for every NORM kernel of one K and tile count, but
+// not rmsnorm_forward's order, and bf16 rounds x * w instead of x * w / rms: results equal the
+// unfused rmsnorm_forward + GEMV within rounding, not bit for bit. The kept x_norm is
+// bf16(x * (1/rms) * w) with this 1/rms (gemv_keep_x_norm_share).
+// The caller's __syncthreads makes xs and ss_s visible to the block.
+__device__ __forceinline__ void rmsnorm_deferred_to_shared(const bf16* __restrict__ x, int64_t ldx, int n,
+                                                           int64_t K, const GemvNorm& norm, bf16* xs,
+                                                           float* ss_s) {
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  const int64_t per_row = K / 8;
+  float part[kGemvMaxTokens];
+#pragma unroll
+  for (int r = 0; r < kGemvMaxTokens; ++r) part[r] = 0.0f;
+  for (int64_t i = threadIdx.x; i < n * per_row; i += blockDim.x) {
+    const int r = static_cast<int>(i / per_row);
+    const int64_t c = (i % per_row) * 8;
+    float f[8];
+    bf16x8_to_float(*reinterpret_cast<const Bf16x8*>(x + r * ldx + c), f);
+    float sq = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      sq = fmaf(f[j], f[j], sq);
+      f[j] *= norm.w[c + j];
+    }
+#pragma unroll
+    for (int q = 0; q < kGemvMaxTokens; ++q)  // part[r] with r known at run time: a select per
+      if (q == r) part[q] += sq;              // slot keeps part in registers, not local memory
+    const Bf16x8 y8 = float_to_bf16x8(f);
+    *reinterpret_cast<uint4*>(xs + r * (K + kNormPad) + c) = *reinterpret_cast<const uint4*>(&y8);
+  }
+  for (int r = 0; r < n; ++r) {
+    float v = 0.0f;
+#pragma unroll
+    for (int q = 0; q < kGemvMaxTokens; ++q)
+      if (q == r) v = part[q];
+    v = warp_sum(v);
+    if (lane == 0) ss_s[r * kMmaMaxWarps + warp] = v;
+  }
+}
+
+// inv_s[r] = 1/rms of row r < n, by the lanes of one warp. kPrologue: from the warps' sums of
+// squares (ss_s, n x kMmaMaxWarps, after a barrier), added in warp order. kPrepared: from the
+// handoff's columns (sums_s, n x ld, in shared memory once its bulk copy has landed): lane l adds
+// columns l, l + 32, ..., then warp_sum. The caller's barrier publishes inv_s. Not inlined: inlined,
+// ptxas keeps its addressing live across the main loop and the kPrepared SwiGLU kernel grows from
+// 80 to 95 registers (3 -> 2 blocks of 8 warps per SM).
+template <GemvNormMode M>
+__device__ __noinline__ void gemv_inv_rms_rows(const float* sums_s, int n, int warps, int64_t K,
+                                               const GemvNorm& norm, float* inv_s, int lane) {
+  if constexpr (M == GemvNormMode::kPrologue) {
+    if (lane < n) {
+      float ss = 0.0f;
+      for (int w = 0; w < warps; ++w) ss += sums_s[lane * kMmaMaxWarps + w];
+      inv_s[lane] = rsqrtf(ss / static_cast<float>(K) + norm.eps);
+    }
+  } else {
+    const int64_t parts = ceil_div(K, kMmaTile);
+    for (int r = 0; r < n; ++r) {
+      float ss = 0.0f;
+      for (int64_t p = lane; p < parts; p += kWarp) ss += sums_s[r * norm.ld + p];
+      ss = warp_sum(ss);
+      if (lane == 0) inv_s[r] = rsqrtf(ss / static_cast<float>(K) + norm.eps);
+    }
+  }
+}
+
+// This block's share of x_norm = bf16(x * (1/rms) * w) (norm.out, row stride K): the 8-element
+// chunks i = blockIdx.x, blockIdx.x + gridDim.x, ... of the n rows, by the lanes of one warp (one
+// that has nothing else to do while warp 0 stores), so that no block's tail grows.
+__device__ __forceinline__ void gemv_keep_x_norm_share(const bf16* __restrict__ x, int64_t ldx, int n,
+                                                       int64_t K, const GemvNorm& norm, const float* inv_s,
+                                                       int lane) {
+  const int64_t per_row = K / 8;
+  for (int64_t i = blockIdx.x + static_cast<int64_t>(gridDim.x) * lane; i < n * per_row;
+       i += static_cast<int64_t>(gridDim.x) * kWarp) {
+    const int r = static_cast<int>(i / per_row);
+    const int64_t c = (i % per_row) * 8;
+    const Bf16x8 y8 = rms_scale8(x + r * ldx, c, inv_s[r], norm.w);
+    *reinterpret_cast<uint4*>(norm.out + r * K + c) = *reinterpret_cast<const uint4*>(&y8);
+  }
+}
+
+// ---- TMA: bulk copies from global to shared memory, completed on an mbarrier (PTX ISA 8.0) ------
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void mbar_init(uint64_t* bar) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_u32(bar)) : "memory");
+  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+}
+
+// The one arrival of the phase, announcing `bytes` of bulk copies that complete it.
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(bar)), "r"(bytes)
+               : "memory");
+}
+
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "WAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+      "@!p bra WAIT;\n"
+      "}\n" ::"r"(smem_u32(bar)),
+      "r"(parity)
+      : "memory");
+}
+
+// bytes (a multiple of 16, both addresses 16-byte aligned) from global src to shared dst.
+__device__ __forceinline__ void bulk_load(void* dst, const void* src, uint32_t bytes, uint64_t* bar,
+                                          uint64_t policy) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, "
+      "[%3], "
+      "%4;" ::"r"(smem_u32(dst)),
+      "l"(src), "r"(bytes), "r"(smem_u32(bar)), "l"(policy)
+      : "memory");
+}
+// The same without a cache hint: for data every block reads (it should stay in L2).
+__device__ __forceinline__ void bulk_load(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+          smem_u32(dst)),
+      "l"(src), "r"(bytes), "r"(smem_u32(bar))
+      : "memory");
+}
+
+// Shared-memory row stride of a tile's codes: K/2 bytes padded so that rows r and r+1 start 64
+// bytes apart modulo 128 (the 8 rows x 4 threads of a 16-byte load then hit distinct banks).
+__host__ __device__ __forceinline__ int64_t smem_code_stride(int64_t K) {
+  const int64_t b = K / 2;
+  return b + (64 - b % 128 + 128) % 128;
+}
+
+// Dynamic shared memory of a block: codes P x 16 rows (stride smem_code_stride), scales P x 16 x
+// K/16, the K-split sums (warps - 1) x P x 4 x 32 floats; with a norm the rows' 1/rms (inv, 8
+// floats), then kPrologue: the warps' sums of squares (n x kMmaMaxWarps floats) and x * w (xs, n x
+// (K + kNormPad) bf16), kPrepared: the handoff's sums (n x ld floats, at xs); two mbarriers (the
+// weights; the handoff's sums).
+struct GemvSmem {
+  int64_t codes, scales, partial, inv, sums, xs, bar, total;
+  __host__ __device__ GemvSmem(int P, int64_t K, int warps, int n, GemvNormMode mode) {
+    codes = 0;
+    scales = codes + P * kMmaTile * smem_code_stride(K);
+    partial = scales + P * K;  // P x 16 rows x K/16
+    inv = partial + static_cast<int64_t>(warps - 1) * P * 4 * kWarp * 4;
+    sums = inv + (mode == GemvNormMode::kNone ? 0 : 4 * kGemvMaxTokens);
+    xs = sums + (mode == GemvNormMode::kPrologue ? 4 * kGemvMaxTokens * kMmaMaxWarps : 0);
+    int64_t xs_bytes = 0;
+    if (mode == GemvNormMode::kPrologue) xs_bytes = static_cast<int64_t>(n) * (K + kNormPad) * 2;
+    if (mode == GemvNormMode::kPrepared) xs_bytes = static_cast<int64_t>(n) * handoff_ld(K) * 4;
+    bar = xs + (xs_bytes + 15) / 16 * 16;
+    total = bar + 16;
+  }
+  // Columns of a NormHandoff's sumsq for a sum over K rows: one per 16-row tile, rounded up to 4.
+  __host__ __device__ static int64_t handoff_ld(int64_t K) { return (ceil_div(K, kMmaTile) + 3) / 4 * 4; }
+};
+
+// acc[p][q]: part p, q = 2h + e -> row g + 8h of the tile, token 2t + e.
+template <int P, GemvNormMode M, class Epi>
+__global__ void __launch_bounds__(kMmaMaxWarps* kWarp, 1)
+    nvfp4_gemv_mma_kernel(const bf16* __restrict__ x, int64_t ldx, int n, int64_t K, const Epi epi,
+                          const GemvNorm norm, const L2Prefetch prefetch) {
+  constexpr bool kNorm = M != GemvNormMode::kNone;
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, warps = blockDim.x / kWarp;
+  const int g = lane / 4, t = lane % 4;
+  const int64_t chunks = K / 32, groups = ceil_div(chunks, 4);
+  const int gw = static_cast<int>((groups - warp + warps - 1) / warps);  // this warp's groups
+  const GemvSmem lay(P, K, warps, n, M);
+  const int64_t cs = smem_code_stride(K), ss = K / 16;
+  unsigned char* codes_s = smem + lay.codes;
+  unsigned char* scales_s = smem + lay.scales;
+  uint64_t* bar = reinterpret_cast<uint64_t*>(smem + lay.bar);
+  const int64_t tile = blockIdx.x;
+
+  // Weights never change: their copies go out before waiting for the kernel that writes x. Scale
+  // bytes past the last multiple of 16 of a part (K % 256 != 0 and a short last tile) go by hand.
+  GemvTile tl[P];
+  epi.tile(tile, tl);
+  if (warp == 0) {
+    const uint64_t policy = l2_evict_first_policy();
+    uint32_t bytes = 0;
+#pragma unroll
+    for (int p = 0; p < P; ++p)
+      bytes += static_cast<uint32_t>(tl[p].rows * (K / 2) + ((tl[p].rows * ss) & ~int64_t{15}));
+    if (lane == 0) {
+      mbar_init(bar);
+      if constexpr (M == GemvNormMode::kPrepared) mbar_init(bar + 1);
+      mbar_arrive_expect_tx(bar, bytes);
+    }
+    __syncwarp();
+    static_assert(P * kMmaTile <= kWarp, "one lane per row");
+#pragma unroll
+    for (int p = 0; p < P; ++p) {  // lane p * 16 + r: row r of part p; lane p: part p's scales
+      const int r = lane - p * kMmaTile;
+      if (r >= 0 && r < tl[p].rows)
+        bulk_load(codes_s + (p * kMmaTile + r) * cs, tl[p].codes + r * (K / 2), static_cast<uint32_t>(K / 2),
+                  bar, policy);
+      const uint32_t sb = static_cast<uint32_t>((tl[p].rows * ss) & ~int64_t{15});
+      if (lane == p && sb > 0) bulk_load(scales_s + p * kMmaTile * ss, tl[p].scales, sb, bar, policy);
+    }
+  }
+#pragma unroll
+  for (int p = 0; p < P; ++p) {
+    const int64_t sb = tl[p].rows * ss, from = sb & ~int64_t{15};
+    for (int64_t i = from + threadIdx.x; i < sb; i += blockDim.x)
+      scales_s[p * kMmaTile * ss + i] = tl[p].scales[i];
+  }
+  issue_l2_prefetch(prefetch);
+  pdl_launch_dependents();
+  pdl_wait();
+  const bf16* xr;
+  float* inv_s = reinterpret_cast<float*>(smem + lay.inv);
+  float* sums_s = reinterpret_cast<float*>(smem + (M == GemvNormMode::kPrologue ? lay.sums : lay.xs));
+  if constexpr (M == GemvNormMode::kPrologue) {
+    bf16* xs = reinterpret_cast<bf16*>(smem + lay.xs);
+    rmsnorm_deferred_to_shared(x, ldx, n, K, norm, xs, sums_s);
+    xr = xs + static_cast<int64_t>(min(g, n - 1)) * (K + kNormPad);
+  } else if constexpr (M == GemvNormMode::kPrepared) {
+    if (threadIdx.x == 0) {  // the handoff's sums: written by the previous kernel, so after pdl_wait
+      const uint32_t bytes = static_cast<uint32_t>(n * norm.ld * 4);
+      mbar_arrive_expect_tx(bar + 1, bytes);
+      bulk_load(sums_s, norm.sumsq, bytes, bar + 1);
+    }
+    xr = norm.xw + static_cast<int64_t>(min(g, n - 1)) * K;
+  } else {
+    xr = x + static_cast<int64_t>(min(g, n - 1)) * ldx;
+  }
+  __syncthreads();  // the mbarriers' initialisation, the hand-copied scales, x * w and its squares
+  mbar_wait(bar, 0);
+
+  float acc[P][4];
+#pragma unroll
+  for (int p = 0; p < P; ++p)
+#pragma unroll
+    for (int q = 0; q < 4; ++q) acc[p][q] = 0.0f;
+
+  for (int jj = 0; jj < gw; ++jj) {
+    const int64_t c = 4 * (warp + static_cast<int64_t>(warps) * jj) + t;
+    const bool in = c < chunks;
+    uint4 xv[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+      xv[i] = in ? *reinterpret_cast<const uint4*>(xr + c * 32 + i * 8) : make_uint4(0, 0, 0, 0);
+    uint4 wv[P][2];
+    uint32_t sc[P][2][2];
+#pragma unroll
+    for (int p = 0; p < P; ++p)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int row = p * kMmaTile + g + 8 * h;
+        wv[p][h] = in ? *reinterpret_cast<const uint4*>(codes_s + row * cs + c * 16) : make_uint4(0, 0, 0, 0);
+        const uint32_t s2 = in ? *reinterpret_cast<const uint16_t*>(scales_s + row * ss + c * 2) : 0u;
+        scale_pairs(s2, sc[p][h][0], sc[p][h][1]);
+      }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      // x[k0..k0+7] as words {x0,x1} {x2,x3} {x4,x5} {x6,x7} -> pairs {x_j, x_j+4}
+      const uint32_t b0 = __byte_perm(xv[i].x, xv[i].z, 0x5410), b1 = __byte_perm(xv[i].x, xv[i].z, 0x7632);
+      const uint32_t b2 = __byte_perm(xv[i].y, xv[i].w, 0x5410), b3 = __byte_perm(xv[i].y, xv[i].w, 0x7632);
+#pragma unroll
+      for (int p = 0; p < P; ++p) {
+        const uint32_t w0 = word_of(wv[p][0], i), w1 = word_of(wv[p][1], i);
+        const uint32_t s0 = sc[p][0][i / 2], s1 = sc[p][1][i / 2];
+        mma_bf16(acc[p], bf16x2_mul(e2m1_pair_bf16<0>(w0), s0), bf16x2_mul(e2m1_pair_bf16<0>(w1), s1),
+                 bf16x2_mul(e2m1_pair_bf16<1>(w0), s0), bf16x2_mul(e2m1_pair_bf16<1>(w1), s1), b0, b1);
+        mma_bf16(acc[p], bf16x2_mul(e2m1_pair_bf16<2>(w0), s0), bf16x2_mul(e2m1_pair_bf16<2>(w1), s1),
+                 bf16x2_mul(e2m1_pair_bf16<3>(w0), s0), bf16x2_mul(e2m1_pair_bf16<3>(w1), s1), b2, b3);
+      }
+    }
+  }
+
+  // The last warp (the fewest groups) turns the sums of squares into 1/rms for every row.
+  if (kNorm && warp == warps - 1) {
+    if constexpr (M == GemvNormMode::kPrepared) mbar_wait(bar + 1, 0);
+    gemv_inv_rms_rows<M>(sums_s, n, warps, K, norm, inv_s, lane);
+    __syncwarp();
+  }
+  // Warps 1.. hand their sums to warp 0, which adds them in warp order (deterministic) and stores.
+  if (warps > 1) {
+    float* part = reinterpret_cast<float*>(smem + lay.partial);
+    if (warp > 0)
+#pragma unroll
+      for (int p = 0; p < P; ++p)
+#pragma unroll
+        for (int q = 0; q < 4; ++q) part[(((warp - 1) * P + p) * 4 + q) * kWarp + lane] = acc[p][q];
+    __syncthreads();
+    if (warp == 0)
+      for (int w = 0; w < warps - 1; ++w)
+#pragma unroll
+        for (int p = 0; p < P; ++p)
+#pragma unroll
+          for (int q = 0; q < 4; ++q) acc[p][q] += part[((w * P + p) * 4 + q) * kWarp + lane];
+  }
+  if (kNorm && norm.out != nullptr && warp == (warps > 1 ? 1 : 0))
+    gemv_keep_x_norm_share(x, ldx, n, K, norm, inv_s, lane);
+  if (warp != 0) return;
+  if constexpr (kNorm) {  // the deferred 1/rms of each accumulator's token (2t + q % 2)
+    const float inv0 = inv_s[min(2 * t, n - 1)], inv1 = inv_s[min(2 * t + 1, n - 1)];
+#pragma unroll
+    for (int q = 0; q < 4; ++q)
+#pragma unroll
+      for (int p = 0; p < P; ++p) acc[p][q] *= q % 2 ? inv1 : inv0;
+  }
+  epi.store(tile, acc, g, t, n);
+}
+
+// Epilogues: tile(idx) names tile idx's parts, store(idx) writes what thread (g, t) holds of it.
+// Every write of these kernels comes after pdl_wait() (PDL rule in linear.cuh).
+
+// f(row, tok, q) for each accumulator slot q of thread (g, t) of tile idx that lies inside (N, n).
+template <class F>
+__device__ __forceinline__ void for_each_slot(int64_t idx, int64_t N, int g, int t, int n, F&& f) {
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    const int64_t row = idx * kMmaTile + g + 8 * (q / 2);
+    const int tok = 2 * t + q % 2;
+    if (row < N && tok < n) f(row, tok, q);
+  }
+}
+// One NVFP4 weight as the epilogues see it: its tiles, and y = acc * scale + bias (scale: the
+// global scale times kMmaOutScale; bias (N) fp32 or null).
+struct GemvWeight {
+  const uint8_t* codes;   // (N, K/2)
+  const uint8_t* scales;  // (N, K/16)
+  int64_t N;
+  float scale;
+  const float* bias;
+
+  __device__ GemvTile tile(int64_t K, int64_t idx) const {  // rows idx * 16 ...
+    const int64_t r0 = idx * kMmaTile;
+    return {codes + r0 * (K / 2), scales + r0 * (K / 16), tile_rows(N, r0)};
+  }
+  __device__ float value(float acc, int64_t row) const { return gemv_value(acc, scale, bias, row); }
+};
+
+template <typename OutT>
+struct GemvLinear {  // y = x W^T * scale + bias
+  GemvWeight w;
+  int64_t K;
+  OutT* y;
+  int64_t ldy;
+
+  __device__ void tile(int64_t idx, GemvTile (&tl)[1]) const { tl[0] = w.tile(K, idx); }
+  __device__ void store(int64_t idx, const float (&acc)[1][4], int g, int t, int n) const {
+    for_each_slot(idx, w.N, g, t, n, [&](int64_t row, int tok, int q) {
+      const float v = w.value(acc[0][q], row);
+      if constexpr (sizeof(OutT) == 4)
+        y[tok * ldy + row] = v;
+      else
+        y[tok * ldy + row] = __float2bfloat16_rn(v);
+    });
+  }
+};
+
+struct GemvMultiPart {
+  GemvWeight w;
+  int64_t tiles;
+  bf16* y;
+  int64_t ldy;
+};
+
+struct GemvMulti {  // up to 3 weights of one K, the tiles of each following those of the one before
+  GemvMultiPart part[3];
+  int count;
+  int64_t K;
+
+  __device__ int locate(int64_t& tile) const {
+    int i = 0;
+    while (i + 1 < count && tile >= part[i].tiles) tile -= part[i++].tiles;
+    return i;
+  }
+  __device__ void tile(int64_t idx, GemvTile (&tl)[1]) const {
+    const GemvMultiPart& m = part[locate(idx)];  // idx becomes the tile within part i first
+    tl[0] = m.w.tile(K, idx);
+  }
+  __device__ void store(int64_t idx, const float (&acc)[1][4], int g, int t, int n) const {
+    const GemvMultiPart& m = part[locate(idx)];
+    for_each_slot(idx, m.w.N, g, t, n, [&](int64_t row, int tok, int q) {
+      m.y[tok * m.ldy + row] = __float2bfloat16_rn(m.w.value(acc[0][q], row));
+    });
+  }
+};
+
+// y = residual + bf16(x W^T * scale + bias); y may be residual. With next.xw: the next RMSNorm's
+// start as well (NormHandoff): bf16(y * next.norm_w), and per token the sum of y^2 over the tile's
+// rows (each thread's rows g, g + 8, then the 8 lanes of a token slot) into column idx of sumsq.
+struct GemvResidual {
+  GemvWeight w;
+  int64_t K;
+  const bf16* residual;
+  int64_t ldr;
+  bf16* y;
+  int64_t ldy;
+  NormHandoff next;
+  int64_t next_ld;
+
+  __device__ void tile(int64_t idx, GemvTile (&tl)[1]) const { tl[0] = w.tile(K, idx); }
+  __device__ void store(int64_t idx, const float (&acc)[1][4], int g, int t, int n) const {
+    float sq[2] = {0.0f, 0.0f};  // tokens 2t, 2t + 1
+    for_each_slot(idx, w.N, g, t, n, [&](int64_t row, int tok, int q) {
+      const float v = __bfloat162float(__float2bfloat16_rn(w.value(acc[0][q], row)));
+      const bf16 s = __float2bfloat16_rn(__bfloat162float(residual[tok * ldr + row]) + v);
+      y[tok * ldy + row] = s;
+      if (next.xw != nullptr) {
+        const float f = __bfloat162float(s);
+        next.xw[tok * w.N + row] = __float2bfloat16_rn(f * next.norm_w[row]);
+        sq[q % 2] = fmaf(f, f, sq[q % 2]);
+      }
+    });
+    if (next.xw == nullptr) return;
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      float v = sq[e];
+#pragma unroll
+      for (int o = 4; o < kWarp; o *= 2) v += __shfl_xor_sync(0xffffffffu, v, o);  // over g
+      if (g == 0 && 2 * t + e < n) next.sumsq[(2 * t + e) * next_ld + idx] = v;
+    }
+  }
+};
+
+struct GemvSwiglu {     // out = bf16(silu(bf16(x Wg^T)) * bf16(x Wu^T)), as swiglu_forward rounds
+  GemvWeight gate, up;  // one shape, no bias
+  int64_t K;
+  bf16* out;
+  int64_t ldo;
+
+  __device__ void tile(int64_t idx, GemvTile (&tl)[2]) const {
+    tl[0] = gate.tile(K, idx);
+    tl[1] = up.tile(K, idx);
+  }
+  __device__ void store(int64_t idx, const float (&acc)[2][4], int g, int t, int n) const {
+    for_each_slot(idx, gate.N, g, t, n, [&](int64_t row, int tok, int q) {
+      const float gv = __bfloat162float(__float2bfloat16_rn(gate.value(acc[0][q], row)));
+      const float uv = __bfloat162float(__float2bfloat16_rn(up.value(acc[1][q], row)));
+      out[tok * ldo + row] = __float2bfloat16_rn(gv / (1.0f + expf(-gv)) * uv);  // activation.cu's silu
+    });
+  }
+};
+
+// M: how `norm`, the RMSNorm in front, is applied (kPrologue: its rows take n * (K + kNormPad)
+// bf16 of shared memory).
+template <int P, GemvNormMode M = GemvNormMode::kNone, class Epi>
+void launch_gemv_mma(Context& ctx, int64_t tiles, const bf16* x, int64_t ldx, int64_t n, int64_t K,
+                     const Epi& epi, const L2Prefetch& prefetch, const GemvNorm& norm = {}) {
+  const auto kernel = nvfp4_gemv_mma_kernel<P, M, Epi>;
+  const int warps = gemv_warps(K, tiles);
+  const size_t smem = static_cast<size_t>(GemvSmem(P, K, warps, static_cast<int>(n), M).total);
+  if (smem > ctx.info().smem_per_block_optin)
+    fail("nvfp4 GEMV: K={} with {} tokens needs {} bytes of shared memory per block (the device has {})", K,
+         n, smem, ctx.info().smem_per_block_optin);
+  // Once per kernel and device: allow the device's largest dynamic shared memory.
+  ctx.kernel_setup(reinterpret_cast<const void*>(kernel), [&] {
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    static_cast<int>(ctx.info().smem_per_block_optin)));
+    return 0;
+  });
+  launch_pdl(ctx, kernel, dim3(static_cast<unsigned>(tiles)), dim3(static_cast<unsigned>(warps * kWarp)),
+             smem, x, ldx, static_cast<int>(n), K, epi, norm, prefetch);
+}
+
+const uint8_t* codes_of(const Weight& w) { return static_cast<const uint8_t*>(w.data); }
+
+GemvWeight gemv_weight(const Weight& w, const float* bias) {
+  return {codes_of(w), w.scales, w.out, w.global_scale * kMmaOutScale, bias};
+}
+
+}  // namespace
+
+bool nvfp4_gemv_fusable(const Weight& w, int64_t n) {
+  return w.is_nvfp4() && n >= 1 && n <= kGemvMaxTokens && w.in % 32 == 0 && aligned16(w.data) &&
+         aligned16(w.scales);
+}
+
+namespace {
+void check_fused(const char* what, const bf16* x, int64_t ldx, int64_t n, const Weight& w) {
+  if (!nvfp4_gemv_fusable(w, n))
+    fail("{}: NVFP4 weight with K % 32 == 0 (16-byte rows) and 1..{} tokens expected (K={}, n={})", what,
+         kGemvMaxTokens, w.in, n);
+  if (!aligned16(x) || ldx % 8 != 0) fail("{}: x must be 16-byte aligned with ldx % 8 == 0", what);
+}
+
+GemvMulti multi_epilogue(const bf16* x, int64_t ldx, int64_t n, const GemvTarget* targets, int count,
+                         int64_t& total_tiles) {
+  if (count < 1 || count > 3) fail("nvfp4_gemv_multi: {} targets (1 to 3)", count);
+  GemvMulti epi{};
+  epi.count = count;
+  epi.K = targets[0].w->in;
+  total_tiles = 0;
+  for (int i = 0; i < count; ++i) {
+    const Weight& w = *targets[i].w;
+    check_fused("nvfp4_gemv_multi", x, ldx, n, w);
+    if (w.in != epi.K) fail("nvfp4_gemv_multi: target {} has K={}, target 0 K={}", i, w.in, epi.K);
+    const int64_t tiles = ceil_div(w.out, kMmaTile);
+    epi.part[i] = {gemv_weight(w, targets[i].bias), tiles, targets[i].y, targets[i].ldy};
+    total_tiles += tiles;
+  }
+  return epi;
+}
+
+GemvSwiglu swiglu_epilogue(const bf16* x, int64_t ldx, int64_t n, const Weight& wg, const Weight& wu,
+                           bf16* out, int64_t ldo) {
+  check_fused("nvfp4_gemv_swiglu", x, ldx, n, wg);
+  check_fused("nvfp4_gemv_swiglu", x, ldx, n, wu);
+  if (wg.out != wu.out || wg.in != wu.in)
+    fail("nvfp4_gemv_swiglu: gate ({}, {}) and up ({}, {}) differ in shape", wg.out, wg.in, wu.out, wu.in);
+  return GemvSwiglu{gemv_weight(wg, nullptr), gemv_weight(wu, nullptr), wg.in, out, ldo};
+}
+
+// The RMSNorm in front of a GEMV of K inputs: a weight, and x_norm_out (n, K) null or 16-byte
+// aligned and apart from x (block 0 writes it while other blocks still read x); prepared: a
+// NormHandoff for this weight (kPrepared), null: the kernel's prologue.
+GemvNorm norm_of(const char* what, const bf16* x, int64_t ldx, int64_t n, int64_t K, const float* norm_w,
+                 float eps, bf16* x_norm_out, const NormHandoff* prepared) {
+  if (norm_w == nullptr) fail("{}: no norm weight", what);
+  if (x_norm_out != nullptr) {
+    if (!aligned16(x_norm_out)) fail("{}: x_norm_out must be 16-byte aligned", what);
+    const auto lo = reinterpret_cast<uintptr_t>(x), hi = reinterpret_cast<uintptr_t>(x + (n - 1) * ldx + K);
+    const auto olo = reinterpret_cast<uintptr_t>(x_norm_out),
+               ohi = reinterpret_cast<uintptr_t>(x_norm_out + n * K);
+    if (olo < hi && lo < ohi) fail("{}: x_norm_out overlaps x", what);
+  }
+  GemvNorm norm{norm_w, eps, x_norm_out};
+  if (prepared != nullptr) {
+    if (prepared->norm_w != norm_w) fail("{}: the prepared RMSNorm is for another norm weight", what);
+    if (!aligned16(prepared->xw) || !aligned16(prepared->sumsq))
+      fail("{}: the prepared RMSNorm's buffers must be 16-byte aligned", what);
+    norm.xw = prepared->xw;
+    norm.sumsq = prepared->sumsq;
+    norm.ld = norm_handoff_ld(K);
+  }
+  return norm;
+}
+
+// The two RMSNorm variants of one fused GEMV: the prologue, or the prepared handoff.
+template <int P, class Epi>
+void launch_gemv_mma_norm(Context& ctx, int64_t tiles, const bf16* x, int64_t ldx, int64_t n, int64_t K,
+                          const Epi& epi, const L2Prefetch& prefetch, const GemvNorm& norm) {
+  if (norm.xw != nullptr)
+    launch_gemv_mma<P, GemvNormMode::kPrepared>(ctx, tiles, x, ldx, n, K, epi, prefetch, norm);
+  else
+    launch_gemv_mma<P, GemvNormMode::kPrologue>(ctx, tiles, x, ldx, n, K, epi, prefetch, norm);
+}
+
+// launch(epi) with the GemvLinear epilogue for y_dtype (BF16 or F32): y = x W^T * scale + bias.
+template <class Launch>
+void with_linear_epilogue(const char* what, const Weight& w, const float* bias, void* y, DType y_dtype,
+                          int64_t ldy, Launch&& launch) {
+  if (y_dtype == DType::F32)
+    launch(GemvLinear<float>{gemv_weight(w, bias), w.in, static_cast<float*>(y), ldy});
+  else if (y_dtype == DType::BF16)
+    launch(GemvLinear<bf16>{gemv_weight(w, bias), w.in, static_cast<bf16*>(y), ldy});
+  else
+    fail("{}: output dtype {} (expected BF16 or F32)", what, dtype_name(y_dtype));
+}
+}  // namespace
+
+int64_t norm_handoff_ld(int64_t dim) { return GemvSmem::handoff_ld(dim); }
+
+size_t norm_handoff_sumsq_offset(int64_t n, int64_t dim) {
+  return (static_cast<size_t>(n * dim) * 2 + 255) / 256 * 256;
+}
+
+size_t norm_handoff_bytes(int64_t n, int64_t dim) {
+  return norm_handoff_sumsq_offset(n, dim) + static_cast<size_t>(n * norm_handoff_ld(dim)) * 4;
+}
+
+void nvfp4_gemv_linear(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const Weight& w,
+                       const float* bias, void* y, DType y_dtype, int64_t ldy, const L2Prefetch& prefetch) {
+  check_fused("nvfp4_gemv_linear", x, ldx, n, w);
+  with_linear_epilogue("nvfp4_gemv_linear", w, bias, y, y_dtype, ldy, [&](const auto& epi) {
+    launch_gemv_mma<1>(ctx, ceil_div(w.out, kMmaTile), x, ldx, n, w.in, epi, prefetch);
+  });
+}
+
+void nvfp4_gemv_multi(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const GemvTarget* targets,
+                      int count, const L2Prefetch& prefetch) {
+  int64_t tiles = 0;
+  const GemvMulti epi = multi_epilogue(x, ldx, n, targets, count, tiles);
+  launch_gemv_mma<1>(ctx, tiles, x, ldx, n, epi.K, epi, prefetch);
+}
+
+void nvfp4_gemv_multi_rmsnorm(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const float* norm_w,
+                              float eps, const GemvTarget* targets, int count, bf16* x_norm_out,
+                              const L2Prefetch& prefetch, const NormHandoff* prepared) {
+  int64_t tiles = 0;
+  const GemvMulti epi = multi_epilogue(x, ldx, n, targets, count, tiles);
+  const GemvNorm norm =
+      norm_of("nvfp4_gemv_multi_rmsnorm", x, ldx, n, epi.K, norm_w, eps, x_norm_out, prepared);
+  launch_gemv_mma_norm<1>(ctx, tiles, x, ldx, n, epi.K, epi, prefetch, norm);
+}
+
+void nvfp4_gemv_swiglu(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const Weight& wg,
+                       const Weight& wu, bf16* out, int64_t ldo, const L2Prefetch& prefetch) {
+  const GemvSwiglu epi = swiglu_epilogue(x, ldx, n, wg, wu, out, ldo);
+  launch_gemv_mma<2>(ctx, ceil_div(wg.out, kMmaTile), x, ldx, n, wg.in, epi, prefetch);
+}
+
+void nvfp4_gemv_swiglu_rmsnorm(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const float* norm_w,
+                               float eps, const Weight& wg, const Weight& wu, bf16* out, int64_t ldo,
+                               bf16* x_norm_out, const L2Prefetch& prefetch, const NormHandoff* prepared) {
+  const GemvSwiglu epi = swiglu_epilogue(x, ldx, n, wg, wu, out, ldo);
+  const GemvNorm norm =
+      norm_of("nvfp4_gemv_swiglu_rmsnorm", x, ldx, n, wg.in, norm_w, eps, x_norm_out, prepared);
+  launch_gemv_mma_norm<2>(ctx, ceil_div(wg.out, kMmaTile), x, ldx, n, wg.in, epi, prefetch, norm);
+}
+
+void nvfp4_gemv_rmsnorm(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const float* norm_w, float eps,
+                        const Weight& w, void* y, DType y_dtype, int64_t ldy, bf16* x_norm_out,
+                        const L2Prefetch& prefetch, const NormHandoff* prepared) {
+  check_fused("nvfp4_gemv_rmsnorm", x, ldx, n, w);
+  const GemvNorm norm = norm_of("nvfp4_gemv_rmsnorm", x, ldx, n, w.in, norm_w, eps, x_norm_out, prepared);
+  with_linear_epilogue("nvfp4_gemv_rmsnorm", w, nullptr, y, y_dtype, ldy, [&](const auto& epi) {
+    launch_gemv_mma_norm<1>(ctx, ceil_div(w.out, kMmaTile), x, ldx, n, w.in, epi, prefetch, norm);
+  });
+}
+
+void nvfp4_gemv_residual(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const Weight& w,
+                         const float* bias, const bf16* residual, int64_t ldr, bf16* y, int64_t ldy,
+                         const L2Prefetch& prefetch, const NormHandoff* handoff) {
+  check_fused("nvfp4_gemv_residual", x, ldx, n, w);
+  GemvResidual epi{gemv_weight(w, bias), w.in, residual, ldr, y, ldy, {}, 0};
+  if (handoff != nullptr) {
+    if (handoff->norm_w == nullptr || !aligned16(handoff->xw) || !aligned16(handoff->sumsq))
+      fail("nvfp4_gemv_residual: a handoff needs a norm weight and 16-byte-aligned buffers");
+    epi.next = *handoff;
+    epi.next_ld = norm_handoff_ld(w.out);
+  }
+  const int64_t tiles = ceil_div(w.out, kMmaTile);
+  launch_gemv_mma<1>(ctx, tiles, x, ldx, n, w.in, epi, prefetch);
+}
+
+}  // namespace nibble::cuda
