@@ -331,11 +331,13 @@ TEST_F(CudaGemv, ResidualEqualsLinearThenAdd) {
   }
 }
 
-// A norm weight around 1 (as trained RMSNorm weights are), fp32.
-cuda::DeviceBuffer random_norm_weight(cuda::Context& ctx, int64_t dim, std::mt19937& rng) {
+// A norm weight around 1 (as trained RMSNorm weights are), fp32; its values also in *host if given.
+cuda::DeviceBuffer random_norm_weight(cuda::Context& ctx, int64_t dim, std::mt19937& rng,
+                                      std::vector<float>* host = nullptr) {
   std::normal_distribution<float> d(1.0f, 0.25f);
   std::vector<float> w(static_cast<size_t>(dim));
   for (auto& v : w) v = d(rng);
+  if (host != nullptr) *host = w;
   cuda::DeviceBuffer b(ctx, w.size() * 4, "norm weight");
   to_device(b.get(), w.data(), w.size() * 4);
   return b;
@@ -468,11 +470,8 @@ TEST_F(CudaGemv, ResidualHandoffFeedsTheNextRmsnorm) {
     for (size_t i = 0; i < c.outs.size() + (swiglu ? 1 : 0); ++i)
       dws.push_back(std::make_unique<DevWeight>(
           *ctx, random_weight(c.outs[std::min(i, c.outs.size() - 1)], c.dim, rng)));
-    std::normal_distribution<float> dn(1.0f, 0.25f);
-    std::vector<float> norm_host(static_cast<size_t>(c.dim));
-    for (auto& v : norm_host) v = dn(rng);
-    cuda::DeviceBuffer norm_w(*ctx, norm_host.size() * 4, "norm weight");
-    to_device(norm_w.get(), norm_host.data(), norm_host.size() * 4);
+    std::vector<float> norm_host;
+    const cuda::DeviceBuffer norm_w = random_norm_weight(*ctx, c.dim, rng, &norm_host);
     const int64_t ld = cuda::norm_handoff_ld(c.dim), tiles = c.dim / 16;
     ASSERT_EQ(ld % 4, 0);
     ASSERT_GE(ld, tiles);
