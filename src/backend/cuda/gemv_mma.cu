@@ -58,7 +58,8 @@ __device__ __forceinline__ void issue_l2_prefetch(const L2Prefetch& pf) {
 // loading, the block's whole tile is in flight at once, and it streams in while the previous kernel
 // of the stream still runs. The block's gemv_warps(K, tiles) warps then split K. Each warp runs
 // mma.sync m16n8k16 (bf16 in, fp32 accumulate): A = the tile's 16 rows dequantised in registers,
-// B = x for 8 token slots (slots >= n repeat token n-1 and their columns are dropped). Thread
+// B = x for 8 token slots (slots >= n repeat token n-1 and their columns are dropped; one token
+// with a NormHandoff instead runs gemv_block_diagonal_loop, where B's columns are scale blocks). Thread
 // (g = lane/4, t = lane%4) owns rows g and g+8; chunk c (16 bytes = 32 codes of a row) of group j is
 // c = 4j + t, and warp s takes groups s, s + warps, s + 2 warps, ... The summation order depends on
 // K and the tile count alone (through gemv_warps), never on the fused variant: every variant without
@@ -146,8 +147,13 @@ __device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
 }
 
 // The RMSNorm in front of a GEMV: none, the kernel's own prologue (rmsnorm_deferred_to_shared), or
-// prepared by the residual GEMV that wrote x (NormHandoff: bf16(x * w) and sums of squares).
-enum class GemvNormMode { kNone, kPrologue, kPrepared };
+// prepared by the residual GEMV that wrote x (NormHandoff: bf16(x * w) * 2^64 and sums of
+// squares); kPreparedOne: prepared, one token, through the block-diagonal main loop (below).
+enum class GemvNormMode { kNone, kPrologue, kPrepared, kPreparedOne };
+
+__host__ __device__ constexpr bool is_prepared(GemvNormMode m) {
+  return m == GemvNormMode::kPrepared || m == GemvNormMode::kPreparedOne;
+}
 
 // The RMSNorm fused in front of a GEMV: w (K) fp32 norm weight; out (n, K) bf16 rows of stride K,
 // written in shares by every block (null: not kept); kPrepared: xw (n, K) and sumsq (n, ld).
@@ -312,6 +318,142 @@ __host__ __device__ __forceinline__ int64_t smem_code_stride(int64_t K) {
   return b + (64 - b % 128 + 128) % 128;
 }
 
+// The main loops. Group jj of warp s is group G = s + jj * warps: chunks 4G .. 4G + 3 (32 codes
+// each), thread t taking chunk c = 4G + t of rows g and g + 8 of each part (its scale blocks 2c and
+// 2c + 1). acc[p][q]: part p, row g + 8 (q / 2) of the tile, column 2t + q % 2 of the mma.
+//
+// Token columns (any n): B = x for 8 token slots, A = the codes times their block scales
+// (bf16x2_mul); acc column = token. PAIR_X: x arrives as plain rows, and byte permutes make the
+// pairs {x_j, x_j+4}; else it is in pair order already (a NormHandoff's xw, norm_handoff_index).
+template <int P, bool PAIR_X>
+__device__ __forceinline__ void gemv_token_column_loop(const unsigned char* codes_s,
+                                                       const unsigned char* scales_s, int64_t cs, int64_t ss,
+                                                       const bf16* __restrict__ xr, int64_t chunks, int gw,
+                                                       int warp, int warps, int g, int t,
+                                                       float (&acc)[P][4]) {
+  for (int jj = 0; jj < gw; ++jj) {
+    const int64_t c = 4 * (warp + static_cast<int64_t>(warps) * jj) + t;
+    const bool in = c < chunks;
+    uint4 xv[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+      xv[i] = in ? *reinterpret_cast<const uint4*>(xr + c * 32 + i * 8) : make_uint4(0, 0, 0, 0);
+    uint4 wv[P][2];
+    uint32_t sc[P][2][2];
+#pragma unroll
+    for (int p = 0; p < P; ++p)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int row = p * kMmaTile + g + 8 * h;
+        wv[p][h] = in ? *reinterpret_cast<const uint4*>(codes_s + row * cs + c * 16) : make_uint4(0, 0, 0, 0);
+        const uint32_t s2 = in ? *reinterpret_cast<const uint16_t*>(scales_s + row * ss + c * 2) : 0u;
+        scale_pairs(s2, sc[p][h][0], sc[p][h][1]);
+      }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      // x[k0..k0+7] as pairs {x_j, x_j+4}
+      uint32_t b0 = xv[i].x, b1 = xv[i].y, b2 = xv[i].z, b3 = xv[i].w;
+      if constexpr (PAIR_X) {
+        b0 = __byte_perm(xv[i].x, xv[i].z, 0x5410), b1 = __byte_perm(xv[i].x, xv[i].z, 0x7632);
+        b2 = __byte_perm(xv[i].y, xv[i].w, 0x5410), b3 = __byte_perm(xv[i].y, xv[i].w, 0x7632);
+      }
+#pragma unroll
+      for (int p = 0; p < P; ++p) {
+        const uint32_t w0 = word_of(wv[p][0], i), w1 = word_of(wv[p][1], i);
+        const uint32_t s0 = sc[p][0][i / 2], s1 = sc[p][1][i / 2];
+        mma_bf16(acc[p], bf16x2_mul(e2m1_pair_bf16<0>(w0), s0), bf16x2_mul(e2m1_pair_bf16<0>(w1), s1),
+                 bf16x2_mul(e2m1_pair_bf16<1>(w0), s0), bf16x2_mul(e2m1_pair_bf16<1>(w1), s1), b0, b1);
+        mma_bf16(acc[p], bf16x2_mul(e2m1_pair_bf16<2>(w0), s0), bf16x2_mul(e2m1_pair_bf16<2>(w1), s1),
+                 bf16x2_mul(e2m1_pair_bf16<3>(w0), s0), bf16x2_mul(e2m1_pair_bf16<3>(w1), s1), b2, b3);
+      }
+    }
+  }
+}
+
+// Block diagonal (one token, x in pair order and scaled by 2^64: a NormHandoff's xw): the mma's 8
+// B columns take 8 scale blocks instead of 8 tokens, so that the block scales multiply 4 sums per
+// thread after the mma instead of every A pair before it. Per group, k slots (2i, 2i + 1) of its 8
+// mmas hold scale block 2i of the group (i < 4) or block 2(i - 4) + 1 (i >= 4), two codes per mma,
+// and B column j is x on the slots of block j, zero elsewhere: column j of D sums block j's
+// products. Thread (g, t) then converts blocks 2t and 2t + 1 (its own chunk), holds x only where
+// g = 2t (block 2t, b0) or g = 2t + 1 (block 2t + 1, b1), and D's columns 2t and 2t + 1 are its own
+// chunk's blocks, whose scales it loaded: 4 FMAs per group and part, no bf16x2_mul, no permutes.
+// Numerics: A = e2m1 * 2^-126 times x * 2^64: products e2m1 * x * 2^-62, exact and normal in fp32
+// for |x| >= 2^-64; acc = sum over blocks of scale * D (fp32), and y = acc * 2^62 * global. The
+// sums run in another order than the token-column loop's: results agree within fp32 rounding.
+template <int P>
+__device__ __forceinline__ void gemv_block_diagonal_loop(const unsigned char* codes_s,
+                                                         const unsigned char* scales_s, int64_t cs,
+                                                         int64_t ss, const bf16* __restrict__ xr,
+                                                         int64_t chunks, int gw, int warp, int warps, int g,
+                                                         int t, float (&acc)[P][4]) {
+  const bool x_lo = g == 2 * t, x_hi = g == 2 * t + 1;
+  for (int jj = 0; jj < gw; ++jj) {
+    const int64_t c = 4 * (warp + static_cast<int64_t>(warps) * jj) + t;
+    const bool in = c < chunks;
+    uint4 xa[2], xb[2];  // x of block 2c (lanes g = 2t), of block 2c + 1 (lanes g = 2t + 1), else 0
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      xa[i] = in && x_lo ? *reinterpret_cast<const uint4*>(xr + c * 32 + i * 8) : make_uint4(0, 0, 0, 0);
+      xb[i] = in && x_hi ? *reinterpret_cast<const uint4*>(xr + c * 32 + 16 + i * 8) : make_uint4(0, 0, 0, 0);
+    }
+    uint4 wv[P][2];
+    float2 sf[P][2];
+#pragma unroll
+    for (int p = 0; p < P; ++p)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int row = p * kMmaTile + g + 8 * h;
+        wv[p][h] = in ? *reinterpret_cast<const uint4*>(codes_s + row * cs + c * 16) : make_uint4(0, 0, 0, 0);
+        const uint32_t s2 = in ? *reinterpret_cast<const uint16_t*>(scales_s + row * ss + c * 2) : 0u;
+        sf[p][h] = fp8x2_to_float2(static_cast<uint16_t>(s2));
+      }
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+      float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+      for (int m = 0; m < 8; ++m) {  // codes {J, J + 4} of word w (w = m / 4, J = m % 4) of each block
+        const int w = m / 4;
+        const uint32_t b0 = word_of(xa[w], m % 4), b1 = word_of(xb[w], m % 4);
+        const uint32_t lo0 = word_of(wv[p][0], w), lo1 = word_of(wv[p][1], w);          // block 2t
+        const uint32_t hi0 = word_of(wv[p][0], 2 + w), hi1 = word_of(wv[p][1], 2 + w);  // block 2t + 1
+        uint32_t a0, a1, a2, a3;
+        switch (m % 4) {
+          case 0:
+            a0 = e2m1_pair_bf16<0>(lo0), a1 = e2m1_pair_bf16<0>(lo1), a2 = e2m1_pair_bf16<0>(hi0),
+            a3 = e2m1_pair_bf16<0>(hi1);
+            break;
+          case 1:
+            a0 = e2m1_pair_bf16<1>(lo0), a1 = e2m1_pair_bf16<1>(lo1), a2 = e2m1_pair_bf16<1>(hi0),
+            a3 = e2m1_pair_bf16<1>(hi1);
+            break;
+          case 2:
+            a0 = e2m1_pair_bf16<2>(lo0), a1 = e2m1_pair_bf16<2>(lo1), a2 = e2m1_pair_bf16<2>(hi0),
+            a3 = e2m1_pair_bf16<2>(hi1);
+            break;
+          default:
+            a0 = e2m1_pair_bf16<3>(lo0), a1 = e2m1_pair_bf16<3>(lo1), a2 = e2m1_pair_bf16<3>(hi0),
+            a3 = e2m1_pair_bf16<3>(hi1);
+            break;
+        }
+        mma_bf16(d, a0, a1, a2, a3, b0, b1);
+      }
+      acc[p][0] = fmaf(sf[p][0].y, d[1], fmaf(sf[p][0].x, d[0], acc[p][0]));  // row g
+      acc[p][2] = fmaf(sf[p][1].y, d[3], fmaf(sf[p][1].x, d[2], acc[p][2]));  // row g + 8
+    }
+  }
+  // Rows g, g + 8 summed over the 4 threads of the row: every lane holds them, as column 0.
+#pragma unroll
+  for (int p = 0; p < P; ++p)
+#pragma unroll
+    for (int q = 0; q < 4; q += 2) {
+      float v = acc[p][q];
+      v += __shfl_xor_sync(0xffffffffu, v, 1);
+      v += __shfl_xor_sync(0xffffffffu, v, 2);
+      acc[p][q] = v;
+    }
+}
+
 // Dynamic shared memory of a block: codes P x 16 rows (stride smem_code_stride), scales P x 16 x
 // K/16, the K-split sums (warps - 1) x P x 4 x 32 floats; with a norm the rows' 1/rms (inv, 8
 // floats), then kPrologue: the warps' sums of squares (n x kMmaMaxWarps floats) and x * w (xs, n x
@@ -328,7 +470,7 @@ struct GemvSmem {
     xs = sums + (mode == GemvNormMode::kPrologue ? 4 * kGemvMaxTokens * kMmaMaxWarps : 0);
     int64_t xs_bytes = 0;
     if (mode == GemvNormMode::kPrologue) xs_bytes = static_cast<int64_t>(n) * (K + kNormPad) * 2;
-    if (mode == GemvNormMode::kPrepared) xs_bytes = static_cast<int64_t>(n) * handoff_ld(K) * 4;
+    if (is_prepared(mode)) xs_bytes = static_cast<int64_t>(n) * handoff_ld(K) * 4;
     bar = xs + (xs_bytes + 15) / 16 * 16;
     total = bar + 16;
   }
@@ -366,7 +508,7 @@ __global__ void __launch_bounds__(kMmaMaxWarps* kWarp, 1)
       bytes += static_cast<uint32_t>(tl[p].rows * (K / 2) + ((tl[p].rows * ss) & ~int64_t{15}));
     if (lane == 0) {
       mbar_init(bar);
-      if constexpr (M == GemvNormMode::kPrepared) mbar_init(bar + 1);
+      if constexpr (is_prepared(M)) mbar_init(bar + 1);
       mbar_arrive_expect_tx(bar, bytes);
     }
     __syncwarp();
@@ -397,7 +539,7 @@ __global__ void __launch_bounds__(kMmaMaxWarps* kWarp, 1)
     bf16* xs = reinterpret_cast<bf16*>(smem + lay.xs);
     rmsnorm_deferred_to_shared(x, ldx, n, K, norm, xs, sums_s);
     xr = xs + static_cast<int64_t>(min(g, n - 1)) * (K + kNormPad);
-  } else if constexpr (M == GemvNormMode::kPrepared) {
+  } else if constexpr (is_prepared(M)) {
     if (threadIdx.x == 0) {  // the handoff's sums: written by the previous kernel, so after pdl_wait
       const uint32_t bytes = static_cast<uint32_t>(n * norm.ld * 4);
       mbar_arrive_expect_tx(bar + 1, bytes);
@@ -416,44 +558,15 @@ __global__ void __launch_bounds__(kMmaMaxWarps* kWarp, 1)
 #pragma unroll
     for (int q = 0; q < 4; ++q) acc[p][q] = 0.0f;
 
-  for (int jj = 0; jj < gw; ++jj) {
-    const int64_t c = 4 * (warp + static_cast<int64_t>(warps) * jj) + t;
-    const bool in = c < chunks;
-    uint4 xv[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-      xv[i] = in ? *reinterpret_cast<const uint4*>(xr + c * 32 + i * 8) : make_uint4(0, 0, 0, 0);
-    uint4 wv[P][2];
-    uint32_t sc[P][2][2];
-#pragma unroll
-    for (int p = 0; p < P; ++p)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int row = p * kMmaTile + g + 8 * h;
-        wv[p][h] = in ? *reinterpret_cast<const uint4*>(codes_s + row * cs + c * 16) : make_uint4(0, 0, 0, 0);
-        const uint32_t s2 = in ? *reinterpret_cast<const uint16_t*>(scales_s + row * ss + c * 2) : 0u;
-        scale_pairs(s2, sc[p][h][0], sc[p][h][1]);
-      }
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      // x[k0..k0+7] as words {x0,x1} {x2,x3} {x4,x5} {x6,x7} -> pairs {x_j, x_j+4}
-      const uint32_t b0 = __byte_perm(xv[i].x, xv[i].z, 0x5410), b1 = __byte_perm(xv[i].x, xv[i].z, 0x7632);
-      const uint32_t b2 = __byte_perm(xv[i].y, xv[i].w, 0x5410), b3 = __byte_perm(xv[i].y, xv[i].w, 0x7632);
-#pragma unroll
-      for (int p = 0; p < P; ++p) {
-        const uint32_t w0 = word_of(wv[p][0], i), w1 = word_of(wv[p][1], i);
-        const uint32_t s0 = sc[p][0][i / 2], s1 = sc[p][1][i / 2];
-        mma_bf16(acc[p], bf16x2_mul(e2m1_pair_bf16<0>(w0), s0), bf16x2_mul(e2m1_pair_bf16<0>(w1), s1),
-                 bf16x2_mul(e2m1_pair_bf16<1>(w0), s0), bf16x2_mul(e2m1_pair_bf16<1>(w1), s1), b0, b1);
-        mma_bf16(acc[p], bf16x2_mul(e2m1_pair_bf16<2>(w0), s0), bf16x2_mul(e2m1_pair_bf16<2>(w1), s1),
-                 bf16x2_mul(e2m1_pair_bf16<3>(w0), s0), bf16x2_mul(e2m1_pair_bf16<3>(w1), s1), b2, b3);
-      }
-    }
-  }
+  if constexpr (M == GemvNormMode::kPreparedOne)
+    gemv_block_diagonal_loop<P>(codes_s, scales_s, cs, ss, xr, chunks, gw, warp, warps, g, t, acc);
+  else
+    gemv_token_column_loop<P, !is_prepared(M)>(codes_s, scales_s, cs, ss, xr, chunks, gw, warp, warps, g, t,
+                                               acc);
 
   // The last warp (the fewest groups) turns the sums of squares into 1/rms for every row.
   if (kNorm && warp == warps - 1) {
-    if constexpr (M == GemvNormMode::kPrepared) mbar_wait(bar + 1, 0);
+    if constexpr (is_prepared(M)) mbar_wait(bar + 1, 0);
     gemv_inv_rms_rows<M>(sums_s, n, warps, K, norm, inv_s, lane);
     __syncwarp();
   }
@@ -477,7 +590,11 @@ __global__ void __launch_bounds__(kMmaMaxWarps* kWarp, 1)
     gemv_keep_x_norm_share(x, ldx, n, K, norm, inv_s, lane);
   if (warp != 0) return;
   if constexpr (kNorm) {  // the deferred 1/rms of each accumulator's token (2t + q % 2)
-    const float inv0 = inv_s[min(2 * t, n - 1)], inv1 = inv_s[min(2 * t + 1, n - 1)];
+    // A NormHandoff's x carries 2^64 (norm_handoff_scale); the block-diagonal sums 2^-62 (exact).
+    constexpr float fix = M == GemvNormMode::kPreparedOne ? 0x1p55f
+                          : M == GemvNormMode::kPrepared  ? 0x1p-64f
+                                                          : 1.0f;
+    const float inv0 = inv_s[min(2 * t, n - 1)] * fix, inv1 = inv_s[min(2 * t + 1, n - 1)] * fix;
 #pragma unroll
     for (int q = 0; q < 4; ++q)
 #pragma unroll
@@ -564,8 +681,8 @@ struct GemvMulti {  // up to 3 weights of one K, the tiles of each following tho
 };
 
 // y = residual + bf16(x W^T * scale + bias); y may be residual. With next.xw: the next RMSNorm's
-// start as well (NormHandoff): bf16(y * next.norm_w), and per token the sum of y^2 over the tile's
-// rows (each thread's rows g, g + 8, then the 8 lanes of a token slot) into column idx of sumsq.
+// start as well (NormHandoff): bf16(y * next.norm_w) * 2^64 in pair order, and per token the sum of y^2 over
+// the tile's rows (each thread's rows g, g + 8, then the 8 lanes of a token slot) into column idx of sumsq.
 struct GemvResidual {
   GemvWeight w;
   int64_t K;
@@ -585,7 +702,8 @@ struct GemvResidual {
       y[tok * ldy + row] = s;
       if (next.xw != nullptr) {
         const float f = __bfloat162float(s);
-        next.xw[tok * w.N + row] = __float2bfloat16_rn(f * next.norm_w[row]);
+        next.xw[tok * w.N + norm_handoff_index(row)] =
+            __float2bfloat16_rn(f * next.norm_w[row] * norm_handoff_scale);
         sq[q % 2] = fmaf(f, f, sq[q % 2]);
       }
     });
@@ -717,7 +835,9 @@ GemvNorm norm_of(const char* what, const bf16* x, int64_t ldx, int64_t n, int64_
 template <int P, class Epi>
 void launch_gemv_mma_norm(Context& ctx, int64_t tiles, const bf16* x, int64_t ldx, int64_t n, int64_t K,
                           const Epi& epi, const L2Prefetch& prefetch, const GemvNorm& norm) {
-  if (norm.xw != nullptr)
+  if (norm.xw != nullptr && n == 1)
+    launch_gemv_mma<P, GemvNormMode::kPreparedOne>(ctx, tiles, x, ldx, n, K, epi, prefetch, norm);
+  else if (norm.xw != nullptr)
     launch_gemv_mma<P, GemvNormMode::kPrepared>(ctx, tiles, x, ldx, n, K, epi, prefetch, norm);
   else
     launch_gemv_mma<P, GemvNormMode::kPrologue>(ctx, tiles, x, ldx, n, K, epi, prefetch, norm);
@@ -804,6 +924,7 @@ void nvfp4_gemv_residual(Context& ctx, const bf16* x, int64_t ldx, int64_t n, co
   if (handoff != nullptr) {
     if (handoff->norm_w == nullptr || !aligned16(handoff->xw) || !aligned16(handoff->sumsq))
       fail("nvfp4_gemv_residual: a handoff needs a norm weight and 16-byte-aligned buffers");
+    if (w.out % 8 != 0) fail("nvfp4_gemv_residual: a handoff needs out % 8 == 0 (out={})", w.out);
     epi.next = *handoff;
     epi.next_ld = norm_handoff_ld(w.out);
   }

@@ -141,7 +141,11 @@ void nvfp4_gemv_rmsnorm(Context& ctx, const __nv_bfloat16* x, int64_t ldx, int64
                         const NormHandoff* prepared = nullptr);
 
 // The RMSNorm of a residual sum y (n, dim), started by the GEMV that writes y for the fused GEMV
-// that reads it next: xw (n, dim) bf16 = bf16(y * norm_w) (row stride dim), and sumsq (n, ld)
+// that reads it next: xw (n, dim) bf16 = bf16(y * norm_w) * norm_handoff_scale (exact: a power of
+// two, so that one-token GEMVs can multiply it with codes held as e2m1 * 2^-126 and stay in fp32's
+// normal range; row stride dim; element k at norm_handoff_index(k): each 8 elements in the order
+// 0 4 1 5 2 6 3 7, the pairs {k, k + 4} that the tensor-core GEMV's B operand takes, so that it
+// loads them without byte permutes; dim % 8 == 0), and sumsq (n, ld)
 // fp32, column j the sum of squares of y's row over rows 16j .. 16j+15 of the producing weight
 // (ld = norm_handoff_ld(dim): ceil(dim / 16) rounded up to 4, so each row is a 16-byte bulk copy).
 // The consumer adds the columns in order: the 1/rms is deterministic, but not rmsnorm_forward's
@@ -151,6 +155,10 @@ struct NormHandoff {
   __nv_bfloat16* xw;
   float* sumsq;
 };
+constexpr float norm_handoff_scale = 0x1p64f;
+__host__ __device__ constexpr int64_t norm_handoff_index(int64_t k) {
+  return (k & ~int64_t{7}) | ((k & 3) << 1) | ((k >> 2) & 1);
+}
 int64_t norm_handoff_ld(int64_t dim);
 size_t norm_handoff_bytes(int64_t n, int64_t dim);  // xw, then sumsq at norm_handoff_sumsq_offset
 size_t norm_handoff_sumsq_offset(int64_t n, int64_t dim);
