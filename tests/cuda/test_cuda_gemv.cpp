@@ -596,6 +596,54 @@ TEST_F(CudaGemv, ResidualHandoffFeedsTheNextRmsnorm) {
   }
 }
 
+// One token: the SwiGLU GEMV's paired_out holds its output again, element k at norm_handoff_index(k)
+// times norm_handoff_scale, exactly; the residual GEMV that reads it (x_paired, the block-diagonal
+// main loop) equals the one that reads the plain output within one bf16 ulp (cancellation aside),
+// with and without a NormHandoff. Dims: Qwen3-4B's gate/up -> down_proj, and 160 x 96 -> 40 x 160.
+// More than one token, or a misaligned buffer, is refused.
+TEST_F(CudaGemv, SwigluPairedOutputFeedsTheResidualGemv) {
+  for (auto [inter, dim] : {std::pair<int64_t, int64_t>{9728, 2560}, {160, 96}}) {
+    const HostWeight hg = random_weight(inter, dim, rng), hu = random_weight(inter, dim, rng);
+    DevWeight g(*ctx, hg), u(*ctx, hu), down(*ctx, random_weight(dim % 32 == 0 ? dim : 40, inter, rng));
+    const int64_t out = down.w.out;
+    const std::string what = "paired " + std::to_string(inter) + "x" + std::to_string(dim);
+    DevArray xd(*ctx, dim), act(*ctx, inter), paired(*ctx, inter), res(*ctx, out), y_plain(*ctx, out),
+        y_paired(*ctx, out), y_handoff(*ctx, out);
+    xd.upload(test::randn_bf16(static_cast<size_t>(dim), rng, 2.0f));
+    res.upload(test::randn_bf16(static_cast<size_t>(out), rng, 4.0f));
+    cuda::nvfp4_gemv_swiglu(*ctx, xd.bf(), dim, 1, g.w, u.w, act.bf(), inter, {}, paired.bf());
+    sync();
+    const auto a = act.values(what + " act"), pv = paired.values(what + " paired");
+    int64_t bad = 0;
+    for (int64_t k = 0; k < inter; ++k)
+      if (pv[static_cast<size_t>(cuda::norm_handoff_index(k))] !=
+          a[static_cast<size_t>(k)] * cuda::norm_handoff_scale)
+        ++bad;
+    EXPECT_EQ(bad, 0) << what;
+
+    std::vector<float> norm_host;
+    const cuda::DeviceBuffer norm_w = random_norm_weight(*ctx, out, rng, &norm_host);
+    DevArray xw(*ctx, out), sumsq(*ctx, cuda::norm_handoff_ld(out), true);
+    const cuda::NormHandoff h{norm_w.get<float>(), xw.bf(), sumsq.buf.get<float>()};
+    cuda::nvfp4_gemv_residual(*ctx, act.bf(), inter, 1, down.w, nullptr, res.bf(), out, y_plain.bf(), out);
+    cuda::nvfp4_gemv_residual(*ctx, act.bf(), inter, 1, down.w, nullptr, res.bf(), out, y_paired.bf(), out,
+                              {}, nullptr, paired.bf());
+    cuda::nvfp4_gemv_residual(*ctx, act.bf(), inter, 1, down.w, nullptr, res.bf(), out, y_handoff.bf(), out,
+                              {}, out % 8 == 0 ? &h : nullptr, paired.bf());
+    sync();
+    const auto yp = y_paired.values(what + " y");
+    EXPECT_EQ(beyond_one_ulp_or_cancelled(yp, y_plain.values(what + " y (plain x)")), 0) << what;
+    EXPECT_EQ(y_handoff.bits(what + " y (handoff)"), y_paired.bits(what + " y")) << what;
+
+    DevArray act2(*ctx, 2 * inter), x2(*ctx, 2 * dim);
+    EXPECT_THROW(cuda::nvfp4_gemv_swiglu(*ctx, x2.bf(), dim, 2, g.w, u.w, act2.bf(), inter, {}, paired.bf()),
+                 Error);
+    EXPECT_THROW(
+        cuda::nvfp4_gemv_swiglu(*ctx, xd.bf(), dim, 1, g.w, u.w, act.bf(), inter, {}, paired.bf() + 1),
+        Error);
+  }
+}
+
 TEST_F(CudaGemv, FusedVariantsRefuseWhatTheyCannotTake) {
   const HostWeight h = random_weight(8, 48, rng);  // K % 32 != 0: FFMA only
   DevWeight dw(*ctx, h);

@@ -215,6 +215,7 @@ cuda::MemoryPlan plan_model_memory(const ModelConfig& c, const ModelWeights& hos
   plan.add("workspace", "cuBLASLt", kBlasWorkspace);
   plan.add("workspace", "op scratch", scratch);
   plan.add("workspace", "norm handoff", cuda::norm_handoff_bytes(std::min(n, cuda::kGemvMaxTokens), dim));
+  plan.add("workspace", "paired x", static_cast<size_t>(c.intermediate_size) * 2);
   plan.add("workspace", "token ids", static_cast<size_t>(std::max(n, context)) * 4);
   plan.add("workspace", "step inputs", kStepSlots * 4);
   return plan;
@@ -223,7 +224,7 @@ cuda::MemoryPlan plan_model_memory(const ModelConfig& c, const ModelWeights& hos
 std::string CudaBackend::prepare_model(const ModelConfig& config, const ModelWeights& host, int64_t context,
                                        int64_t max_tokens) {
   if (arena_) fail("cuda backend: prepare_model called twice");
-  if (blas_ws_ || scratch_ || ids_ || handoff_buf_)
+  if (blas_ws_ || scratch_ || ids_ || handoff_buf_ || paired_buf_)
     fail("cuda backend: prepare_model must come before the first op");
   const cuda::MemoryPlan plan = plan_model_memory(config, host, context, max_tokens, opts_.kv_dtype);
   std::optional<size_t> budget;
@@ -256,6 +257,9 @@ std::string CudaBackend::prepare_model(const ModelConfig& config, const ModelWei
     } else if (e.name == "norm handoff") {
       handoff_buf_ = carve(e.bytes, "norm handoff");
       handoff_bytes_ = e.bytes;
+    } else if (e.name == "paired x") {
+      paired_buf_ = carve(e.bytes, "paired x");
+      paired_bytes_ = e.bytes;
     } else if (e.name == "token ids") {
       ids_ = static_cast<int32_t*>(carve(e.bytes, "token ids"));
       ids_capacity_ = e.bytes / 4;
@@ -569,6 +573,7 @@ void CudaBackend::linear_multi_forward(const Tensor& x, std::span<const LinearOu
 
 void CudaBackend::linear_swiglu_forward(const Tensor& x, const Weight& gate, const Weight& up,
                                         const Tensor& gate_tmp, const Tensor& up_tmp, const Tensor& out) {
+  pending_paired_ = {};
   if (!swiglu_fusable(x, gate, up, out))
     return Backend::linear_swiglu_forward(x, gate, up, gate_tmp, up_tmp, out);
   cuda::nvfp4_gemv_swiglu(*ctx_, x.as<const bf16>(), x.cols(), x.rows(), gate, up, out.as<bf16>(), out.cols(),
@@ -596,9 +601,16 @@ void CudaBackend::rmsnorm_linear_swiglu_forward(const Tensor& x, const Tensor& n
   const bool prepared = take_handoff(x, norm_w, eps, h);
   if (!swiglu_fusable(x, gate, up, out) || !norm_fusable(x, norm_w, x_norm))
     return Backend::rmsnorm_linear_swiglu_forward(x, norm_w, eps, x_norm, gate, up, gate_tmp, up_tmp, out);
+  pending_paired_ = {};
+  bf16* paired = nullptr;  // one token: out in pair order as well, for the down_proj after it
+  if (x.rows() == 1 && gate.out % 8 == 0) {
+    ensure_paired(static_cast<size_t>(gate.out) * 2);
+    paired = static_cast<bf16*>(paired_buf_);
+  }
   cuda::nvfp4_gemv_swiglu_rmsnorm(*ctx_, x.as<const bf16>(), x.cols(), x.rows(), norm_w.as<const float>(),
                                   eps, gate, up, out.as<bf16>(), out.cols(), x_norm.as<bf16>(),
-                                  l2_prefetch(gate, up), prepared ? &h : nullptr);
+                                  l2_prefetch(gate, up), prepared ? &h : nullptr, paired);
+  if (paired != nullptr) pending_paired_ = {out.data, gate.out};
 }
 
 void CudaBackend::rmsnorm_linear_forward(const Tensor& x, const Tensor& norm_w, float eps,
@@ -628,11 +640,12 @@ bool residual_fusable(const Tensor& x, const Weight& w, const Tensor& bias, cons
 void CudaBackend::linear_residual_forward(const Tensor& x, const Weight& w, const Tensor& bias,
                                           const Tensor& residual, const Tensor& tmp, const Tensor& out) {
   pending_norm_ = {};
+  const auto* paired = static_cast<const bf16*>(take_paired(x));
   if (!residual_fusable(x, w, bias, residual, out))
     return Backend::linear_residual_forward(x, w, bias, residual, tmp, out);
   cuda::nvfp4_gemv_residual(*ctx_, x.as<const bf16>(), x.cols(), x.rows(), w, opt_f32(bias),
                             residual.as<const bf16>(), residual.cols(), out.as<bf16>(), out.cols(),
-                            l2_prefetch(w, w));
+                            l2_prefetch(w, w), nullptr, paired);
 }
 
 void CudaBackend::linear_residual_norm_forward(const Tensor& x, const Weight& w, const Tensor& bias,
@@ -644,9 +657,10 @@ void CudaBackend::linear_residual_norm_forward(const Tensor& x, const Weight& w,
     return linear_residual_forward(x, w, bias, residual, tmp, out);
   ensure_handoff(cuda::norm_handoff_bytes(n, w.out));
   const cuda::NormHandoff h = handoff_view(next_norm_w.as<const float>(), n, w.out);
+  const auto* paired = static_cast<const bf16*>(take_paired(x));
   cuda::nvfp4_gemv_residual(*ctx_, x.as<const bf16>(), x.cols(), n, w, opt_f32(bias),
                             residual.as<const bf16>(), residual.cols(), out.as<bf16>(), out.cols(),
-                            l2_prefetch(w, w), &h);
+                            l2_prefetch(w, w), &h, paired);
   pending_norm_ = {out.data, n, w.out, next_norm_w.data, eps};
 }
 
@@ -655,6 +669,20 @@ void CudaBackend::ensure_handoff(size_t bytes) {
   if (arena_) fail("internal error: a norm handoff of {} bytes needed, {} planned", bytes, handoff_bytes_);
   handoff_buf_ = carve(bytes, "norm handoff");  // the smaller one stays allocated until the end
   handoff_bytes_ = bytes;
+}
+
+void CudaBackend::ensure_paired(size_t bytes) {
+  if (bytes <= paired_bytes_) return;
+  if (arena_) fail("internal error: a paired x of {} bytes needed, {} planned", bytes, paired_bytes_);
+  paired_buf_ = carve(bytes, "paired x");  // the smaller one stays allocated until the end
+  paired_bytes_ = bytes;
+}
+
+const void* CudaBackend::take_paired(const Tensor& x) {
+  const PendingPaired p = pending_paired_;
+  pending_paired_ = {};
+  if (p.x == nullptr || p.x != x.data || x.rows() != 1 || x.cols() != p.dim) return nullptr;
+  return paired_buf_;
 }
 
 cuda::NormHandoff CudaBackend::handoff_view(const float* norm_w, int64_t rows, int64_t dim) const {

@@ -92,6 +92,8 @@ class CudaBackend final : public Backend {
                                     const Tensor& next_norm_w, float eps) override;
   void rmsnorm_linear_multi_forward(const Tensor& x, const Tensor& norm_w, float eps, const Tensor& x_norm,
                                     std::span<const LinearOut> outs) override;
+  // One token: also writes out in pair order (cuda::nvfp4_gemv_swiglu's paired_out) to the "paired
+  // x" workspace; the next linear_residual_* call on that x reads it (the block-diagonal GEMV).
   void rmsnorm_linear_swiglu_forward(const Tensor& x, const Tensor& norm_w, float eps, const Tensor& x_norm,
                                      const Weight& gate, const Weight& up, const Tensor& gate_tmp,
                                      const Tensor& up_tmp, const Tensor& out) override;
@@ -150,6 +152,10 @@ class CudaBackend final : public Backend {
   // True (and h set) when the handoff linear_residual_norm_forward left is for x (same data,
   // rows and columns), norm_w and eps. Either way the handoff is used up.
   bool take_handoff(const Tensor& x, const Tensor& norm_w, float eps, cuda::NormHandoff& h);
+  void ensure_paired(size_t bytes);  // the paired x buffer holds at least `bytes`
+  // The paired x buffer when rmsnorm_linear_swiglu_forward left it for x (one token, same data and
+  // columns), else null. Either way it is used up.
+  const void* take_paired(const Tensor& x);
   const int32_t* step_pos() const { return recording_ ? step_ : nullptr; }  // device pos0 while recording
   void drop_recordings();                                                   // destroys every recorded step
   // The L2 prefetch of a decode GEMV over the NVFP4 weights first..last (consecutive in upload
@@ -181,6 +187,15 @@ class CudaBackend final : public Backend {
     float eps = 0.0f;
   };
   PendingNorm pending_norm_;
+  // A one-token SwiGLU output in pair order * 2^64 (cuda::nvfp4_gemv_swiglu's paired_out) for the
+  // residual GEMV that reads it next ("paired x" workspace); x null: nothing.
+  void* paired_buf_ = nullptr;
+  size_t paired_bytes_ = 0;
+  struct PendingPaired {
+    const void* x = nullptr;
+    int64_t dim = 0;
+  };
+  PendingPaired pending_paired_;
   int32_t* host_id_ = nullptr;      // pinned, mapped: the sampled id
   int32_t* host_id_dev_ = nullptr;  // host_id_ as the device sees it
   // Step inputs of recorded forwards: [0] = pos0, [1, 1 + n) = token ids; device and pinned host.

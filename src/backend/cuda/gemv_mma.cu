@@ -148,11 +148,19 @@ __device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
 
 // The RMSNorm in front of a GEMV: none, the kernel's own prologue (rmsnorm_deferred_to_shared), or
 // prepared by the residual GEMV that wrote x (NormHandoff: bf16(x * w) * 2^64 and sums of
-// squares); kPreparedOne: prepared, one token, through the block-diagonal main loop (below).
-enum class GemvNormMode { kNone, kPrologue, kPrepared, kPreparedOne };
+// squares); kPreparedOne: prepared, one token, through the block-diagonal main loop (below);
+// kPairedOne: no RMSNorm, one token whose x arrives in pair order * 2^64 (the SwiGLU GEMV's
+// paired_out), through the block-diagonal main loop.
+enum class GemvNormMode { kNone, kPrologue, kPrepared, kPreparedOne, kPairedOne };
 
 __host__ __device__ constexpr bool is_prepared(GemvNormMode m) {
   return m == GemvNormMode::kPrepared || m == GemvNormMode::kPreparedOne;
+}
+__host__ __device__ constexpr bool has_norm(GemvNormMode m) {
+  return m != GemvNormMode::kNone && m != GemvNormMode::kPairedOne;
+}
+__host__ __device__ constexpr bool block_diagonal(GemvNormMode m) {
+  return m == GemvNormMode::kPreparedOne || m == GemvNormMode::kPairedOne;
 }
 
 // The RMSNorm fused in front of a GEMV: w (K) fp32 norm weight; out (n, K) bf16 rows of stride K,
@@ -466,7 +474,7 @@ struct GemvSmem {
     scales = codes + P * kMmaTile * smem_code_stride(K);
     partial = scales + P * K;  // P x 16 rows x K/16
     inv = partial + static_cast<int64_t>(warps - 1) * P * 4 * kWarp * 4;
-    sums = inv + (mode == GemvNormMode::kNone ? 0 : 4 * kGemvMaxTokens);
+    sums = inv + (has_norm(mode) ? 4 * kGemvMaxTokens : 0);
     xs = sums + (mode == GemvNormMode::kPrologue ? 4 * kGemvMaxTokens * kMmaMaxWarps : 0);
     int64_t xs_bytes = 0;
     if (mode == GemvNormMode::kPrologue) xs_bytes = static_cast<int64_t>(n) * (K + kNormPad) * 2;
@@ -483,7 +491,7 @@ template <int P, GemvNormMode M, class Epi>
 __global__ void __launch_bounds__(kMmaMaxWarps* kWarp, 1)
     nvfp4_gemv_mma_kernel(const bf16* __restrict__ x, int64_t ldx, int n, int64_t K, const Epi epi,
                           const GemvNorm norm, const L2Prefetch prefetch) {
-  constexpr bool kNorm = M != GemvNormMode::kNone;
+  constexpr bool kNorm = has_norm(M);
   extern __shared__ __align__(128) unsigned char smem[];
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, warps = blockDim.x / kWarp;
   const int g = lane / 4, t = lane % 4;
@@ -558,7 +566,7 @@ __global__ void __launch_bounds__(kMmaMaxWarps* kWarp, 1)
 #pragma unroll
     for (int q = 0; q < 4; ++q) acc[p][q] = 0.0f;
 
-  if constexpr (M == GemvNormMode::kPreparedOne)
+  if constexpr (block_diagonal(M))
     gemv_block_diagonal_loop<P>(codes_s, scales_s, cs, ss, xr, chunks, gw, warp, warps, g, t, acc);
   else
     gemv_token_column_loop<P, !is_prepared(M)>(codes_s, scales_s, cs, ss, xr, chunks, gw, warp, warps, g, t,
@@ -599,6 +607,11 @@ __global__ void __launch_bounds__(kMmaMaxWarps* kWarp, 1)
     for (int q = 0; q < 4; ++q)
 #pragma unroll
       for (int p = 0; p < P; ++p) acc[p][q] *= q % 2 ? inv1 : inv0;
+  } else if constexpr (M == GemvNormMode::kPairedOne) {  // the block-diagonal sums carry 2^-62
+#pragma unroll
+    for (int q = 0; q < 4; ++q)
+#pragma unroll
+      for (int p = 0; p < P; ++p) acc[p][q] *= 0x1p55f;
   }
   epi.store(tile, acc, g, t, n);
 }
@@ -723,6 +736,7 @@ struct GemvSwiglu {     // out = bf16(silu(bf16(x Wg^T)) * bf16(x Wu^T)), as swi
   int64_t K;
   bf16* out;
   int64_t ldo;
+  bf16* paired;  // null, or (one token) out again in pair order * 2^64 (exact)
 
   __device__ void tile(int64_t idx, GemvTile (&tl)[2]) const {
     tl[0] = gate.tile(K, idx);
@@ -732,7 +746,10 @@ struct GemvSwiglu {     // out = bf16(silu(bf16(x Wg^T)) * bf16(x Wu^T)), as swi
     for_each_slot(idx, gate.N, g, t, n, [&](int64_t row, int tok, int q) {
       const float gv = __bfloat162float(__float2bfloat16_rn(gate.value(acc[0][q], row)));
       const float uv = __bfloat162float(__float2bfloat16_rn(up.value(acc[1][q], row)));
-      out[tok * ldo + row] = __float2bfloat16_rn(gv / (1.0f + expf(-gv)) * uv);  // activation.cu's silu
+      const bf16 a = __float2bfloat16_rn(gv / (1.0f + expf(-gv)) * uv);  // activation.cu's silu
+      out[tok * ldo + row] = a;
+      if (paired != nullptr)
+        paired[norm_handoff_index(row)] = __float2bfloat16_rn(__bfloat162float(a) * 0x1p64f);
     });
   }
 };
@@ -798,12 +815,17 @@ GemvMulti multi_epilogue(const bf16* x, int64_t ldx, int64_t n, const GemvTarget
 }
 
 GemvSwiglu swiglu_epilogue(const bf16* x, int64_t ldx, int64_t n, const Weight& wg, const Weight& wu,
-                           bf16* out, int64_t ldo) {
+                           bf16* out, int64_t ldo, bf16* paired) {
   check_fused("nvfp4_gemv_swiglu", x, ldx, n, wg);
   check_fused("nvfp4_gemv_swiglu", x, ldx, n, wu);
   if (wg.out != wu.out || wg.in != wu.in)
     fail("nvfp4_gemv_swiglu: gate ({}, {}) and up ({}, {}) differ in shape", wg.out, wg.in, wu.out, wu.in);
-  return GemvSwiglu{gemv_weight(wg, nullptr), gemv_weight(wu, nullptr), wg.in, out, ldo};
+  if (paired != nullptr && (n != 1 || wg.out % 8 != 0 || !aligned16(paired)))
+    fail(
+        "nvfp4_gemv_swiglu: a pair-ordered copy takes one token, out % 8 == 0 and a 16-byte-aligned buffer "
+        "(n={}, out={})",
+        n, wg.out);
+  return GemvSwiglu{gemv_weight(wg, nullptr), gemv_weight(wu, nullptr), wg.in, out, ldo, paired};
 }
 
 // The RMSNorm in front of a GEMV of K inputs: a weight, and x_norm_out (n, K) null or 16-byte
@@ -892,15 +914,17 @@ void nvfp4_gemv_multi_rmsnorm(Context& ctx, const bf16* x, int64_t ldx, int64_t 
 }
 
 void nvfp4_gemv_swiglu(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const Weight& wg,
-                       const Weight& wu, bf16* out, int64_t ldo, const L2Prefetch& prefetch) {
-  const GemvSwiglu epi = swiglu_epilogue(x, ldx, n, wg, wu, out, ldo);
+                       const Weight& wu, bf16* out, int64_t ldo, const L2Prefetch& prefetch,
+                       bf16* paired_out) {
+  const GemvSwiglu epi = swiglu_epilogue(x, ldx, n, wg, wu, out, ldo, paired_out);
   launch_gemv_mma<2>(ctx, ceil_div(wg.out, kMmaTile), x, ldx, n, wg.in, epi, prefetch);
 }
 
 void nvfp4_gemv_swiglu_rmsnorm(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const float* norm_w,
                                float eps, const Weight& wg, const Weight& wu, bf16* out, int64_t ldo,
-                               bf16* x_norm_out, const L2Prefetch& prefetch, const NormHandoff* prepared) {
-  const GemvSwiglu epi = swiglu_epilogue(x, ldx, n, wg, wu, out, ldo);
+                               bf16* x_norm_out, const L2Prefetch& prefetch, const NormHandoff* prepared,
+                               bf16* paired_out) {
+  const GemvSwiglu epi = swiglu_epilogue(x, ldx, n, wg, wu, out, ldo, paired_out);
   const GemvNorm norm =
       norm_of("nvfp4_gemv_swiglu_rmsnorm", x, ldx, n, wg.in, norm_w, eps, x_norm_out, prepared);
   launch_gemv_mma_norm<2>(ctx, ceil_div(wg.out, kMmaTile), x, ldx, n, wg.in, epi, prefetch, norm);
@@ -918,8 +942,10 @@ void nvfp4_gemv_rmsnorm(Context& ctx, const bf16* x, int64_t ldx, int64_t n, con
 
 void nvfp4_gemv_residual(Context& ctx, const bf16* x, int64_t ldx, int64_t n, const Weight& w,
                          const float* bias, const bf16* residual, int64_t ldr, bf16* y, int64_t ldy,
-                         const L2Prefetch& prefetch, const NormHandoff* handoff) {
+                         const L2Prefetch& prefetch, const NormHandoff* handoff, const bf16* x_paired) {
   check_fused("nvfp4_gemv_residual", x, ldx, n, w);
+  if (x_paired != nullptr && (n != 1 || !aligned16(x_paired)))
+    fail("nvfp4_gemv_residual: a pair-ordered x takes one token and a 16-byte-aligned buffer (n={})", n);
   GemvResidual epi{gemv_weight(w, bias), w.in, residual, ldr, y, ldy, {}, 0};
   if (handoff != nullptr) {
     if (handoff->norm_w == nullptr || !aligned16(handoff->xw) || !aligned16(handoff->sumsq))
@@ -929,7 +955,10 @@ void nvfp4_gemv_residual(Context& ctx, const bf16* x, int64_t ldx, int64_t n, co
     epi.next_ld = norm_handoff_ld(w.out);
   }
   const int64_t tiles = ceil_div(w.out, kMmaTile);
-  launch_gemv_mma<1>(ctx, tiles, x, ldx, n, w.in, epi, prefetch);
+  if (x_paired != nullptr)
+    launch_gemv_mma<1, GemvNormMode::kPairedOne>(ctx, tiles, x_paired, w.in, n, w.in, epi, prefetch);
+  else
+    launch_gemv_mma<1>(ctx, tiles, x, ldx, n, w.in, epi, prefetch);
 }
 
 }  // namespace nibble::cuda

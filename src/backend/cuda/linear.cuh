@@ -105,8 +105,12 @@ void nvfp4_gemv_multi(Context& ctx, const __nv_bfloat16* x, int64_t ldx, int64_t
 // out (n, out) = silu(x Wg^T) * (x Wu^T), one launch: gate and up rows of one tile are computed by
 // the same threads (one pass over x). gate and up are each rounded to bf16, then silu(g) * u in fp32
 // and one rounding, as linear_forward + swiglu_forward do. Wg, Wu of one shape, no bias.
+// paired_out (null: none; one token, out % 8 == 0, 16-byte aligned): out again as the one-token
+// GEMV after it takes x (nvfp4_gemv_residual's x_paired): element k at norm_handoff_index(k),
+// times norm_handoff_scale (exact).
 void nvfp4_gemv_swiglu(Context& ctx, const __nv_bfloat16* x, int64_t ldx, int64_t n, const Weight& wg,
-                       const Weight& wu, __nv_bfloat16* out, int64_t ldo, const L2Prefetch& prefetch = {});
+                       const Weight& wu, __nv_bfloat16* out, int64_t ldo, const L2Prefetch& prefetch = {},
+                       __nv_bfloat16* paired_out = nullptr);
 
 // RMSNorm fused in front: the two GEMVs above applied to rmsnorm(x) (norm_w (in) fp32, eps) with
 // the 1/rms deferred to the epilogue: every block writes bf16(x * norm_w) to shared memory after
@@ -131,7 +135,8 @@ void nvfp4_gemv_multi_rmsnorm(Context& ctx, const __nv_bfloat16* x, int64_t ldx,
 void nvfp4_gemv_swiglu_rmsnorm(Context& ctx, const __nv_bfloat16* x, int64_t ldx, int64_t n,
                                const float* norm_w, float eps, const Weight& wg, const Weight& wu,
                                __nv_bfloat16* out, int64_t ldo, __nv_bfloat16* x_norm_out,
-                               const L2Prefetch& prefetch = {}, const NormHandoff* prepared = nullptr);
+                               const L2Prefetch& prefetch = {}, const NormHandoff* prepared = nullptr,
+                               __nv_bfloat16* paired_out = nullptr);
 
 // linear_forward's tensor-core GEMV with the RMSNorm in front, as above (the head after the final
 // norm): y (n, w.out) BF16 or F32, row stride ldy, = rmsnorm(x) W^T * global. No bias.
@@ -166,10 +171,14 @@ size_t norm_handoff_sumsq_offset(int64_t n, int64_t dim);
 // y (n, out) = residual + bf16(x W^T + bias), one launch (o_proj and down_proj adding into the
 // residual stream); the sum is taken in fp32 and rounded once, as add_forward does. y may alias
 // residual (in-place add: each element is read and then written by the same thread), never x.
-// handoff (null: none): also write the next RMSNorm's start (NormHandoff) for y.
+// handoff (null: none): also write the next RMSNorm's start (NormHandoff) for y. x_paired (null:
+// none; one token, 16-byte aligned): x in pair order times norm_handoff_scale (a SwiGLU GEMV's
+// paired_out), read instead of x by the block-diagonal main loop: the sums run in another order,
+// results within fp32 rounding of the plain call's (before the bf16 rounding of y).
 void nvfp4_gemv_residual(Context& ctx, const __nv_bfloat16* x, int64_t ldx, int64_t n, const Weight& w,
                          const float* bias, const __nv_bfloat16* residual, int64_t ldr, __nv_bfloat16* y,
-                         int64_t ldy, const L2Prefetch& prefetch = {}, const NormHandoff* handoff = nullptr);
+                         int64_t ldy, const L2Prefetch& prefetch = {}, const NormHandoff* handoff = nullptr,
+                         const __nv_bfloat16* x_paired = nullptr);
 
 // The FFMA GEMV (8 lanes per row, fp32 dot products of 16-code blocks): linear_forward uses it for
 // K % 32 != 0; bench_cuda_gemv times it as the baseline. Ordinary launch (no PDL). y BF16 or F32.
