@@ -277,6 +277,12 @@ __device__ __forceinline__ uint32_t smem_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
+// 16 bytes from global src to shared dst, asynchronously through L2 only (cp.async.cg; both 16-byte
+// aligned); the issuing thread waits with cp.async.wait_all.
+__device__ __forceinline__ void cp_async16_cg(void* dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_u32(dst)), "l"(src) : "memory");
+}
+
 __device__ __forceinline__ void mbar_init(uint64_t* bar) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_u32(bar)) : "memory");
   asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
@@ -466,9 +472,11 @@ __device__ __forceinline__ void gemv_block_diagonal_loop(const unsigned char* co
 // K/16, the K-split sums (warps - 1) x P x 4 x 32 floats; with a norm the rows' 1/rms (inv, 8
 // floats), then kPrologue: the warps' sums of squares (n x kMmaMaxWarps floats) and x * w (xs, n x
 // (K + kNormPad) bf16), kPrepared: the handoff's sums (n x ld floats, at xs); two mbarriers (the
-// weights; the handoff's sums).
+// weights; the handoff's sums); the epilogue's preloaded inputs (kEpiBytes).
+constexpr int64_t kEpiBytes = kGemvMaxTokens * kMmaTile * 2 + kMmaTile * 4;  // GemvResidual::preload
+
 struct GemvSmem {
-  int64_t codes, scales, partial, inv, sums, xs, bar, total;
+  int64_t codes, scales, partial, inv, sums, xs, bar, epi, total;
   __host__ __device__ GemvSmem(int P, int64_t K, int warps, int n, GemvNormMode mode) {
     codes = 0;
     scales = codes + P * kMmaTile * smem_code_stride(K);
@@ -480,7 +488,8 @@ struct GemvSmem {
     if (mode == GemvNormMode::kPrologue) xs_bytes = static_cast<int64_t>(n) * (K + kNormPad) * 2;
     if (is_prepared(mode)) xs_bytes = static_cast<int64_t>(n) * handoff_ld(K) * 4;
     bar = xs + (xs_bytes + 15) / 16 * 16;
-    total = bar + 16;
+    epi = bar + 16;
+    total = epi + kEpiBytes;
   }
   // Columns of a NormHandoff's sumsq for a sum over K rows: one per 16-row tile, rounded up to 4.
   __host__ __device__ static int64_t handoff_ld(int64_t K) { return (ceil_div(K, kMmaTile) + 3) / 4 * 4; }
@@ -557,6 +566,7 @@ __global__ void __launch_bounds__(kMmaMaxWarps* kWarp, 1)
   } else {
     xr = x + static_cast<int64_t>(min(g, n - 1)) * ldx;
   }
+  if (warp == 0) epi.preload(tile, n, smem + lay.epi, lane);
   __syncthreads();  // the mbarriers' initialisation, the hand-copied scales, x * w and its squares
   mbar_wait(bar, 0);
 
@@ -613,7 +623,7 @@ __global__ void __launch_bounds__(kMmaMaxWarps* kWarp, 1)
 #pragma unroll
       for (int p = 0; p < P; ++p) acc[p][q] *= 0x1p55f;
   }
-  epi.store(tile, acc, g, t, n);
+  epi.store(tile, acc, g, t, n, smem + lay.epi);
 }
 
 // Epilogues: tile(idx) names tile idx's parts, store(idx) writes what thread (g, t) holds of it.
@@ -653,7 +663,9 @@ struct GemvLinear {  // y = x W^T * scale + bias
   int64_t ldy;
 
   __device__ void tile(int64_t idx, GemvTile (&tl)[1]) const { tl[0] = w.tile(K, idx); }
-  __device__ void store(int64_t idx, const float (&acc)[1][4], int g, int t, int n) const {
+  __device__ void preload(int64_t, int, unsigned char*, int) const {}
+  __device__ void store(int64_t idx, const float (&acc)[1][4], int g, int t, int n,
+                        const unsigned char*) const {
     for_each_slot(idx, w.N, g, t, n, [&](int64_t row, int tok, int q) {
       const float v = w.value(acc[0][q], row);
       if constexpr (sizeof(OutT) == 4)
@@ -685,7 +697,9 @@ struct GemvMulti {  // up to 3 weights of one K, the tiles of each following tho
     const GemvMultiPart& m = part[locate(idx)];  // idx becomes the tile within part i first
     tl[0] = m.w.tile(K, idx);
   }
-  __device__ void store(int64_t idx, const float (&acc)[1][4], int g, int t, int n) const {
+  __device__ void preload(int64_t, int, unsigned char*, int) const {}
+  __device__ void store(int64_t idx, const float (&acc)[1][4], int g, int t, int n,
+                        const unsigned char*) const {
     const GemvMultiPart& m = part[locate(idx)];
     for_each_slot(idx, m.w.N, g, t, n, [&](int64_t row, int tok, int q) {
       m.y[tok * m.ldy + row] = __float2bfloat16_rn(m.w.value(acc[0][q], row));
@@ -707,16 +721,42 @@ struct GemvResidual {
   int64_t next_ld;
 
   __device__ void tile(int64_t idx, GemvTile (&tl)[1]) const { tl[0] = w.tile(K, idx); }
-  __device__ void store(int64_t idx, const float (&acc)[1][4], int g, int t, int n) const {
+  // Tile idx's residual rows (n x 16 bf16) and next norm weights (16 fp32) into shared memory s
+  // (kEpiBytes) by warp 0 right after griddepcontrol.wait (cp.async, lanes 0 .. 2n-1 and 16 .. 19),
+  // so that their L2 round trip runs under the main loop instead of in front of the stores. A
+  // short last tile or unaligned buffers: store reads them itself.
+  __device__ bool preloadable(int64_t idx) const {
+    return (idx + 1) * kMmaTile <= w.N && aligned16(residual) && ldr % 8 == 0 &&
+           (next.xw == nullptr || aligned16(next.norm_w));
+  }
+  __device__ void preload(int64_t idx, int n, unsigned char* s, int lane) const {
+    if (!preloadable(idx)) return;
+    const int64_t r0 = idx * kMmaTile;
+    if (lane < 2 * n) cp_async16_cg(s + lane * 16, residual + (lane / 2) * ldr + r0 + (lane % 2) * 8);
+    if (next.xw != nullptr && lane >= 16 && lane < 20)
+      cp_async16_cg(s + kGemvMaxTokens * kMmaTile * 2 + (lane - 16) * 16, next.norm_w + r0 + (lane - 16) * 4);
+    asm volatile("cp.async.commit_group;" ::: "memory");
+  }
+  __device__ void store(int64_t idx, const float (&acc)[1][4], int g, int t, int n,
+                        const unsigned char* s) const {
+    const bool pre = preloadable(idx);
+    if (pre) {
+      asm volatile("cp.async.wait_all;" ::: "memory");
+      __syncwarp();
+    }
+    const bf16* res_s = reinterpret_cast<const bf16*>(s);
+    const float* nw_s = reinterpret_cast<const float*>(s + kGemvMaxTokens * kMmaTile * 2);
     float sq[2] = {0.0f, 0.0f};  // tokens 2t, 2t + 1
     for_each_slot(idx, w.N, g, t, n, [&](int64_t row, int tok, int q) {
+      const int r = static_cast<int>(row - idx * kMmaTile);
       const float v = __bfloat162float(__float2bfloat16_rn(w.value(acc[0][q], row)));
-      const bf16 s = __float2bfloat16_rn(__bfloat162float(residual[tok * ldr + row]) + v);
+      const bf16 res = pre ? res_s[tok * kMmaTile + r] : residual[tok * ldr + row];
+      const bf16 s = __float2bfloat16_rn(__bfloat162float(res) + v);
       y[tok * ldy + row] = s;
       if (next.xw != nullptr) {
         const float f = __bfloat162float(s);
-        next.xw[tok * w.N + norm_handoff_index(row)] =
-            __float2bfloat16_rn(f * next.norm_w[row] * norm_handoff_scale);
+        const float nw = pre ? nw_s[r] : next.norm_w[row];
+        next.xw[tok * w.N + norm_handoff_index(row)] = __float2bfloat16_rn(f * nw * norm_handoff_scale);
         sq[q % 2] = fmaf(f, f, sq[q % 2]);
       }
     });
@@ -742,7 +782,9 @@ struct GemvSwiglu {     // out = bf16(silu(bf16(x Wg^T)) * bf16(x Wu^T)), as swi
     tl[0] = gate.tile(K, idx);
     tl[1] = up.tile(K, idx);
   }
-  __device__ void store(int64_t idx, const float (&acc)[2][4], int g, int t, int n) const {
+  __device__ void preload(int64_t, int, unsigned char*, int) const {}
+  __device__ void store(int64_t idx, const float (&acc)[2][4], int g, int t, int n,
+                        const unsigned char*) const {
     for_each_slot(idx, gate.N, g, t, n, [&](int64_t row, int tok, int q) {
       const float gv = __bfloat162float(__float2bfloat16_rn(gate.value(acc[0][q], row)));
       const float uv = __bfloat162float(__float2bfloat16_rn(up.value(acc[1][q], row)));
