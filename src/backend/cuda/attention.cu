@@ -459,7 +459,6 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarp, decode_blocks_per_sm(KV, 
                     hi = (a + static_cast<uintptr_t>(nk) * row_bytes) & ~uintptr_t{15};
     if (hi > lo) prefetch_l2(reinterpret_cast<const void*>(lo), static_cast<uint32_t>(hi - lo));
   }
-  pdl_wait();
 
   // This warp's ring: stage st holds K rows [0, 16) then V rows [16, 32), ROWB bytes each.
   unsigned char* ring = smem + static_cast<size_t>(warp) * STAGES * 2 * kChunkKeys * ROWB;
@@ -506,9 +505,13 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarp, decode_blocks_per_sm(KV, 
     }
     cp_async_commit();  // one group per chunk index, empty or not: the wait count stays uniform
   };
-  // The first chunks go out before q is loaded: their latency covers q's.
-#pragma unroll
-  for (int t = 0; t < STAGES - 1; ++t) issue(t);
+  // The first chunks go out before q is loaded: their latency covers q's. Those whose keys all lie
+  // before pos0 (written by earlier steps, not by the kernel in front) go out even before
+  // griddepcontrol.wait; one commit group per chunk index either way, in order.
+  int early = 0;
+  while (early < STAGES - 1 && kbeg + (warp + kDecodeWarps * early + 1) * kChunkKeys <= pos0) issue(early++);
+  pdl_wait();
+  for (int t = early; t < STAGES - 1; ++t) issue(t);
 
   // q A fragments (zero for rows past the end and dims past hd), causal limits of rows g, g + 8.
   uint32_t qa[KS][4];

@@ -14,6 +14,8 @@
 // previous kernel of the stream runs, and touch nothing it may write before waiting for it, except
 // that the decode kernel reads *d_pos0 at once: *d_pos0 must hold its value before the kernels just
 // before attention_forward start (the backend copies its step inputs from the host before the step).
+// The decode kernel also starts copying cache positions below pos0 before it waits: the kernel in
+// front may write positions [pos0, pos0 + n) only (the step's own keys), never older ones.
 //
 // Device-side positions (CUDA-graph replay): with d_pos0 non-null the kernels read pos0 from
 // *d_pos0 and the host pos0 is only an upper bound on it that sizes the launch. The launch depends

@@ -9,12 +9,19 @@ namespace {
 
 // sincosf (not the fast __sinf): positions reach 10^5 and the argument must be reduced accurately,
 // as torch's fp32 cos/sin do. Returns (out1, out2) rounded to bf16.
-__device__ __forceinline__ __nv_bfloat162 rotate(float x1, float x2, float angle, float scaling) {
+struct Rotation {
+  float c, s;  // cos, sin of the angle, times the scaling
+};
+__device__ __forceinline__ Rotation rotation(float angle, float scaling) {
   float s, c;
   sincosf(angle, &s, &c);
-  s *= scaling;
-  c *= scaling;
-  return __floats2bfloat162_rn(x1 * c - x2 * s, x2 * c + x1 * s);
+  return {c * scaling, s * scaling};
+}
+__device__ __forceinline__ __nv_bfloat162 rotate(float x1, float x2, Rotation r) {
+  return __floats2bfloat162_rn(x1 * r.c - x2 * r.s, x2 * r.c + x1 * r.s);
+}
+__device__ __forceinline__ __nv_bfloat162 rotate(float x1, float x2, float angle, float scaling) {
+  return rotate(x1, x2, rotation(angle, scaling));
 }
 
 // One thread per (token, head, i < half).
@@ -64,29 +71,45 @@ __device__ __forceinline__ void store_pair(void* row, int i, int half, __nv_bflo
 // r / heads, head r % heads (q heads, then k heads, then the v heads that are only copied to the
 // cache). Lane j owns the pairs (i, i + half) for i = j + 32 u. With APPEND, a k row goes to
 // k_out and to the cache, a v row to the cache, at position pos0 + token when that is below cap.
+// Before griddepcontrol.wait each lane reads what the previous kernel does not write -- the
+// position (step inputs, uploaded before the step), its norm weights -- and computes its rotations,
+// so that after the wait only the row's load, its norm and the stores remain.
 template <bool APPEND, KvType KV>
 __global__ void __launch_bounds__(kQkWarps* kWarp)
     qk_norm_rope_kernel(const bf16* q, int64_t qs, const bf16* k, int64_t ks, int64_t n, int hq, int hkv,
                         int half, const float* __restrict__ qw, const float* __restrict__ kw, float eps,
                         int64_t pos0, const int32_t* __restrict__ d_pos0, const float* __restrict__ inv_freq,
                         float scaling, bf16* qo, int64_t qos, bf16* ko, int64_t kos, KvAppend kv) {
-  pdl_wait();  // q, k and v come from the previous kernel (launched with launch_pdl)
-  pdl_launch_dependents();
   const int heads = hq + hkv + (APPEND ? hkv : 0);
   const int64_t r = static_cast<int64_t>(blockIdx.x) * kQkWarps + threadIdx.x / kWarp;
   const int lane = threadIdx.x % kWarp;
-  if (r >= n * heads) return;
-  const int64_t t = r / heads;
-  const int h = static_cast<int>(r % heads);
+  const bool row = r < n * heads;
+  const int64_t t = row ? r / heads : 0;
+  const int h = row ? static_cast<int>(r % heads) : 0;
   const int hd = 2 * half;
   const int64_t pos = (d_pos0 ? *d_pos0 : pos0) + t;
+  const bool is_q = h < hq, is_v = APPEND && h >= hq + hkv;
+  const float* w = is_q ? qw : kw;
+  float w1[kQkMaxPairs], w2[kQkMaxPairs];
+  Rotation rot[kQkMaxPairs];
+#pragma unroll
+  for (int u = 0; u < kQkMaxPairs; ++u) {
+    const int i = lane + kWarp * u;
+    const bool live = row && !is_v && i < half;
+    w1[u] = live && w ? w[i] : 0.0f;
+    w2[u] = live && w ? w[i + half] : 0.0f;
+    rot[u] = live ? rotation(static_cast<float>(pos) * inv_freq[i], scaling) : Rotation{};
+  }
+  pdl_wait();  // q, k and v come from the previous kernel (launched with launch_pdl)
+  pdl_launch_dependents();
+  if (!row) return;
   // The cache row of this token for KV head g (null past the capacity: a device pos0 past its bound).
   auto cache_row = [&](void* cache, int g) -> void* {
     if (pos >= kv.cap) return nullptr;
     constexpr int64_t bytes = KV == KvType::BF16 ? 2 : 1;
     return static_cast<char*>(cache) + (g * kv.cap + pos) * hd * bytes;
   };
-  if (APPEND && h >= hq + hkv) {  // a v row: copied to the cache as it is
+  if (is_v) {  // a v row: copied to the cache as it is
     const int g = h - hq - hkv;
     void* dst = cache_row(kv.vc, g);
     if (dst == nullptr) return;
@@ -98,10 +121,8 @@ __global__ void __launch_bounds__(kQkWarps* kWarp)
     }
     return;
   }
-  const bool is_q = h < hq;
   const bf16* in = is_q ? q + t * qs + h * hd : k + t * ks + (h - hq) * hd;
   bf16* out = is_q ? qo + t * qos + h * hd : ko + t * kos + (h - hq) * hd;
-  const float* w = is_q ? qw : kw;
 
   float x1[kQkMaxPairs], x2[kQkMaxPairs];
   float ss = 0.0f;
@@ -118,18 +139,17 @@ __global__ void __launch_bounds__(kQkWarps* kWarp)
     for (int u = 0; u < kQkMaxPairs; ++u) {
       const int i = lane + kWarp * u;
       if (i < half) {  // the rounding of rmsnorm_forward's bf16 output
-        x1[u] = __bfloat162float(__float2bfloat16_rn(x1[u] * inv * w[i]));
-        x2[u] = __bfloat162float(__float2bfloat16_rn(x2[u] * inv * w[i + half]));
+        x1[u] = __bfloat162float(__float2bfloat16_rn(x1[u] * inv * w1[u]));
+        x2[u] = __bfloat162float(__float2bfloat16_rn(x2[u] * inv * w2[u]));
       }
     }
   }
   void* cached = APPEND && !is_q ? cache_row(kv.kc, h - hq) : nullptr;
-  const float p = static_cast<float>(pos);
 #pragma unroll
   for (int u = 0; u < kQkMaxPairs; ++u) {
     const int i = lane + kWarp * u;
     if (i >= half) continue;
-    const __nv_bfloat162 o = rotate(x1[u], x2[u], p * inv_freq[i], scaling);
+    const __nv_bfloat162 o = rotate(x1[u], x2[u], rot[u]);
     out[i] = o.x;
     out[i + half] = o.y;
     if (cached) store_pair<KV>(cached, i, half, o);
