@@ -475,13 +475,17 @@ __device__ __forceinline__ void gemv_block_diagonal_loop(const unsigned char* co
 // weights; the handoff's sums); the epilogue's preloaded inputs (kEpiBytes).
 constexpr int64_t kEpiBytes = kGemvMaxTokens * kMmaTile * 2 + kMmaTile * 4;  // GemvResidual::preload
 
+// Accumulator slots a warp hands over in the cross-warp sum: all 4, or with the block-diagonal loop
+// (one token) the 2 that hold column 0 (acc[p][0] and acc[p][2]).
+__host__ __device__ constexpr int partial_slots(GemvNormMode m) { return block_diagonal(m) ? 2 : 4; }
+
 struct GemvSmem {
   int64_t codes, scales, partial, inv, sums, xs, bar, epi, total;
   __host__ __device__ GemvSmem(int P, int64_t K, int warps, int n, GemvNormMode mode) {
     codes = 0;
     scales = codes + P * kMmaTile * smem_code_stride(K);
     partial = scales + P * K;  // P x 16 rows x K/16
-    inv = partial + static_cast<int64_t>(warps - 1) * P * 4 * kWarp * 4;
+    inv = partial + static_cast<int64_t>(warps - 1) * P * partial_slots(mode) * kWarp * 4;
     sums = inv + (has_norm(mode) ? 4 * kGemvMaxTokens : 0);
     xs = sums + (mode == GemvNormMode::kPrologue ? 4 * kGemvMaxTokens * kMmaMaxWarps : 0);
     int64_t xs_bytes = 0;
@@ -590,19 +594,20 @@ __global__ void __launch_bounds__(kMmaMaxWarps* kWarp, 1)
   }
   // Warps 1.. hand their sums to warp 0, which adds them in warp order (deterministic) and stores.
   if (warps > 1) {
+    constexpr int S = partial_slots(M), step = 4 / S;  // slots q = 0, step, ...
     float* part = reinterpret_cast<float*>(smem + lay.partial);
     if (warp > 0)
 #pragma unroll
       for (int p = 0; p < P; ++p)
 #pragma unroll
-        for (int q = 0; q < 4; ++q) part[(((warp - 1) * P + p) * 4 + q) * kWarp + lane] = acc[p][q];
+        for (int i = 0; i < S; ++i) part[(((warp - 1) * P + p) * S + i) * kWarp + lane] = acc[p][i * step];
     __syncthreads();
     if (warp == 0)
       for (int w = 0; w < warps - 1; ++w)
 #pragma unroll
         for (int p = 0; p < P; ++p)
 #pragma unroll
-          for (int q = 0; q < 4; ++q) acc[p][q] += part[((w * P + p) * 4 + q) * kWarp + lane];
+          for (int i = 0; i < S; ++i) acc[p][i * step] += part[((w * P + p) * S + i) * kWarp + lane];
   }
   if (kNorm && norm.out != nullptr && warp == (warps > 1 ? 1 : 0))
     gemv_keep_x_norm_share(x, ldx, n, K, norm, inv_s, lane);
