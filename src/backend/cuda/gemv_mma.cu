@@ -68,7 +68,8 @@ __device__ __forceinline__ void issue_l2_prefetch(const L2Prefetch& pf) {
 // Element order: a dot product may visit k in any order as long as A and B agree. The 8 codes of a
 // 32-bit word (k0..k0+7) are taken as 4 pairs {k0+j, k0+j+4}: codes j and j+4 lie 16 bits apart,
 // so one shift per field places both halves of a bf16x2 (4 operations per pair). B takes the same
-// pairs out of x with byte permutes.
+// pairs out of x with byte permutes, or loads them as they are where x arrives in pair order (a
+// NormHandoff's xw, a SwiGLU GEMV's paired_out: norm_handoff_index).
 //
 // Numerics: a code at bf16 bits 15 (sign) and 8..6 (e1 e0 m) is e2m1 * 2^-126 (0.5 is the subnormal
 // 2^-127; bf16 FMA has no flush-to-zero mode). Multiplied by the block scale * 2^119 it becomes
