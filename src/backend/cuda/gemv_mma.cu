@@ -337,6 +337,22 @@ __host__ __device__ __forceinline__ int64_t smem_code_stride(int64_t K) {
 // each), thread t taking chunk c = 4G + t of rows g and g + 8 of each part (its scale blocks 2c and
 // 2c + 1). acc[p][q]: part p, row g + 8 (q / 2) of the tile, column 2t + q % 2 of the mma.
 //
+// Chunk c (16 bytes) of rows g and g + 8 of each part and the 2 scale bytes of its blocks 2c,
+// 2c + 1 (low byte first), from shared memory; zeros past the last chunk (!in).
+template <int P>
+__device__ __forceinline__ void gemv_load_chunk(const unsigned char* codes_s, const unsigned char* scales_s,
+                                                int64_t cs, int64_t ss, int64_t c, bool in, int g,
+                                                uint4 (&wv)[P][2], uint32_t (&s2)[P][2]) {
+#pragma unroll
+  for (int p = 0; p < P; ++p)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = p * kMmaTile + g + 8 * h;
+      wv[p][h] = in ? *reinterpret_cast<const uint4*>(codes_s + row * cs + c * 16) : make_uint4(0, 0, 0, 0);
+      s2[p][h] = in ? *reinterpret_cast<const uint16_t*>(scales_s + row * ss + c * 2) : 0u;
+    }
+}
+
 // Token columns (any n): B = x for 8 token slots, A = the codes times their block scales
 // (bf16x2_mul); acc column = token. PAIR_X: x arrives as plain rows, and byte permutes make the
 // pairs {x_j, x_j+4}; else it is in pair order already (a NormHandoff's xw, norm_handoff_index).
@@ -354,16 +370,12 @@ __device__ __forceinline__ void gemv_token_column_loop(const unsigned char* code
     for (int i = 0; i < 4; ++i)
       xv[i] = in ? *reinterpret_cast<const uint4*>(xr + c * 32 + i * 8) : make_uint4(0, 0, 0, 0);
     uint4 wv[P][2];
-    uint32_t sc[P][2][2];
+    uint32_t s2[P][2], sc[P][2][2];
+    gemv_load_chunk<P>(codes_s, scales_s, cs, ss, c, in, g, wv, s2);
 #pragma unroll
     for (int p = 0; p < P; ++p)
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int row = p * kMmaTile + g + 8 * h;
-        wv[p][h] = in ? *reinterpret_cast<const uint4*>(codes_s + row * cs + c * 16) : make_uint4(0, 0, 0, 0);
-        const uint32_t s2 = in ? *reinterpret_cast<const uint16_t*>(scales_s + row * ss + c * 2) : 0u;
-        scale_pairs(s2, sc[p][h][0], sc[p][h][1]);
-      }
+      for (int h = 0; h < 2; ++h) scale_pairs(s2[p][h], sc[p][h][0], sc[p][h][1]);
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       // x[k0..k0+7] as pairs {x_j, x_j+4}
@@ -413,16 +425,13 @@ __device__ __forceinline__ void gemv_block_diagonal_loop(const unsigned char* co
       xb[i] = in && x_hi ? *reinterpret_cast<const uint4*>(xr + c * 32 + 16 + i * 8) : make_uint4(0, 0, 0, 0);
     }
     uint4 wv[P][2];
+    uint32_t s2[P][2];
     float2 sf[P][2];
+    gemv_load_chunk<P>(codes_s, scales_s, cs, ss, c, in, g, wv, s2);
 #pragma unroll
     for (int p = 0; p < P; ++p)
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int row = p * kMmaTile + g + 8 * h;
-        wv[p][h] = in ? *reinterpret_cast<const uint4*>(codes_s + row * cs + c * 16) : make_uint4(0, 0, 0, 0);
-        const uint32_t s2 = in ? *reinterpret_cast<const uint16_t*>(scales_s + row * ss + c * 2) : 0u;
-        sf[p][h] = fp8x2_to_float2(static_cast<uint16_t>(s2));
-      }
+      for (int h = 0; h < 2; ++h) sf[p][h] = fp8x2_to_float2(static_cast<uint16_t>(s2[p][h]));
 #pragma unroll
     for (int p = 0; p < P; ++p) {
       float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
