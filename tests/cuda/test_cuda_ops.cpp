@@ -455,5 +455,33 @@ TEST_F(CudaOps, Sampling) {
   }
 }
 
+// Greedy: the lowest id among the largest logits of a 152K vocabulary (ties planted far apart),
+// with the repetition penalty (HF: a positive logit of a seen id divided by it, a negative one
+// multiplied), from fp32 and bf16 logits (random multiples of 1/8 below 32, planted 40 and 39.75:
+// all exact in bf16).
+TEST_F(CudaOps, GreedyPicksTheLowestIdOfTheLargest) {
+  constexpr int64_t kVocab = 151936;
+  std::vector<float> logits(static_cast<size_t>(kVocab));
+  std::normal_distribution<float> nd(0.0f, 3.0f);
+  for (auto& x : logits) x = std::round(nd(rng) * 8.0f) / 8.0f;
+  logits[140000] = logits[9000] = logits[70000] = 40.0f;
+  for (DType dtype : {DType::F32, DType::BF16}) {
+    const std::string what = dtype == DType::F32 ? "fp32" : "bf16";
+    auto pick = [&](const std::vector<float>& l, const std::vector<int32_t>& seen, float penalty) {
+      SamplerParams p;  // greedy
+      p.repetition_penalty = penalty;
+      DevTensor lg(*gpu, dtype, {kVocab}, &l);
+      return gpu->sample(lg.t, p, seen, 0.5).value();
+    };
+    std::vector<float> l = logits;
+    EXPECT_EQ(pick(l, {}, 1.0f), 9000) << what;
+    l[9000] = 39.75f;
+    EXPECT_EQ(pick(l, {}, 1.0f), 70000) << what;
+    EXPECT_EQ(pick(l, {70000, 5, 70000}, 1.25f), 140000) << what;  // 40 / 1.25 = 32
+    l[140000] = -40.0f;                                            // seen and negative: * 1.25
+    EXPECT_EQ(pick(l, {70000, 140000}, 1.25f), 9000) << what;      // 39.75 > 32
+  }
+}
+
 }  // namespace
 }  // namespace nibble
