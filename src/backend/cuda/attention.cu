@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "backend/cuda/async_copy.cuh"
 #include "backend/cuda/attention.cuh"
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/common.cuh"
@@ -313,10 +314,6 @@ __device__ __forceinline__ int decode_keys(const DecodeParams& p, int* pos0_out)
   return keys < bound ? keys : bound;
 }
 
-// Asks L2 to fetch [p, p + bytes) (p and bytes multiples of 16); no data comes to the SM.
-__device__ __forceinline__ void prefetch_l2(const void* p, uint32_t bytes) {
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
-}
 // Loads BYTES bytes (a multiple of 8) at src into words, of which only the first `valid` bytes (a
 // multiple of 8, may be <= 0) may be read: the rest are zero. `narrow`: src is only 8-byte aligned
 // (FP8 rows of a head_dim that is 8 mod 16), so 8-byte loads. Read-only, no L1 allocation: K/V are
@@ -346,21 +343,6 @@ __device__ __forceinline__ void load_row(uint32_t (&w)[BYTES / 4], const unsigne
       }
     }
   }
-}
-
-// 16 (or 8) bytes global -> shared, asynchronously; src_bytes 0 writes zeros (keys past the end).
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
-  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async8(void* dst, const void* src, int src_bytes) {
-  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;" ::"r"(d), "l"(src), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
 }
 
 // BYTES (8 or a multiple of 16) from shared memory into words.

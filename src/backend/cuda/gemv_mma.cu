@@ -7,6 +7,7 @@
 
 #include <algorithm>
 
+#include "backend/cuda/async_copy.cuh"
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/linear.cuh"
@@ -16,14 +17,6 @@
 
 namespace nibble::cuda {
 namespace {
-
-// An L2 policy under which the lines a load brings in are the first to go: weights are read once
-// per step, and the ones L2Prefetch pulled in for the next kernels must outlive them.
-__device__ __forceinline__ uint64_t l2_evict_first_policy() {
-  uint64_t pol;
-  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
-  return pol;
-}
 
 // This block's share of the ranges of `pf` (the blocks of the grid split their concatenation
 // evenly), prefetched into L2 by the lanes of warp 0 in pieces of kL2PrefetchPiece bytes.
@@ -43,7 +36,7 @@ __device__ __forceinline__ void issue_l2_prefetch(const L2Prefetch& pf) {
       if (piece % kWarp != static_cast<int>(threadIdx.x)) continue;
       const char* ptr = static_cast<const char*>(pf.range[i].ptr) + (p - off);
       const uint32_t len = static_cast<uint32_t>(min(static_cast<uint64_t>(kL2PrefetchPiece), b - p));
-      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(ptr), "r"(len) : "memory");
+      prefetch_l2(ptr, len);
     }
     off += bytes;
   }
@@ -272,60 +265,6 @@ __device__ __forceinline__ void gemv_keep_x_norm_share(const bf16* __restrict__ 
   }
 }
 
-// ---- TMA: bulk copies from global to shared memory, completed on an mbarrier (PTX ISA 8.0) ------
-
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16 bytes from global src to shared dst, asynchronously through L2 only (cp.async.cg; both 16-byte
-// aligned); the issuing thread waits with cp.async.wait_all.
-__device__ __forceinline__ void cp_async16_cg(void* dst, const void* src) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_u32(dst)), "l"(src) : "memory");
-}
-
-__device__ __forceinline__ void mbar_init(uint64_t* bar) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_u32(bar)) : "memory");
-  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-}
-
-// The one arrival of the phase, announcing `bytes` of bulk copies that complete it.
-__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(bar)), "r"(bytes)
-               : "memory");
-}
-
-__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
-  asm volatile(
-      "{\n"
-      ".reg .pred p;\n"
-      "WAIT:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
-      "@!p bra WAIT;\n"
-      "}\n" ::"r"(smem_u32(bar)),
-      "r"(parity)
-      : "memory");
-}
-
-// bytes (a multiple of 16, both addresses 16-byte aligned) from global src to shared dst.
-__device__ __forceinline__ void bulk_load(void* dst, const void* src, uint32_t bytes, uint64_t* bar,
-                                          uint64_t policy) {
-  asm volatile(
-      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, "
-      "[%3], "
-      "%4;" ::"r"(smem_u32(dst)),
-      "l"(src), "r"(bytes), "r"(smem_u32(bar)), "l"(policy)
-      : "memory");
-}
-// The same without a cache hint: for data every block reads (it should stay in L2).
-__device__ __forceinline__ void bulk_load(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
-  asm volatile(
-      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-          smem_u32(dst)),
-      "l"(src), "r"(bytes), "r"(smem_u32(bar))
-      : "memory");
-}
-
 // Shared-memory row stride of a tile's codes: K/2 bytes padded so that rows r and r+1 start 64
 // bytes apart modulo 128 (the 8 rows x 4 threads of a 16-byte load then hit distinct banks).
 __host__ __device__ __forceinline__ int64_t smem_code_stride(int64_t K) {
@@ -485,6 +424,18 @@ __device__ __forceinline__ void gemv_block_diagonal_loop(const unsigned char* co
 // weights; the handoff's sums); the epilogue's preloaded inputs (kEpiBytes).
 constexpr int64_t kEpiBytes = kGemvMaxTokens * kMmaTile * 2 + kMmaTile * 4;  // GemvResidual::preload
 
+// What turns a mode's sums into the token-column loop's scale (exact powers of two), so that the
+// epilogues' kMmaOutScale fits every mode: x arriving in pair order carries norm_handoff_scale; the
+// block-diagonal loop's products are e2m1 * 2^-126 * x * norm_handoff_scale instead of e2m1 *
+// scale * 2^-7 * x (the block scales applied separately).
+__host__ __device__ constexpr float gemv_sum_fix(GemvNormMode m) {
+  return block_diagonal(m) ? 0x1p126f / (norm_handoff_scale * kMmaOutScale)
+         : is_prepared(m)  ? 1.0f / norm_handoff_scale
+                           : 1.0f;
+}
+static_assert(gemv_sum_fix(GemvNormMode::kPairedOne) == 0x1p55f &&
+              gemv_sum_fix(GemvNormMode::kPrepared) == 0x1p-64f);
+
 // Accumulator slots a warp hands over in the cross-warp sum: all 4, or with the block-diagonal loop
 // (one token) the 2 that hold column 0 (acc[p][0] and acc[p][2]).
 __host__ __device__ constexpr int partial_slots(GemvNormMode m) { return block_diagonal(m) ? 2 : 4; }
@@ -532,6 +483,8 @@ __global__ void __launch_bounds__(kMmaMaxWarps* kWarp, 1)
   GemvTile tl[P];
   epi.tile(tile, tl);
   if (warp == 0) {
+    // Weights are read once per step, and the lines L2Prefetch pulled in for the next kernels must
+    // outlive them: evict-first.
     const uint64_t policy = l2_evict_first_policy();
     uint32_t bytes = 0;
 #pragma unroll
@@ -622,21 +575,16 @@ __global__ void __launch_bounds__(kMmaMaxWarps* kWarp, 1)
   if (kNorm && norm.out != nullptr && warp == (warps > 1 ? 1 : 0))
     gemv_keep_x_norm_share(x, ldx, n, K, norm, inv_s, lane);
   if (warp != 0) return;
-  if constexpr (kNorm) {  // the deferred 1/rms of each accumulator's token (2t + q % 2)
-    // A NormHandoff's x carries 2^64 (norm_handoff_scale); the block-diagonal sums 2^-62 (exact).
-    constexpr float fix = M == GemvNormMode::kPreparedOne ? 0x1p55f
-                          : M == GemvNormMode::kPrepared  ? 0x1p-64f
-                                                          : 1.0f;
-    const float inv0 = inv_s[min(2 * t, n - 1)] * fix, inv1 = inv_s[min(2 * t + 1, n - 1)] * fix;
+  // The deferred 1/rms of each accumulator's token (2t + q % 2), and the powers of two x's layout
+  // left in the sums (gemv_sum_fix).
+  constexpr float fix = gemv_sum_fix(M);
+  if constexpr (kNorm || fix != 1.0f) {
+    const float inv0 = kNorm ? inv_s[min(2 * t, n - 1)] * fix : fix,
+                inv1 = kNorm ? inv_s[min(2 * t + 1, n - 1)] * fix : fix;
 #pragma unroll
     for (int q = 0; q < 4; ++q)
 #pragma unroll
       for (int p = 0; p < P; ++p) acc[p][q] *= q % 2 ? inv1 : inv0;
-  } else if constexpr (M == GemvNormMode::kPairedOne) {  // the block-diagonal sums carry 2^-62
-#pragma unroll
-    for (int q = 0; q < 4; ++q)
-#pragma unroll
-      for (int p = 0; p < P; ++p) acc[p][q] *= 0x1p55f;
   }
   epi.store(tile, acc, g, t, n, smem + lay.epi);
 }
@@ -747,16 +695,17 @@ struct GemvResidual {
   __device__ void preload(int64_t idx, int n, unsigned char* s, int lane) const {
     if (!preloadable(idx)) return;
     const int64_t r0 = idx * kMmaTile;
-    if (lane < 2 * n) cp_async16_cg(s + lane * 16, residual + (lane / 2) * ldr + r0 + (lane % 2) * 8);
+    if (lane < 2 * n) cp_async16(s + lane * 16, residual + (lane / 2) * ldr + r0 + (lane % 2) * 8, 16);
     if (next.xw != nullptr && lane >= 16 && lane < 20)
-      cp_async16_cg(s + kGemvMaxTokens * kMmaTile * 2 + (lane - 16) * 16, next.norm_w + r0 + (lane - 16) * 4);
-    asm volatile("cp.async.commit_group;" ::: "memory");
+      cp_async16(s + kGemvMaxTokens * kMmaTile * 2 + (lane - 16) * 16, next.norm_w + r0 + (lane - 16) * 4,
+                 16);
+    cp_async_commit();
   }
   __device__ void store(int64_t idx, const float (&acc)[1][4], int g, int t, int n,
                         const unsigned char* s) const {
     const bool pre = preloadable(idx);
     if (pre) {
-      asm volatile("cp.async.wait_all;" ::: "memory");
+      cp_async_wait<0>();
       __syncwarp();
     }
     const bf16* res_s = reinterpret_cast<const bf16*>(s);
