@@ -135,13 +135,15 @@ void CudaBackend::ensure_workspace(size_t scratch_bytes) {
     blas_ws_ = carve(kBlasWorkspace, "the cuBLASLt workspace");
     ctx_->set_blas_workspace(blas_ws_, kBlasWorkspace);
   }
-  if (scratch_bytes > scratch_bytes_) {
-    if (arena_)
-      fail("internal error: op scratch of {} bytes needed, {} planned", scratch_bytes, scratch_bytes_);
-    scratch_ = carve(scratch_bytes, "op scratch");  // the smaller one stays allocated until the end
-    scratch_bytes_ = scratch_bytes;
-  }
+  grow(scratch_, scratch_bytes_, scratch_bytes, "op scratch");
   if (!step_) step_ = static_cast<int32_t*>(carve(kStepSlots * 4, "step inputs"));
+}
+
+void CudaBackend::grow(void*& buf, size_t& have, size_t bytes, const char* what) {
+  if (bytes <= have) return;
+  if (arena_) fail("internal error: {} of {} bytes needed, {} planned", what, bytes, have);
+  buf = carve(bytes, what);  // the smaller one stays allocated until the end
+  have = bytes;
 }
 
 void CudaBackend::ensure_ids(size_t count) {
@@ -599,12 +601,12 @@ void CudaBackend::rmsnorm_linear_swiglu_forward(const Tensor& x, const Tensor& n
                                                 const Tensor& out) {
   cuda::NormHandoff h{};
   const bool prepared = take_handoff(x, norm_w, eps, h);
+  pending_paired_ = {};
   if (!swiglu_fusable(x, gate, up, out) || !norm_fusable(x, norm_w, x_norm))
     return Backend::rmsnorm_linear_swiglu_forward(x, norm_w, eps, x_norm, gate, up, gate_tmp, up_tmp, out);
-  pending_paired_ = {};
   bf16* paired = nullptr;  // one token: out in pair order as well, for the down_proj after it
   if (x.rows() == 1 && gate.out % 8 == 0) {
-    ensure_paired(static_cast<size_t>(gate.out) * 2);
+    grow(paired_buf_, paired_bytes_, static_cast<size_t>(gate.out) * 2, "paired x");
     paired = static_cast<bf16*>(paired_buf_);
   }
   cuda::nvfp4_gemv_swiglu_rmsnorm(*ctx_, x.as<const bf16>(), x.cols(), x.rows(), norm_w.as<const float>(),
@@ -655,27 +657,13 @@ void CudaBackend::linear_residual_norm_forward(const Tensor& x, const Weight& w,
   if (!residual_fusable(x, w, bias, residual, out) || next_norm_w.dtype != DType::F32 ||
       next_norm_w.numel() != w.out)
     return linear_residual_forward(x, w, bias, residual, tmp, out);
-  ensure_handoff(cuda::norm_handoff_bytes(n, w.out));
+  grow(handoff_buf_, handoff_bytes_, cuda::norm_handoff_bytes(n, w.out), "norm handoff");
   const cuda::NormHandoff h = handoff_view(next_norm_w.as<const float>(), n, w.out);
   const auto* paired = static_cast<const bf16*>(take_paired(x));
   cuda::nvfp4_gemv_residual(*ctx_, x.as<const bf16>(), x.cols(), n, w, opt_f32(bias),
                             residual.as<const bf16>(), residual.cols(), out.as<bf16>(), out.cols(),
                             l2_prefetch(w, w), &h, paired);
   pending_norm_ = {out.data, n, w.out, next_norm_w.data, eps};
-}
-
-void CudaBackend::ensure_handoff(size_t bytes) {
-  if (bytes <= handoff_bytes_) return;
-  if (arena_) fail("internal error: a norm handoff of {} bytes needed, {} planned", bytes, handoff_bytes_);
-  handoff_buf_ = carve(bytes, "norm handoff");  // the smaller one stays allocated until the end
-  handoff_bytes_ = bytes;
-}
-
-void CudaBackend::ensure_paired(size_t bytes) {
-  if (bytes <= paired_bytes_) return;
-  if (arena_) fail("internal error: a paired x of {} bytes needed, {} planned", bytes, paired_bytes_);
-  paired_buf_ = carve(bytes, "paired x");  // the smaller one stays allocated until the end
-  paired_bytes_ = bytes;
 }
 
 const void* CudaBackend::take_paired(const Tensor& x) {

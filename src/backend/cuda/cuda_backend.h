@@ -145,14 +145,15 @@ class CudaBackend final : public Backend {
  private:
   void* carve(size_t bytes, const char* what);  // arena or a cudaMalloc of its own
   void ensure_workspace(size_t scratch_bytes);  // without a plan: grow the op scratch on demand
+  // A workspace buffer `buf` of `have` bytes made to hold `bytes`: without a plan a new carve (the
+  // smaller one stays allocated), with one an internal error (the plan sized it).
+  void grow(void*& buf, size_t& have, size_t bytes, const char* what);
   void ensure_ids(size_t count);
-  void ensure_handoff(size_t bytes);  // the norm handoff buffer holds at least `bytes`
   // The norm handoff buffer as xw (rows, dim) and sumsq for the norm weight norm_w.
   cuda::NormHandoff handoff_view(const float* norm_w, int64_t rows, int64_t dim) const;
   // True (and h set) when the handoff linear_residual_norm_forward left is for x (same data,
   // rows and columns), norm_w and eps. Either way the handoff is used up.
   bool take_handoff(const Tensor& x, const Tensor& norm_w, float eps, cuda::NormHandoff& h);
-  void ensure_paired(size_t bytes);  // the paired x buffer holds at least `bytes`
   // The paired x buffer when rmsnorm_linear_swiglu_forward left it for x (one token, same data and
   // columns), else null. Either way it is used up.
   const void* take_paired(const Tensor& x);

@@ -7,8 +7,9 @@
 namespace nibble::cuda {
 namespace {
 
-// sincosf (not the fast __sinf): positions reach 10^5 and the argument must be reduced accurately,
-// as torch's fp32 cos/sin do. Returns (out1, out2) rounded to bf16.
+// A pair's rotation: cos and sin of its angle by sincosf (not the fast __sinf: positions reach 10^5
+// and the argument must be reduced accurately, as torch's fp32 cos/sin do), times the scaling;
+// rotate applies it and returns (out1, out2) rounded to bf16.
 struct Rotation {
   float c, s;  // cos, sin of the angle, times the scaling
 };
