@@ -93,6 +93,15 @@ void Backend::qk_norm_rope_kv_forward(const Tensor& q, const Tensor& k, const Te
   kv_cache_write(k_out, v, cache, layer, pos0);
 }
 
+void Backend::qk_norm_rope_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                             const Tensor& q_norm, const Tensor& k_norm, float eps,
+                                             int64_t pos0, const RopeTable& rope, const Tensor& q_out,
+                                             const Tensor& k_out, KvCache& cache, int64_t layer, float scale,
+                                             const Tensor& out) {
+  qk_norm_rope_kv_forward(q, k, v, q_norm, k_norm, eps, pos0, rope, q_out, k_out, cache, layer);
+  attention_forward(q_out, Tensor(), Tensor(), cache, layer, pos0, scale, out);
+}
+
 void Backend::linear_multi_forward(const Tensor& x, std::span<const LinearOut> outs) {
   for (const LinearOut& o : outs) linear_forward(x, *o.w, *o.bias, *o.out);
 }

@@ -33,7 +33,8 @@
 //                      out (n, hq, hd) = softmax(scale q K^T + causal mask) V over [0, pos0+n)
 //   swiglu_forward     gate (n, ffn), up (n, ffn)                            -> out = silu(gate) * up
 //   add_forward        a, b (same shape)                                     -> out = a + b (residual)
-//   fused: qk_norm_rope, qk_norm_rope_kv (+ kv_cache_write), linear_multi (q/k/v), linear_swiglu,
+//   fused: qk_norm_rope, qk_norm_rope_kv (+ kv_cache_write), qk_norm_rope_attention (+ attention),
+//          linear_multi (q/k/v), linear_swiglu,
 //          rmsnorm_linear_multi, rmsnorm_linear_swiglu, rmsnorm_linear, linear_residual, linear_residual_norm
 //          (the residual with a hint of the RMSNorm that follows) (defaults compose the ops above)
 //   copy_to_host / copy_from_host: any activation <-> host fp32
@@ -151,6 +152,15 @@ class Backend {
                                        const Tensor& q_norm, const Tensor& k_norm, float eps, int64_t pos0,
                                        const RopeTable& rope, const Tensor& q_out, const Tensor& k_out,
                                        KvCache& cache, int64_t layer);
+  // qk_norm_rope_kv_forward, then attention_forward of q_out over the cache (k and v empty): a
+  // decode layer's attention from its q/k/v projections. q_out and k_out are temporaries a fused
+  // implementation may leave unwritten (CUDA, one token: then q and k are only read); the cache and
+  // out are the composition's.
+  virtual void qk_norm_rope_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                              const Tensor& q_norm, const Tensor& k_norm, float eps,
+                                              int64_t pos0, const RopeTable& rope, const Tensor& q_out,
+                                              const Tensor& k_out, KvCache& cache, int64_t layer, float scale,
+                                              const Tensor& out);
   // out_i = x W_i^T + bias_i for projections that share x (q, k and v). bias may be empty.
   struct LinearOut {
     const Weight* w;

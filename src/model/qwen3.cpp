@@ -218,11 +218,12 @@ void Qwen3Model::layer_forward(int64_t layer, const Tensor& x, const LayerActiva
   const Tensor q3 = a.q_rot.reshape({n, hq, hd});
   const Tensor k3 = a.k_rot.reshape({n, hkv, hd});
   // Qwen3: RMSNorm over each head's hd values, then RoPE (without q/k norm: RoPE on q, k in place);
-  // the rotated k and v go to the cache in the same op, and attention reads them from there.
-  b.qk_norm_rope_kv_forward(a.q.reshape({n, hq, hd}), a.k.reshape({n, hkv, hd}), a.v.reshape({n, hkv, hd}),
-                            L.q_norm, L.k_norm, eps, pos0, rope_, q3, k3, cache, layer);
+  // the rotated k and v go to the cache, and attention reads them from there (one op: a backend may
+  // do all of it in the attention kernel).
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  b.attention_forward(q3, none, none, cache, layer, pos0, scale, a.attn.reshape({n, hq, hd}));
+  b.qk_norm_rope_attention_forward(a.q.reshape({n, hq, hd}), a.k.reshape({n, hkv, hd}),
+                                   a.v.reshape({n, hkv, hd}), L.q_norm, L.k_norm, eps, pos0, rope_, q3, k3,
+                                   cache, layer, scale, a.attn.reshape({n, hq, hd}));
   // The residual sums go next into an RMSNorm + GEMV: the backend may start that norm as it writes them.
   b.linear_residual_norm_forward(a.attn, L.o_proj, L.o_bias, x, a.attn_proj, a.h, L.post_attention_norm, eps);
 

@@ -384,6 +384,157 @@ TEST_F(CudaOps, QkNormRopeKv) {
   }
 }
 
+// qk_norm_rope_attention_forward of one token (the decode kernel normalising and rotating q and k
+// itself, appending k and v to the cache) against Backend's composition on the same GPU
+// (qk_norm_rope_kv_forward, attention_forward), which the tests above and test_cuda_attention_decode
+// hold to the CPU and fp64 references: out and both caches bitwise equal, with the host pos0 and with
+// the device pos0 of a recorded step replayed at other positions. The caches start with random keys
+// and values at every position (what earlier steps left), so each position reads a full history.
+// Shapes: Qwen3-4B's (G = 4, one split at short positions, several at 4K), G = 2 at head_dim 64, a
+// head_dim below its padded width (40), head_dim 256, G = 10 (16-row tiles), no q/k norm (Llama:
+// RoPE in place, q and k must come out unchanged from the fused kernel).
+TEST_F(CudaOps, QkNormRopeAttentionMatchesComposition) {
+  struct Case {
+    int64_t hq, hkv, hd, cap;
+    std::vector<int64_t> positions;  // the first: host pos0 and recording; then replays
+    bool norm;
+  };
+  const Case cases[] = {{32, 8, 128, 4200, {0, 1, 17, 127, 128, 300, 4095, 4199}, true},
+                        {16, 8, 64, 600, {300, 0, 599}, true},
+                        {4, 2, 40, 40, {17, 0, 39}, true},
+                        {2, 1, 256, 70, {60, 5}, true},
+                        {80, 8, 128, 300, {250, 3}, true},
+                        {8, 8, 128, 40, {5, 33}, false}};
+  const int64_t layers = 2;
+  for (const DType kt : {DType::BF16, DType::F8_E4M3}) {
+    CudaBackendOptions opts;
+    opts.kv_dtype = kt;
+    CudaBackend g(opts);
+    for (size_t ci = 0; ci < std::size(cases); ++ci) {
+      const Case& c = cases[ci];
+      const int64_t layer = static_cast<int64_t>(ci % 2);
+      SCOPED_TRACE(::testing::Message() << (kt == DType::BF16 ? "BF16" : "FP8") << " hq " << c.hq << " hkv "
+                                        << c.hkv << " hd " << c.hd << (c.norm ? "" : " no norm"));
+      const auto q = randn_bf16(static_cast<size_t>(c.hq * c.hd), rng, 2.0f);
+      const auto k = randn_bf16(static_cast<size_t>(c.hkv * c.hd), rng, 2.0f);
+      const auto v = randn_bf16(k.size(), rng);
+      std::vector<float> qw(static_cast<size_t>(c.hd)), kw(qw.size()), freq(static_cast<size_t>(c.hd / 2));
+      for (auto& w : qw) w = 1.0f + 0.2f * std::normal_distribution<float>()(rng);
+      for (auto& w : kw) w = 1.0f + 0.2f * std::normal_distribution<float>()(rng);
+      for (size_t i = 0; i < freq.size(); ++i)
+        freq[i] =
+            static_cast<float>(std::pow(1e6, -2.0 * static_cast<double>(i) / static_cast<double>(c.hd)));
+      // Random history at every position of every layer (as bytes: bf16, or e4m3 codes).
+      const size_t eb = dtype_size(kt), cache_bytes = static_cast<size_t>(layers * c.hkv * c.cap * c.hd) * eb;
+      std::vector<uint8_t> hist_k(cache_bytes), hist_v(cache_bytes);
+      {
+        const auto hk = randn_bf16(cache_bytes / eb, rng, 2.0f), hv = randn_bf16(cache_bytes / eb, rng);
+        for (size_t e = 0; e < cache_bytes / eb; ++e) {
+          if (kt == DType::BF16) {
+            const uint16_t a = f32_to_bf16(hk[e]), b = f32_to_bf16(hv[e]);
+            std::memcpy(&hist_k[2 * e], &a, 2);
+            std::memcpy(&hist_v[2 * e], &b, 2);
+          } else {
+            hist_k[e] = f32_to_fp8_e4m3_saturate(hk[e]);
+            hist_v[e] = f32_to_fp8_e4m3_saturate(hv[e]);
+          }
+        }
+      }
+      struct Io {
+        DevTensor qd, kd, vd, qo, ko, out, qn, kn, f;
+        KvCache cache;
+        Io(CudaBackend& b, const Case& c, const std::vector<float>& qw, const std::vector<float>& kw,
+           const std::vector<float>& freq, int64_t layers)
+            : qd(b, {1, c.hq, c.hd}),
+              kd(b, {1, c.hkv, c.hd}),
+              vd(b, {1, c.hkv, c.hd}),
+              qo(b, {1, c.hq, c.hd}),
+              ko(b, {1, c.hkv, c.hd}),
+              out(b, {1, c.hq, c.hd}),
+              qn(b, DType::F32, {c.hd}, &qw),
+              kn(b, DType::F32, {c.hd}, &kw),
+              f(b, DType::F32, {c.hd / 2}, &freq),
+              cache(b.alloc_kv_cache(layers, c.hkv, c.cap, c.hd)) {}
+      };
+      Io fused(g, c, qw, kw, freq, layers), composed(g, c, qw, kw, freq, layers);
+      const Tensor none;
+      // Inputs and history uploaded again before every run (without norms the composition rotates
+      // q and k in place).
+      auto reset = [&](Io& io) {
+        g.copy_from_host(q, io.qd.t);
+        g.copy_from_host(k, io.kd.t);
+        g.copy_from_host(v, io.vd.t);
+        g.synchronize();
+        ASSERT_EQ(cudaMemcpy(io.cache.k.data(), hist_k.data(), cache_bytes, cudaMemcpyHostToDevice),
+                  cudaSuccess);
+        ASSERT_EQ(cudaMemcpy(io.cache.v.data(), hist_v.data(), cache_bytes, cudaMemcpyHostToDevice),
+                  cudaSuccess);
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      };
+      auto run = [&](Io& io, int64_t p, bool fuse) {
+        const Tensor& q_out = c.norm ? io.qo.t : io.qd.t;
+        const Tensor& k_out = c.norm ? io.ko.t : io.kd.t;
+        const Tensor& qn = c.norm ? io.qn.t : none;
+        const Tensor& kn = c.norm ? io.kn.t : none;
+        const float scale = 1.0f / std::sqrt(static_cast<float>(c.hd));
+        if (fuse)
+          g.qk_norm_rope_attention_forward(io.qd.t, io.kd.t, io.vd.t, qn, kn, 1e-6f, p,
+                                           RopeTable{io.f.t, 1.0f}, q_out, k_out, io.cache, layer, scale,
+                                           io.out.t);
+        else
+          g.Backend::qk_norm_rope_attention_forward(io.qd.t, io.kd.t, io.vd.t, qn, kn, 1e-6f, p,
+                                                    RopeTable{io.f.t, 1.0f}, q_out, k_out, io.cache, layer,
+                                                    scale, io.out.t);
+      };
+      auto bytes_of = [&](const Buffer& b) {
+        g.synchronize();
+        std::vector<uint8_t> h(cache_bytes);
+        EXPECT_EQ(cudaMemcpy(h.data(), b.data(), cache_bytes, cudaMemcpyDeviceToHost), cudaSuccess);
+        return h;
+      };
+      auto out_bits = [&](const Io& io) {
+        std::vector<float> all(static_cast<size_t>(io.out.padded.numel()));
+        g.copy_to_host(io.out.padded, all);
+        return all;
+      };
+      // The composition at p, then a comparison with the fused op's state.
+      auto compare = [&](int64_t p, const char* what) {
+        SCOPED_TRACE(::testing::Message() << what << " at " << p);
+        reset(composed);
+        run(composed, p, false);
+        const auto want = composed.out.read(g, "composed out");
+        EXPECT_EQ(fused.out.read(g, "fused out"), want);
+        EXPECT_EQ(out_bits(fused), out_bits(composed)) << "out with its sentinels";
+        EXPECT_TRUE(bytes_of(fused.cache.k) == bytes_of(composed.cache.k)) << "k cache";
+        EXPECT_TRUE(bytes_of(fused.cache.v) == bytes_of(composed.cache.v)) << "v cache";
+        if (!c.norm) {  // RoPE in place is the composition's; the fused kernel only reads q and k
+          EXPECT_EQ(fused.qd.read(g, "q"), q);
+          EXPECT_EQ(fused.kd.read(g, "k"), k);
+        }
+      };
+      for (const int64_t p : c.positions) {
+        reset(fused);
+        run(fused, p, true);
+        compare(p, "host pos0");
+      }
+      // Device pos0: recorded at the first position, replayed at the others.
+      const std::vector<int32_t> token(1, 0);
+      reset(fused);
+      g.set_step_inputs(token, c.positions[0]);
+      g.begin_recording();
+      run(fused, c.positions[0], true);
+      g.end_recording(1);
+      compare(c.positions[0], "recorded");
+      for (size_t i = 1; i < c.positions.size(); ++i) {
+        reset(fused);
+        g.set_step_inputs(token, c.positions[i]);
+        ASSERT_TRUE(g.replay(1));
+        compare(c.positions[i], "replayed");
+      }
+    }
+  }
+}
+
 TEST_F(CudaOps, SwiGluAndAdd) {
   for (auto [n, d] : {std::pair<int64_t, int64_t>{1, 1}, {7, 172}, {64, 9728}, {3, 40001}}) {
     const auto g = randn_bf16(static_cast<size_t>(n * d), rng, 4.0f),

@@ -11,6 +11,7 @@
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/kv_convert.cuh"
 #include "backend/cuda/pdl.cuh"
+#include "backend/cuda/qk_rope_row.cuh"
 
 namespace nibble::cuda {
 namespace {
@@ -229,6 +230,14 @@ void launch_simt_dpl(Context& ctx, const Params& p, dim3 grid) {
 // kernel launch at once (it waits for the combine, which waits for the decode kernel). Every block
 // of either kernel that does work waits first, so each kernel completes after its predecessor.
 //
+// QK (qk_norm_rope_attention_forward, one token): q arrives as the raw projection and the cache lacks
+// key pos0. Before griddepcontrol.wait a block also computes its lanes' rotations and reads the norm
+// weights; after it, every block normalises and rotates its own q rows into shared memory (no
+// kernel in between, no round trip through a rotated-q buffer), and the warp whose chunk holds key
+// pos0 computes that key's k and v, writes them to the cache (row tile 0) and into its ring after
+// the chunk's copy (which zero-fills that row) has landed. The rings copy only keys below pos0, so
+// every chunk may go out before the wait.
+//
 // Grid (KVH, splits, row tiles): the blocks are dispatched in that order, so when a launch sized
 // for a bound has more splits than the keys need, the blocks with work come first and spread over
 // the SMs.
@@ -251,18 +260,42 @@ constexpr int kStages = 3;  // chunks in each warp's shared-memory ring (2 in fl
 
 // Resident blocks per SM the registers and the shared-memory ring allow (the kernel's launch bounds);
 // splits are chosen to fill one wave of the blocks the device actually keeps resident.
-constexpr int decode_blocks_per_sm(KvType kv, int hdp) {
-  return hdp > 128 ? 1 : kv == KvType::FP8_E4M3 ? 3 : 2;
+// The QK kernel (qk_norm_rope_attention_forward) runs one block per SM: it directly follows the q/k/v
+// GEMV, whose early launch (PDL) lets its blocks become resident while the GEMV's blocks still hold
+// most SMs, and the block scheduler then packs two onto an SM as the first GEMV blocks retire; the
+// two share that SM's load pipes while other SMs idle. Asking for more than half an SM's shared
+// memory spreads them. Measured on an H100 (2026-11-26, nibble bench, Qwen3-4B): up to two blocks
+// per SM 591.0 / 548.1 / 483.2 tok/s at context 0 / 1K / 4K, one 596.0 / 571.5 / 518.3 (the
+// unfused kernels, launched after the q/k-norm kernel, 582.7 / 550.4 / 498.4); the shared memory
+// one block then may use as a 5-stage ring instead of 3 gained nothing (32K: 290 -> 283).
+constexpr int decode_blocks_per_sm(KvType kv, int hdp, bool qk) {
+  return qk || hdp > 128 ? 1 : kv == KvType::FP8_E4M3 ? 3 : 2;
 }
 
 // Shared memory of the decode kernel: each warp's ring of chunks (16 K rows, 16 V rows, each padded
-// to HDP elements + 16 bytes), reused after the loop for the warps' merge.
+// to HDP elements + 16 bytes), reused after the loop for the warps' merge; with QK then the block's
+// rotated q rows (RT x HDP bf16, zero past head_dim), read once before the loop.
 constexpr size_t decode_row_bytes(KvType kv, int hdp) { return hdp * (kv == KvType::BF16 ? 2 : 1) + 16; }
-constexpr size_t decode_smem_bytes(KvType kv, int hdp, bool full) {
+constexpr size_t decode_ring_bytes(KvType kv, int hdp, bool full) {
   const size_t ring = size_t{kDecodeWarps} * kStages * 2 * kChunkKeys * decode_row_bytes(kv, hdp);
   const size_t merge = size_t{kDecodeWarps} * (full ? 16 : 8) * (hdp + 4 + 2) * sizeof(float);
   return ring > merge ? ring : merge;
 }
+constexpr size_t decode_smem_bytes(KvType kv, int hdp, bool full, bool qk) {
+  return decode_ring_bytes(kv, hdp, full) + (qk ? size_t{full ? 16u : 8u} * hdp * 2 : 0);
+}
+
+// qk_norm_rope_attention_forward: the decode kernel (one token) does the work of qk_norm_rope_kv_forward
+// itself. DecodeParams::q is then the raw q projection; k and v are the token's raw k and v rows.
+struct QkFused {
+  const bf16* k;        // (KVH, hd)
+  const bf16* v;        // (KVH, hd)
+  const float* q_norm;  // (hd) each; both null: no norm
+  const float* k_norm;
+  float eps;
+  const float* inv_freq;  // (hd / 2)
+  float scaling;
+};
 
 struct DecodeParams {
   const bf16* q;  // (n, H, hd), token stride q_stride
@@ -280,6 +313,7 @@ struct DecodeParams {
   int min_split_keys;  // kMinKeysPerSplit
   float* part_o;       // (max_splits, n*H, hd) unnormalised partial outputs
   float* part_ml;      // (max_splits, n*H, 2) max (log2 domain) and sum of each split
+  QkFused qk;          // the kernel's QK instances only
 };
 
 // The split partition of `keys` keys: `count` splits of `len` keys (a multiple of kBlockKeys; the
@@ -397,8 +431,53 @@ __device__ __forceinline__ uint32_t pack2(float lo, float hi, bool f16) {
   return *reinterpret_cast<const uint32_t*>(&h);
 }
 
-template <KvType KV, int HDP, bool FULL>
-__global__ void __launch_bounds__(kDecodeWarps* kWarp, decode_blocks_per_sm(KV, HDP))
+// QK: this lane's pairs (i, i + half) of the token's k row for KV head kvh, normalised and rotated
+// (kn), and of its v row (vn); both also written to the cache rows kdst, vdst unless those are null.
+template <KvType KV>
+__device__ __forceinline__ void qk_new_key(const QkFused& qk, int kvh, int hd, int lane, const QkLane& prep,
+                                           unsigned char* kdst, unsigned char* vdst,
+                                           __nv_bfloat162 (&kn)[kQkMaxPairs],
+                                           __nv_bfloat162 (&vn)[kQkMaxPairs]) {
+  const int half = hd / 2;
+  qk_lane_apply(qk.k + static_cast<int64_t>(kvh) * hd, lane, half, qk.k_norm != nullptr, qk.eps, prep, kn);
+  const bf16* vin = qk.v + static_cast<int64_t>(kvh) * hd;
+#pragma unroll
+  for (int u = 0; u < kQkMaxPairs; ++u) {
+    const int i = lane + kWarp * u;
+    vn[u] = i < half ? __halves2bfloat162(vin[i], vin[i + half]) : __nv_bfloat162{};
+    if (kdst != nullptr && i < half)
+      store_pair<KV>(kdst, i, half, kn[u]), store_pair<KV>(vdst, i, half, vn[u]);
+  }
+}
+
+// QK: query rows [row0, row0 + RT) of KV head kvh (row r: head kvh * group + r of the one token),
+// normalised and rotated, into q_s (RT x HDP bf16; zeros past head_dim and for rows past p.rows).
+// Warp w takes rows w, w + kDecodeWarps, ...; the caller's __syncthreads publishes them.
+template <int RT, int HDP>
+__device__ __forceinline__ void qk_rows_to_shared(const DecodeParams& p, int kvh, int row0, int warp,
+                                                  int lane, const QkLane& prep, bf16* q_s) {
+  const int hd = p.hd, half = hd / 2;
+  for (int lr = warp; lr < RT; lr += kDecodeWarps) {
+    bf16* dst = q_s + lr * HDP;
+    const int r = row0 + lr;
+    int from = 0;  // zeros from this dim on
+    if (r < p.rows) {
+      __nv_bfloat162 o[kQkMaxPairs];
+      qk_lane_apply(p.q + static_cast<int64_t>(kvh * p.group + r) * hd, lane, half, p.qk.q_norm != nullptr,
+                    p.qk.eps, prep, o);
+#pragma unroll
+      for (int u = 0; u < kQkMaxPairs; ++u) {
+        const int i = lane + kWarp * u;
+        if (i < half) dst[i] = o[u].x, dst[i + half] = o[u].y;
+      }
+      from = hd;
+    }
+    for (int d = from + lane; d < HDP; d += kWarp) dst[d] = __float2bfloat16_rn(0.0f);
+  }
+}
+
+template <KvType KV, int HDP, bool FULL, bool QK>
+__global__ void __launch_bounds__(kDecodeWarps* kWarp, decode_blocks_per_sm(KV, HDP, QK))
     attention_decode_kernel(DecodeParams p) {
   constexpr bool F16 = KV == KvType::FP8_E4M3;  // fp8 K/V and the operands they meet go through f16
   constexpr int EB = F16 ? 1 : 2;               // cache bytes per element
@@ -427,6 +506,9 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarp, decode_blocks_per_sm(KV, 
   const int last_row = min(row0 + RT, p.rows) - 1;
   const int kbeg = split * plan.len;
   const int kend = min(min(kbeg + plan.len, keys), pos0 + last_row / p.group + 1);
+  // Keys the rings copy from the cache: with QK key pos0 is this launch's own, computed below and
+  // written into the ring (its row is zero-filled by the copy).
+  const int kcopy = QK ? min(kend, pos0) : kend;
   const int64_t head_off = static_cast<int64_t>(kvh) * p.cap * row_bytes;
   const unsigned char* kg = static_cast<const unsigned char*>(p.kc) + head_off;
   const unsigned char* vg = static_cast<const unsigned char*>(p.vc) + head_off;
@@ -465,7 +547,7 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarp, decode_blocks_per_sm(KV, 
 #pragma unroll
         for (int j = 0; j < kChunkKeys / RPP; ++j) {
           const int r = r0 + RPP * j;
-          const bool ok = key0 + r < kend;
+          const bool ok = key0 + r < kcopy;
           const int src = ok ? r * (HDP * EB) : 0;
           cp_async16(st + r * ROWB + off, ks + src, ok ? 16 : 0);
           cp_async16(st + (kChunkKeys + r) * ROWB + off, vs + src, ok ? 16 : 0);
@@ -473,8 +555,8 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarp, decode_blocks_per_sm(KV, 
       } else {
         for (int idx = lane; idx < kChunkKeys * units; idx += kWarp) {
           const int r = idx / units, off = (idx % units) * unit, key = key0 + r;
-          const int64_t src = static_cast<int64_t>(key < kend ? key : key0) * row_bytes + off;
-          const int bytes = key < kend ? unit : 0;
+          const int64_t src = static_cast<int64_t>(key < kcopy ? key : key0) * row_bytes + off;
+          const int bytes = key < kcopy ? unit : 0;
           if (unit == 16) {
             cp_async16(st + r * ROWB + off, kg + src, bytes);
             cp_async16(st + (kChunkKeys + r) * ROWB + off, vg + src, bytes);
@@ -489,11 +571,47 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarp, decode_blocks_per_sm(KV, 
   };
   // The first chunks go out before q is loaded: their latency covers q's. Those whose keys all lie
   // before pos0 (written by earlier steps, not by the kernel in front) go out even before
-  // griddepcontrol.wait; one commit group per chunk index either way, in order.
+  // griddepcontrol.wait -- with QK all of them (the copies stop at pos0); one commit group per chunk
+  // index either way, in order.
   int early = 0;
-  while (early < STAGES - 1 && kbeg + (warp + kDecodeWarps * early + 1) * kChunkKeys <= pos0) issue(early++);
+  while (early < STAGES - 1 && (QK || kbeg + (warp + kDecodeWarps * early + 1) * kChunkKeys <= pos0))
+    issue(early++);
+
+  // QK: the norm weights and rotations of this lane's pairs (qk_rope_row.cuh), one position for q
+  // and k; the warp holding the chunk of key pos0 (new_t: its index among the warp's chunks, -1:
+  // none) keeps that key's rotated k and its v for the ring.
+  const int half = hd / 2;
+  QkLane qprep{}, kprep{};
+  int new_t = -1, new_r = 0;
+  if constexpr (QK) {
+    qprep = qk_lane_prepare(lane, half, true, p.qk.q_norm, pos0, p.qk.inv_freq, p.qk.scaling);
+    if (pos0 >= kbeg && pos0 < kend && (pos0 - kbeg) / kChunkKeys % kDecodeWarps == warp) {
+      new_t = (pos0 - kbeg) / kChunkKeys / kDecodeWarps;
+      new_r = (pos0 - kbeg) % kChunkKeys;
+      kprep = qprep;
+#pragma unroll
+      for (int u = 0; u < kQkMaxPairs; ++u) {
+        const int i = lane + kWarp * u;
+        kprep.w1[u] = p.qk.k_norm && i < half ? p.qk.k_norm[i] : 0.0f;
+        kprep.w2[u] = p.qk.k_norm && i < half ? p.qk.k_norm[i + half] : 0.0f;
+      }
+    }
+  }
   pdl_wait();
   for (int t = early; t < STAGES - 1; ++t) issue(t);
+
+  __nv_bfloat162 kn[kQkMaxPairs], vn[kQkMaxPairs];  // QK, warp new_t >= 0: key pos0's k and v pairs
+  bf16* q_s = reinterpret_cast<bf16*>(smem + decode_ring_bytes(KV, HDP, FULL));
+  if constexpr (QK) {
+    if (new_t >= 0) {  // one writer of the cache rows (every row tile computes them)
+      const bool write = blockIdx.z == 0;
+      const int64_t at = static_cast<int64_t>(pos0) * row_bytes;
+      qk_new_key<KV>(p.qk, kvh, hd, lane, kprep, write ? const_cast<unsigned char*>(kg) + at : nullptr,
+                     write ? const_cast<unsigned char*>(vg) + at : nullptr, kn, vn);
+    }
+    qk_rows_to_shared<RT, HDP>(p, kvh, row0, warp, lane, qprep, q_s);
+    __syncthreads();
+  }
 
   // q A fragments (zero for rows past the end and dims past hd), causal limits of rows g, g + 8.
   uint32_t qa[KS][4];
@@ -508,8 +626,12 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarp, decode_blocks_per_sm(KV, 
     if (r < p.rows) {
       const int i = r / p.group, head = kvh * p.group + r % p.group;
       limit[h] = pos0 + i;
-      const bf16* src = p.q + i * p.q_stride + static_cast<int64_t>(head) * hd + c * (HDP / 4);
-      load_row<QW * 4>(w, reinterpret_cast<const unsigned char*>(src), (hd - c * (HDP / 4)) * 2);
+      if constexpr (QK) {
+        load_smem<QW * 4>(w, reinterpret_cast<const unsigned char*>(q_s + (g + 8 * h) * HDP + c * (HDP / 4)));
+      } else {
+        const bf16* src = p.q + i * p.q_stride + static_cast<int64_t>(head) * hd + c * (HDP / 4);
+        load_row<QW * 4>(w, reinterpret_cast<const unsigned char*>(src), (hd - c * (HDP / 4)) * 2);
+      }
       if constexpr (F16) {  // f16(q * scale * log2 e): the scores come out in the exp2 domain
 #pragma unroll
         for (int t = 0; t < QW; ++t) {
@@ -552,7 +674,20 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarp, decode_blocks_per_sm(KV, 
     cp_async_wait<STAGES - 1>();  // chunk t has landed (this lane's copies)
     __syncwarp();                 // and every lane's
     const int base = kbeg + (warp + kDecodeWarps * t) * kChunkKeys;
-    const unsigned char* st = ring + (t % STAGES) * 2 * kChunkKeys * ROWB;
+    unsigned char* st = ring + (t % STAGES) * 2 * kChunkKeys * ROWB;
+    if constexpr (QK) {
+      if (t == new_t) {  // key pos0 into its zero-filled rows
+#pragma unroll
+        for (int u = 0; u < kQkMaxPairs; ++u) {
+          const int i = lane + kWarp * u;
+          if (i < half) {
+            store_pair<KV>(st + new_r * ROWB, i, half, kn[u]);
+            store_pair<KV>(st + (kChunkKeys + new_r) * ROWB, i, half, vn[u]);
+          }
+        }
+        __syncwarp();
+      }
+    }
     // K rows g and 8 + g at dims [c*HDP/4, (c+1)*HDP/4); V rows 2c + (0, 1, 8, 9) at dims
     // [g*HDP/8, (g+1)*HDP/8). Keys past kend are zeros.
     uint32_t kw[2][KB / 4], vw[4][VB / 4];
@@ -739,9 +874,12 @@ struct DecodeKernel {
   int blocks_per_sm;
 };
 
-template <KvType KV, int HDP, bool FULL>
+template <KvType KV, int HDP, bool FULL, bool QK>
 DecodeKernel decode_kernel(Context& ctx) {
-  DecodeKernel k{attention_decode_kernel<KV, HDP, FULL>, decode_smem_bytes(KV, HDP, FULL), 0};
+  DecodeKernel k{attention_decode_kernel<KV, HDP, FULL, QK>, decode_smem_bytes(KV, HDP, FULL, QK), 0};
+  // QK: one block per SM (decode_blocks_per_sm): more than half of what one block may ask for (two
+  // such blocks and their reserved 1 KB each exceed an SM's shared memory).
+  if constexpr (QK) k.smem = std::max(k.smem, ctx.info().smem_per_block_optin / 2 + 1024);
   k.blocks_per_sm = ctx.kernel_setup(reinterpret_cast<const void*>(k.fn), [&] {
     CUDA_CHECK(
         cudaFuncSetAttribute(k.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(k.smem)));
@@ -754,11 +892,19 @@ DecodeKernel decode_kernel(Context& ctx) {
   return k;
 }
 
-template <KvType KV>
+template <KvType KV, bool QK>
 DecodeKernel decode_kernel_hd(Context& ctx, int64_t hd, bool full) {
-  if (hd <= 64) return full ? decode_kernel<KV, 64, true>(ctx) : decode_kernel<KV, 64, false>(ctx);
-  if (hd <= 128) return full ? decode_kernel<KV, 128, true>(ctx) : decode_kernel<KV, 128, false>(ctx);
-  return decode_kernel<KV, 256, false>(ctx);  // 16-row tiles would not fit the registers
+  if (hd <= 64) return full ? decode_kernel<KV, 64, true, QK>(ctx) : decode_kernel<KV, 64, false, QK>(ctx);
+  if (hd <= 128) return full ? decode_kernel<KV, 128, true, QK>(ctx) : decode_kernel<KV, 128, false, QK>(ctx);
+  return decode_kernel<KV, 256, false, QK>(ctx);  // 16-row tiles would not fit the registers
+}
+
+DecodeKernel decode_kernel_for(Context& ctx, KvType kv, int64_t hd, bool full, bool qk) {
+  if (kv == KvType::BF16)
+    return qk ? decode_kernel_hd<KvType::BF16, true>(ctx, hd, full)
+              : decode_kernel_hd<KvType::BF16, false>(ctx, hd, full);
+  return qk ? decode_kernel_hd<KvType::FP8_E4M3, true>(ctx, hd, full)
+            : decode_kernel_hd<KvType::FP8_E4M3, false>(ctx, hd, full);
 }
 
 // k, v (n, KVH, hd) bf16 -> cache (KVH, cap, hd) of KV, positions pos0 + i; one thread per 8 elements.
@@ -843,22 +989,12 @@ void attention_simt(Context& ctx, const bf16* q, int64_t q_stride, int64_t n, in
     launch_simt_dpl<4>(ctx, p, grid);
 }
 
-}  // namespace
-
-void attention_forward(Context& ctx, const bf16* q, int64_t q_stride, int64_t n, int64_t pos0,
-                       const int32_t* d_pos0, const void* k_cache, const void* v_cache, KvType kv_type,
-                       const AttentionShape& s, float scale, bf16* out, int64_t out_stride, Scratch scratch) {
-  check_attention_shape(s);
-  if (n == 0) return;
-  if (pos0 < 0 || pos0 + n > s.capacity)
-    fail("attention: positions [{}, {}) outside the cache capacity {}", pos0, pos0 + n, s.capacity);
-  if (!aligned16(q) || q_stride % 8) fail("attention: q must be 16-byte aligned with q_stride % 8 == 0");
-  if (!aligned16(k_cache) || !aligned16(v_cache)) fail("attention: the KV cache must be 16-byte aligned");
-  if (s.capacity > INT32_MAX) fail("attention: capacity {} (positions must fit 32 bits)", s.capacity);
-  if (kv_type == KvType::BF16 && n > kSplitMaxTokens)
-    return attention_simt(ctx, q, q_stride, n, pos0, d_pos0, static_cast<const bf16*>(k_cache),
-                          static_cast<const bf16*>(v_cache), s, scale, out, out_stride);
-
+// The split-KV decode kernel (and the combine when the partition splits) for n <= kSplitMaxTokens
+// tokens, or any n on an FP8 cache; qk: the fused q/k norm + RoPE + cache append of one token.
+void launch_decode(Context& ctx, const bf16* q, int64_t q_stride, int64_t n, int64_t pos0,
+                   const int32_t* d_pos0, const void* k_cache, const void* v_cache, KvType kv_type,
+                   const AttentionShape& s, float scale, bf16* out, int64_t out_stride, Scratch scratch,
+                   const QkFused* qk) {
   DecodeParams p{};
   p.q = q, p.q_stride = q_stride, p.n = n, p.pos0 = pos0, p.d_pos0 = d_pos0;
   p.kc = k_cache, p.vc = v_cache, p.cap = s.capacity;
@@ -867,13 +1003,12 @@ void attention_forward(Context& ctx, const bf16* q, int64_t q_stride, int64_t n,
   p.scale_log2 = scale * kLog2e;
   p.out = out, p.out_stride = out_stride;
   p.min_split_keys = kMinKeysPerSplit;
+  if (qk) p.qk = *qk;
 
   // 8-row tiles when they hold every row (one decode token), else 16-row tiles (head_dim <= 128).
   const bool full = p.rows > 8 && s.head_dim <= 128;
   const int64_t tiles = ceil_div(p.rows, full ? 16 : 8);
-  const DecodeKernel kernel = kv_type == KvType::BF16
-                                  ? decode_kernel_hd<KvType::BF16>(ctx, s.head_dim, full)
-                                  : decode_kernel_hd<KvType::FP8_E4M3>(ctx, s.head_dim, full);
+  const DecodeKernel kernel = decode_kernel_for(ctx, kv_type, s.head_dim, full, qk != nullptr);
   // Splits: one wave of resident blocks, within the scratch; none for prefill-sized n (its scratch
   // is not planned). From the shape, scratch and device only: never from pos0.
   int64_t max_splits = 1;
@@ -896,6 +1031,48 @@ void attention_forward(Context& ctx, const bf16* q, int64_t q_stride, int64_t n,
     const unsigned threads = static_cast<unsigned>(std::max<int64_t>(s.head_dim, kWarp));
     launch_pdl(ctx, decode_combine_kernel, dim3(static_cast<unsigned>(n * s.heads)), dim3(threads), 0, p);
   }
+}
+
+}  // namespace
+
+void attention_forward(Context& ctx, const bf16* q, int64_t q_stride, int64_t n, int64_t pos0,
+                       const int32_t* d_pos0, const void* k_cache, const void* v_cache, KvType kv_type,
+                       const AttentionShape& s, float scale, bf16* out, int64_t out_stride, Scratch scratch) {
+  check_attention_shape(s);
+  if (n == 0) return;
+  if (pos0 < 0 || pos0 + n > s.capacity)
+    fail("attention: positions [{}, {}) outside the cache capacity {}", pos0, pos0 + n, s.capacity);
+  if (!aligned16(q) || q_stride % 8) fail("attention: q must be 16-byte aligned with q_stride % 8 == 0");
+  if (!aligned16(k_cache) || !aligned16(v_cache)) fail("attention: the KV cache must be 16-byte aligned");
+  if (s.capacity > INT32_MAX) fail("attention: capacity {} (positions must fit 32 bits)", s.capacity);
+  if (kv_type == KvType::BF16 && n > kSplitMaxTokens)
+    return attention_simt(ctx, q, q_stride, n, pos0, d_pos0, static_cast<const bf16*>(k_cache),
+                          static_cast<const bf16*>(v_cache), s, scale, out, out_stride);
+
+  launch_decode(ctx, q, q_stride, n, pos0, d_pos0, k_cache, v_cache, kv_type, s, scale, out, out_stride,
+                scratch, nullptr);
+}
+
+void qk_norm_rope_attention_forward(Context& ctx, const bf16* q, const bf16* k, const bf16* v,
+                                    const float* q_norm, const float* k_norm, float eps, int64_t pos0,
+                                    const int32_t* d_pos0, const float* inv_freq, float attention_scaling,
+                                    void* k_cache, void* v_cache, KvType kv_type, const AttentionShape& s,
+                                    float scale, bf16* out, Scratch scratch) {
+  check_attention_shape(s);
+  if (s.head_dim > 2 * kWarp * kQkMaxPairs)
+    fail("qk_norm_rope_attention_forward: head_dim {} (at most {} expected)", s.head_dim,
+         2 * kWarp * kQkMaxPairs);
+  if ((q_norm == nullptr) != (k_norm == nullptr))
+    fail("qk_norm_rope_attention_forward: q_norm and k_norm must be given together");
+  if (pos0 < 0 || pos0 + 1 > s.capacity)
+    fail("qk_norm_rope_attention_forward: position {} outside the cache capacity {}", pos0, s.capacity);
+  if (!aligned16(k_cache) || !aligned16(v_cache))
+    fail("qk_norm_rope_attention_forward: the KV cache must be 16-byte aligned");
+  if (s.capacity > INT32_MAX)
+    fail("qk_norm_rope_attention_forward: capacity {} (positions must fit 32 bits)", s.capacity);
+  const QkFused qk{k, v, q_norm, k_norm, eps, inv_freq, attention_scaling};
+  launch_decode(ctx, q, s.heads * s.head_dim, 1, pos0, d_pos0, k_cache, v_cache, kv_type, s, scale, out,
+                s.heads * s.head_dim, scratch, &qk);
 }
 
 }  // namespace nibble::cuda

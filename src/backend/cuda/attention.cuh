@@ -67,4 +67,20 @@ void attention_forward(Context& ctx, const __nv_bfloat16* q, int64_t q_stride, i
                        const AttentionShape& s, float scale, __nv_bfloat16* out, int64_t out_stride,
                        Scratch scratch);
 
+// One decode token's attention from its raw q/k/v projections: qk_norm_rope_kv_forward (rope.cuh) and
+// attention_forward of its q_out in one kernel. q (heads, head_dim), k and v (kv_heads, head_dim) bf16;
+// q_norm / k_norm (head_dim) fp32 or both null; inv_freq (head_dim / 2). Each block normalises and
+// rotates the query rows it serves itself (into shared memory); the blocks whose keys end at pos0
+// compute that key's k and v, write them to the cache (the bytes qk_norm_rope_kv_forward writes) and
+// into their own rings. q_out and k_out are not written. Output, cache and every intermediate value
+// are bitwise those of qk_norm_rope_kv_forward followed by attention_forward (the same device code:
+// qk_rope_row.cuh). Saves a kernel and an L2 round trip per layer of a decode step. d_pos0: as
+// attention_forward's (pos0 its host upper bound); a position at or past the capacity is not written.
+void qk_norm_rope_attention_forward(Context& ctx, const __nv_bfloat16* q, const __nv_bfloat16* k,
+                                    const __nv_bfloat16* v, const float* q_norm, const float* k_norm,
+                                    float eps, int64_t pos0, const int32_t* d_pos0, const float* inv_freq,
+                                    float attention_scaling, void* k_cache, void* v_cache, KvType kv_type,
+                                    const AttentionShape& s, float scale, __nv_bfloat16* out,
+                                    Scratch scratch);
+
 }  // namespace nibble::cuda

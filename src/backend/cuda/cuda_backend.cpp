@@ -528,6 +528,38 @@ void CudaBackend::qk_norm_rope_kv_forward(const Tensor& q, const Tensor& k, cons
       cache.v_layer(layer).data, kv, cache.capacity);
 }
 
+// One decode token: the attention kernel normalises and rotates q and k itself and appends k, v to
+// the cache (cuda::qk_norm_rope_attention_forward); q_out and k_out stay unwritten. Anything else
+// takes the composition (qk_norm_rope_kv_forward, attention_forward).
+void CudaBackend::qk_norm_rope_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                                 const Tensor& q_norm, const Tensor& k_norm, float eps,
+                                                 int64_t pos0, const RopeTable& rope, const Tensor& q_out,
+                                                 const Tensor& k_out, KvCache& cache, int64_t layer,
+                                                 float scale, const Tensor& out) {
+  const bool fused =
+      q.rank == 3 && q.dim(0) == 1 && k.rank == 3 && v.rank == 3 && out.rank == 3 && q.dtype == DType::BF16 &&
+      k.dtype == DType::BF16 && v.dtype == DType::BF16 && out.dtype == DType::BF16 && k.dim(0) == 1 &&
+      v.dim(0) == 1 && k.dim(1) == cache.kv_heads && v.dim(1) == cache.kv_heads &&
+      q.dim(2) == cache.head_dim && k.dim(2) == cache.head_dim && v.dim(2) == cache.head_dim &&
+      out.dim(0) == 1 && out.dim(1) == q.dim(1) && out.dim(2) == q.dim(2) &&
+      rope.inv_freq.numel() == q.dim(2) / 2 &&
+      (q_norm.empty() ? k_norm.empty() : q_norm.numel() == q.dim(2) && k_norm.numel() == q.dim(2));
+  if (!fused)
+    return Backend::qk_norm_rope_attention_forward(q, k, v, q_norm, k_norm, eps, pos0, rope, q_out, k_out,
+                                                   cache, layer, scale, out);
+  const cuda::KvType kv = kv_type_of(cache, "qk_norm_rope_attention_forward");
+  const int64_t hq = q.dim(1), hd = q.dim(2);
+  const cuda::AttentionShape s{hq, cache.kv_heads, hd, cache.capacity};
+  const int32_t* d_pos0 = step_pos();
+  ensure_workspace(cuda::attention_scratch_bytes(s, 1));
+  cuda::qk_norm_rope_attention_forward(
+      *ctx_, q.as<const bf16>(), k.as<const bf16>(), v.as<const bf16>(),
+      q_norm.empty() ? nullptr : opt_f32(q_norm), k_norm.empty() ? nullptr : opt_f32(k_norm), eps,
+      d_pos0 ? cache.capacity - 1 : pos0, d_pos0, opt_f32(rope.inv_freq), rope.attention_scaling,
+      cache.k_layer(layer).data, cache.v_layer(layer).data, kv, s, scale, out.as<bf16>(),
+      {scratch_, scratch_bytes_});
+}
+
 // The fused GEMVs (backend/cuda/linear.cuh) serve decode-sized n with NVFP4 weights; anything else
 // takes the composition (Backend's defaults: cuBLASLt products, then the elementwise op).
 namespace {

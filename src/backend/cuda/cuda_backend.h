@@ -75,6 +75,10 @@ class CudaBackend final : public Backend {
   void qk_norm_rope_forward(const Tensor& q, const Tensor& k, const Tensor& q_norm, const Tensor& k_norm,
                             float eps, int64_t pos0, const RopeTable& rope, const Tensor& q_out,
                             const Tensor& k_out) override;
+  void qk_norm_rope_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& q_norm,
+                                      const Tensor& k_norm, float eps, int64_t pos0, const RopeTable& rope,
+                                      const Tensor& q_out, const Tensor& k_out, KvCache& cache, int64_t layer,
+                                      float scale, const Tensor& out) override;
   void qk_norm_rope_kv_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& q_norm,
                                const Tensor& k_norm, float eps, int64_t pos0, const RopeTable& rope,
                                const Tensor& q_out, const Tensor& k_out, KvCache& cache,

@@ -1,26 +1,12 @@
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/common.cuh"
-#include "backend/cuda/kv_convert.cuh"
 #include "backend/cuda/pdl.cuh"
+#include "backend/cuda/qk_rope_row.cuh"
 #include "backend/cuda/rope.cuh"
 
 namespace nibble::cuda {
 namespace {
 
-// A pair's rotation: cos and sin of its angle by sincosf (not the fast __sinf: positions reach 10^5
-// and the argument must be reduced accurately, as torch's fp32 cos/sin do), times the scaling;
-// rotate applies it and returns (out1, out2) rounded to bf16.
-struct Rotation {
-  float c, s;  // cos, sin of the angle, times the scaling
-};
-__device__ __forceinline__ Rotation rotation(float angle, float scaling) {
-  float s, c;
-  sincosf(angle, &s, &c);
-  return {c * scaling, s * scaling};
-}
-__device__ __forceinline__ __nv_bfloat162 rotate(float x1, float x2, Rotation r) {
-  return __floats2bfloat162_rn(x1 * r.c - x2 * r.s, x2 * r.c + x1 * r.s);
-}
 __device__ __forceinline__ __nv_bfloat162 rotate(float x1, float x2, float angle, float scaling) {
   return rotate(x1, x2, rotation(angle, scaling));
 }
@@ -43,7 +29,6 @@ __global__ void rope_kernel(bf16* x, int64_t stride, int64_t n, int64_t heads, i
 }
 
 constexpr int kQkWarps = 4;
-constexpr int kQkMaxPairs = 4;  // (i, i + half) pairs per lane: head_dim <= 2 * 32 * 4
 
 // Where qk_norm_rope_kernel<true, KV> appends the rotated k rows and the v rows: one layer of the
 // KV cache.
@@ -54,19 +39,6 @@ struct KvAppend {
   void* vc;
   int64_t cap;
 };
-
-// Elements i and i + half of a cache row: bf16, or e4m3 converted as kv_cache_write converts.
-template <KvType KV>
-__device__ __forceinline__ void store_pair(void* row, int i, int half, __nv_bfloat162 x) {
-  if constexpr (KV == KvType::BF16) {
-    static_cast<bf16*>(row)[i] = x.x;
-    static_cast<bf16*>(row)[i + half] = x.y;
-  } else {
-    const uint16_t two = bf16x2_to_e4m3x2(x);
-    static_cast<uint8_t*>(row)[i] = static_cast<uint8_t>(two & 0xffu);
-    static_cast<uint8_t*>(row)[i + half] = static_cast<uint8_t>(two >> 8);
-  }
-}
 
 // One warp per row r of the n * (hq + hkv) rows, or n * (hq + 2 hkv) with APPEND: token
 // r / heads, head r % heads (q heads, then k heads, then the v heads that are only copied to the
@@ -90,17 +62,7 @@ __global__ void __launch_bounds__(kQkWarps* kWarp)
   const int hd = 2 * half;
   const int64_t pos = (d_pos0 ? *d_pos0 : pos0) + t;
   const bool is_q = h < hq, is_v = APPEND && h >= hq + hkv;
-  const float* w = is_q ? qw : kw;
-  float w1[kQkMaxPairs], w2[kQkMaxPairs];
-  Rotation rot[kQkMaxPairs];
-#pragma unroll
-  for (int u = 0; u < kQkMaxPairs; ++u) {
-    const int i = lane + kWarp * u;
-    const bool live = row && !is_v && i < half;
-    w1[u] = live && w ? w[i] : 0.0f;
-    w2[u] = live && w ? w[i + half] : 0.0f;
-    rot[u] = live ? rotation(static_cast<float>(pos) * inv_freq[i], scaling) : Rotation{};
-  }
+  const QkLane prep = qk_lane_prepare(lane, half, row && !is_v, is_q ? qw : kw, pos, inv_freq, scaling);
   pdl_wait();  // q, k and v come from the previous kernel (launched with launch_pdl)
   pdl_launch_dependents();
   if (!row) return;
@@ -125,35 +87,16 @@ __global__ void __launch_bounds__(kQkWarps* kWarp)
   const bf16* in = is_q ? q + t * qs + h * hd : k + t * ks + (h - hq) * hd;
   bf16* out = is_q ? qo + t * qos + h * hd : ko + t * kos + (h - hq) * hd;
 
-  float x1[kQkMaxPairs], x2[kQkMaxPairs];
-  float ss = 0.0f;
-#pragma unroll
-  for (int u = 0; u < kQkMaxPairs; ++u) {
-    const int i = lane + kWarp * u;
-    x1[u] = i < half ? __bfloat162float(in[i]) : 0.0f;
-    x2[u] = i < half ? __bfloat162float(in[i + half]) : 0.0f;
-    ss = fmaf(x1[u], x1[u], fmaf(x2[u], x2[u], ss));
-  }
-  if (w) {
-    const float inv = rsqrtf(warp_sum(ss) / static_cast<float>(hd) + eps);
-#pragma unroll
-    for (int u = 0; u < kQkMaxPairs; ++u) {
-      const int i = lane + kWarp * u;
-      if (i < half) {  // the rounding of rmsnorm_forward's bf16 output
-        x1[u] = __bfloat162float(__float2bfloat16_rn(x1[u] * inv * w1[u]));
-        x2[u] = __bfloat162float(__float2bfloat16_rn(x2[u] * inv * w2[u]));
-      }
-    }
-  }
+  __nv_bfloat162 o[kQkMaxPairs];
+  qk_lane_apply(in, lane, half, qw != nullptr, eps, prep, o);
   void* cached = APPEND && !is_q ? cache_row(kv.kc, h - hq) : nullptr;
 #pragma unroll
   for (int u = 0; u < kQkMaxPairs; ++u) {
     const int i = lane + kWarp * u;
     if (i >= half) continue;
-    const __nv_bfloat162 o = rotate(x1[u], x2[u], rot[u]);
-    out[i] = o.x;
-    out[i + half] = o.y;
-    if (cached) store_pair<KV>(cached, i, half, o);
+    out[i] = o[u].x;
+    out[i + half] = o[u].y;
+    if (cached) store_pair<KV>(cached, i, half, o[u]);
   }
 }
 
