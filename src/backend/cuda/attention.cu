@@ -250,8 +250,12 @@ constexpr int kMinKeysPerSplit = 128;
 // (2026-11-26, nibble bench, Qwen3-4B: 8 KV heads, one wave = 33 splits): always 128-key splits gave
 // 516 / 457 / 314 tok/s at context 1K / 4K / 32K, 512-key splits 490 / 475 / 314: short contexts
 // want the parallelism, at 4K 32 splits of 128 keys lose to 8 longer ones (fewer partials for the
-// combine, longer per-warp pipelines).
-constexpr int kSplitTarget = 8;
+// combine, longer per-warp pipelines). With the decode step's one block per SM (QK kernel: one
+// wave = 16 splits) a target of 16 instead of 8 (H100, 2026-11-26; the split lengths round up to
+// kBlockKeys, so ~1,040 keys made 6 splits of 192 with 8, 9 of 128 with 16): 556.1 / 562.0 ->
+// 578.0 / 578.6 tok/s at 1K, 513.2 / 517.2 -> 520.0 / 517.7 at 4K, 32K unchanged (also tried:
+// 12 and 384 keys, 8 and 256: within those).
+constexpr int kSplitTarget = 16;
 constexpr int kMaxKeysPerSplit = 512;
 constexpr int kDecodeMaxSplits = 64;  // scratch is planned for this many
 constexpr int kCombineBatch = 16;     // splits whose partials a combine thread loads at once
