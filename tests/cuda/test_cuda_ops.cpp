@@ -36,6 +36,21 @@ using test::randn_bf16;
 constexpr double kBf16Out = 8e-6;
 constexpr double kF32Out = 1e-8;
 
+// Per-head q and k norm weights near 1 and RoPE inverse frequencies (theta 1e6) for head_dim hd.
+struct QkWeights {
+  std::vector<float> q_norm, k_norm, inv_freq;
+};
+QkWeights random_qk_weights(int64_t hd, std::mt19937& rng) {
+  QkWeights w{std::vector<float>(static_cast<size_t>(hd)), std::vector<float>(static_cast<size_t>(hd)),
+              std::vector<float>(static_cast<size_t>(hd / 2))};
+  for (auto* v : {&w.q_norm, &w.k_norm})
+    for (auto& x : *v) x = 1.0f + 0.2f * std::normal_distribution<float>()(rng);
+  for (size_t i = 0; i < w.inv_freq.size(); ++i)
+    w.inv_freq[i] =
+        static_cast<float>(std::pow(1e6, -2.0 * static_cast<double>(i) / static_cast<double>(hd)));
+  return w;
+}
+
 class CudaOps : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -233,12 +248,10 @@ TEST_F(CudaOps, QkNormRopeKv) {
       const auto q = randn_bf16(static_cast<size_t>(c.n * c.hq * c.hd), rng, 2.0f);
       const auto k = randn_bf16(static_cast<size_t>(c.n * c.hkv * c.hd), rng, 2.0f);
       const auto v = randn_bf16(k.size(), rng, 200.0f);  // some past e4m3's 448: saturation
-      std::vector<float> qw(static_cast<size_t>(c.hd)), kw(qw.size()), freq(static_cast<size_t>(c.hd / 2));
-      for (auto& w : qw) w = 1.0f + 0.2f * std::normal_distribution<float>()(rng);
-      for (auto& w : kw) w = 1.0f + 0.2f * std::normal_distribution<float>()(rng);
-      for (size_t i = 0; i < freq.size(); ++i)
-        freq[i] =
-            static_cast<float>(std::pow(1e6, -2.0 * static_cast<double>(i) / static_cast<double>(c.hd)));
+      const QkWeights qkw = random_qk_weights(c.hd, rng);
+      const auto& qw = qkw.q_norm;
+      const auto& kw = qkw.k_norm;
+      const auto& freq = qkw.inv_freq;
       const size_t cache_bytes = static_cast<size_t>(layers * c.hkv * c.cap * c.hd) * eb;
       const Tensor none;
 
@@ -418,12 +431,10 @@ TEST_F(CudaOps, QkNormRopeAttentionMatchesComposition) {
       const auto q = randn_bf16(static_cast<size_t>(c.hq * c.hd), rng, 2.0f);
       const auto k = randn_bf16(static_cast<size_t>(c.hkv * c.hd), rng, 2.0f);
       const auto v = randn_bf16(k.size(), rng);
-      std::vector<float> qw(static_cast<size_t>(c.hd)), kw(qw.size()), freq(static_cast<size_t>(c.hd / 2));
-      for (auto& w : qw) w = 1.0f + 0.2f * std::normal_distribution<float>()(rng);
-      for (auto& w : kw) w = 1.0f + 0.2f * std::normal_distribution<float>()(rng);
-      for (size_t i = 0; i < freq.size(); ++i)
-        freq[i] =
-            static_cast<float>(std::pow(1e6, -2.0 * static_cast<double>(i) / static_cast<double>(c.hd)));
+      const QkWeights qkw = random_qk_weights(c.hd, rng);
+      const auto& qw = qkw.q_norm;
+      const auto& kw = qkw.k_norm;
+      const auto& freq = qkw.inv_freq;
       // Random history at every position of every layer (as bytes: bf16, or e4m3 codes).
       const size_t eb = dtype_size(kt), cache_bytes = static_cast<size_t>(layers * c.hkv * c.cap * c.hd) * eb;
       std::vector<uint8_t> hist_k(cache_bytes), hist_v(cache_bytes);
