@@ -427,7 +427,9 @@ TEST_F(CudaAttentionDecode, BackToBackCallsInOneGraph) {
 // - "attn@bound": as the backend records it: capacity 32768, the launch sized for the end of the
 //   cache, pos0 on the device;
 // - "step": the same preceded by qk_norm_rope_kv_forward of the token (q/k norm and RoPE, k and v
-//   appended to the cache: a layer's two kernels between its q/k/v and o projections).
+//   appended to the cache: a layer's two kernels between its q/k/v and o projections);
+// - "fused": the same work as "step" in one kernel (qk_norm_rope_attention_forward, what the model
+//   runs for one token).
 // Prints; asserts nothing on time.
 TEST_F(CudaAttentionDecode, Bandwidth) {
   const int64_t H = 32, KVH = 8, hd = 128, n = 1, kMaxCap = 32768;
@@ -448,12 +450,14 @@ TEST_F(CudaAttentionDecode, Bandwidth) {
   struct Case {
     const char* name;
     int64_t keys;
-    bool at_bound, with_write;
+    bool at_bound, with_write, fused;
   };
-  const Case cases[] = {{"attn", 4096, false, false},      {"attn", 32768, false, false},
-                        {"attn@bound", 1, true, false},    {"attn@bound", 301, true, false},
-                        {"attn@bound", 4096, true, false}, {"attn@bound", 32768, true, false},
-                        {"step", 301, true, true},         {"step", 4096, true, true}};
+  const Case cases[] = {{"attn", 4096, false, false, false},      {"attn", 32768, false, false, false},
+                        {"attn@bound", 1, true, false, false},    {"attn@bound", 301, true, false, false},
+                        {"attn@bound", 4096, true, false, false}, {"attn@bound", 32768, true, false, false},
+                        {"step", 301, true, true, false},         {"step", 4096, true, true, false},
+                        {"fused", 1, true, true, true},           {"fused", 301, true, true, true},
+                        {"fused", 4096, true, true, true},        {"fused", 32768, true, true, true}};
   for (const KvType kt : {KvType::BF16, KvType::FP8_E4M3})
     for (const Case& cs : cases) {
       const int64_t keys = cs.keys, cap = cs.at_bound ? kMaxCap : keys, bound = cap - n;
@@ -478,6 +482,13 @@ TEST_F(CudaAttentionDecode, Bandwidth) {
       CU(cudaStreamBeginCapture(ctx->stream(), cudaStreamCaptureModeThreadLocal));
       for (int c = 0; c < kCalls; ++c) {
         unsigned char* base = pool.as<unsigned char>() + 2 * cache_bytes * (c % copies);
+        if (cs.fused) {  // the same work in one kernel (q only read)
+          cuda::qk_norm_rope_attention_forward(*ctx, qd.ptr(), kvd.ptr(), kvd.ptr(), norm_w.as<float>(),
+                                               norm_w.as<float>(), 1e-6f, bound, dpos.as<int32_t>(),
+                                               freq.as<float>(), 1.0f, base, base + cache_bytes, kt, s, scale,
+                                               out.ptr(), {scratch.p, scratch.bytes});
+          continue;
+        }
         if (cs.with_write)  // q rotated in place (normalised first, so repeated calls stay bounded)
           cuda::qk_norm_rope_kv_forward(*ctx, qd.ptr(), H * hd, kvd.ptr(), KVH * hd, kvd.ptr(), KVH * hd, n,
                                         H, KVH, hd, norm_w.as<float>(), norm_w.as<float>(), 1e-6f, bound,
