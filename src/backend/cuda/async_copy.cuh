@@ -1,7 +1,7 @@
-// defines: the asynchronous copies from global to shared memory that the decode kernels share --
-// cp.async (16 or 8 bytes per thread, completed by commit groups), the TMA bulk copies completed on
-// an mbarrier (cp.async.bulk, sm_90), the mbarrier operations they need, L2 prefetches and the
-// evict-first L2 policy. PTX ISA 8.x, "Data Movement and Conversion Instructions". Only for .cu
+// defines: the asynchronous copies from global to shared memory that the attention and GEMV kernels
+// share -- cp.async (16 or 8 bytes per thread, completed by commit groups), the TMA bulk copies
+// completed on an mbarrier (cp.async.bulk, sm_90), the mbarrier operations they need, L2 prefetches
+// and the evict-first L2 policy. PTX ISA 8.x, "Data Movement and Conversion Instructions". Only for .cu
 // files: uses device code.
 #pragma once
 
@@ -20,6 +20,11 @@ __device__ __forceinline__ uint32_t smem_u32(const void* p) {
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_u32(dst)), "l"(src),
                "r"(src_bytes));
+}
+// The same with dst as a shared-memory address (smem_u32), for kernels that compute their swizzled
+// destinations in that form.
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(src_bytes));
 }
 __device__ __forceinline__ void cp_async8(void* dst, const void* src, int src_bytes) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;" ::"r"(smem_u32(dst)), "l"(src), "r"(src_bytes));

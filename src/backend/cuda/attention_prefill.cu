@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <climits>
 
+#include "backend/cuda/async_copy.cuh"
 #include "backend/cuda/attention_prefill.cuh"
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/common.cuh"
@@ -55,20 +56,6 @@ struct Params {
   bf16* out;         // (n, H, hd), token stride out_stride
   int64_t out_stride;
 };
-
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16 bytes global -> shared, bypassing L1; zero-filled when !valid (src is then not read).
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -137,7 +124,7 @@ __global__ void __launch_bounds__(kWarps* kWarp) attention_prefill_kernel(const 
     const int64_t r = r0 + lr;
     const bool valid = r < p.rows;
     const bf16* src = valid ? p.q + (r / G) * p.q_stride + (kvh * G + r % G) * HD + c * 8 : p.q;
-    cp_async16(q_u + swz(lr, c, CH) * 16, src, valid);
+    cp_async16(q_u + swz(lr, c, CH) * 16, src, valid ? 16 : 0);
   }
 
   // K/V tile j -> stage (keys past pmax zero-filled: their scores are masked, and 0 * V must not
@@ -152,8 +139,8 @@ __global__ void __launch_bounds__(kWarps* kWarp) attention_prefill_kernel(const 
         const bool valid = t0 + row <= pmax;
         const int64_t off = valid ? static_cast<int64_t>(t0 + row) * HD + c * 8 : 0;
         const uint32_t dst = stage * T::kTileBytes + swz(row, c, CH) * 16;
-        cp_async16(k_u + dst, kb + off, valid);
-        cp_async16(v_u + dst, vb + off, valid);
+        cp_async16(k_u + dst, kb + off, valid ? 16 : 0);
+        cp_async16(v_u + dst, vb + off, valid ? 16 : 0);
       }
     } else {
       const uint8_t* kb = static_cast<const uint8_t*>(p.kc) + static_cast<int64_t>(kvh) * p.cap * HD;
@@ -163,8 +150,8 @@ __global__ void __launch_bounds__(kWarps* kWarp) attention_prefill_kernel(const 
         const bool valid = t0 + row <= pmax;
         const int64_t off = valid ? static_cast<int64_t>(t0 + row) * HD + c * 16 : 0;
         const uint32_t dst = stage * T::kFp8TileBytes + idx * 16;
-        cp_async16(q_u + T::kK8 + dst, kb + off, valid);
-        cp_async16(q_u + T::kV8 + dst, vb + off, valid);
+        cp_async16(q_u + T::kK8 + dst, kb + off, valid ? 16 : 0);
+        cp_async16(q_u + T::kV8 + dst, vb + off, valid ? 16 : 0);
       }
     }
   };
