@@ -222,13 +222,14 @@ void launch_simt_dpl(Context& ctx, const Params& p, dim3 grid) {
 //
 // The splits' partials (unnormalised o, max m, sum l) are merged by decode_combine_kernel. Both
 // kernels use programmatic dependent launch (the rule in linear.cuh): each may start while the
-// previous kernel of the stream still runs. Before griddepcontrol.wait a decode block only reads
-// *d_pos0 (written before the previous kernel: the step inputs) and asks L2 to prefetch its first
-// keys, a hint: every byte it uses is read after the wait, so a cache write still in flight cannot
-// leave it stale. After its main loop it lets the combine launch, whose blocks then wait on the
-// device, ready, instead of being launched after the decode kernel ends; the combine lets the next
-// kernel launch at once (it waits for the combine, which waits for the decode kernel). Every block
-// of either kernel that does work waits first, so each kernel completes after its predecessor.
+// previous kernel of the stream still runs. Before griddepcontrol.wait a decode block reads
+// *d_pos0 (written before the previous kernel: the step inputs), asks L2 to prefetch its first keys
+// and starts copying the chunks whose keys all lie below pos0 (earlier steps wrote them; the kernel
+// in front writes only positions [pos0, pos0 + n)); everything else it reads comes after the wait.
+// After its main loop it lets the combine launch, whose blocks then wait on the device, ready,
+// instead of being launched after the decode kernel ends; the combine lets the next kernel launch
+// at once (it waits for the combine, which waits for the decode kernel). Every block of either
+// kernel that does work waits first, so each kernel completes after its predecessor.
 //
 // QK (qk_norm_rope_attention_forward, one token): q arrives as the raw projection and the cache lacks
 // key pos0. Before griddepcontrol.wait a block also computes its lanes' rotations and reads the norm
