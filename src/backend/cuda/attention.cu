@@ -593,13 +593,10 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarp, decode_blocks_per_sm(KV, 
     if (pos0 >= kbeg && pos0 < kend && (pos0 - kbeg) / kChunkKeys % kDecodeWarps == warp) {
       new_t = (pos0 - kbeg) / kChunkKeys / kDecodeWarps;
       new_r = (pos0 - kbeg) % kChunkKeys;
-      kprep = qprep;
+      kprep = qprep;  // the same rotations, k's weights
 #pragma unroll
-      for (int u = 0; u < kQkMaxPairs; ++u) {
-        const int i = lane + kWarp * u;
-        kprep.w1[u] = p.qk.k_norm && i < half ? p.qk.k_norm[i] : 0.0f;
-        kprep.w2[u] = p.qk.k_norm && i < half ? p.qk.k_norm[i + half] : 0.0f;
-      }
+      for (int u = 0; u < kQkMaxPairs; ++u)
+        qk_pair_weights(kprep, u, lane + kWarp * u, half, lane + kWarp * u < half, p.qk.k_norm);
     }
   }
   pdl_wait();
@@ -994,6 +991,16 @@ void attention_simt(Context& ctx, const bf16* q, int64_t q_stride, int64_t n, in
     launch_simt_dpl<4>(ctx, p, grid);
 }
 
+// The checks of a call that reads positions [0, pos0 + n) of a KV cache of shape s (op names the
+// caller in the messages).
+void check_cache_call(const char* op, const AttentionShape& s, int64_t pos0, int64_t n, const void* k_cache,
+                      const void* v_cache) {
+  if (pos0 < 0 || pos0 + n > s.capacity)
+    fail("{}: positions [{}, {}) outside the cache capacity {}", op, pos0, pos0 + n, s.capacity);
+  if (!aligned16(k_cache) || !aligned16(v_cache)) fail("{}: the KV cache must be 16-byte aligned", op);
+  if (s.capacity > INT32_MAX) fail("{}: capacity {} (positions must fit 32 bits)", op, s.capacity);
+}
+
 // The split-KV decode kernel (and the combine when the partition splits) for n <= kSplitMaxTokens
 // tokens, or any n on an FP8 cache; qk: the fused q/k norm + RoPE + cache append of one token.
 void launch_decode(Context& ctx, const bf16* q, int64_t q_stride, int64_t n, int64_t pos0,
@@ -1045,11 +1052,8 @@ void attention_forward(Context& ctx, const bf16* q, int64_t q_stride, int64_t n,
                        const AttentionShape& s, float scale, bf16* out, int64_t out_stride, Scratch scratch) {
   check_attention_shape(s);
   if (n == 0) return;
-  if (pos0 < 0 || pos0 + n > s.capacity)
-    fail("attention: positions [{}, {}) outside the cache capacity {}", pos0, pos0 + n, s.capacity);
+  check_cache_call("attention", s, pos0, n, k_cache, v_cache);
   if (!aligned16(q) || q_stride % 8) fail("attention: q must be 16-byte aligned with q_stride % 8 == 0");
-  if (!aligned16(k_cache) || !aligned16(v_cache)) fail("attention: the KV cache must be 16-byte aligned");
-  if (s.capacity > INT32_MAX) fail("attention: capacity {} (positions must fit 32 bits)", s.capacity);
   if (kv_type == KvType::BF16 && n > kSplitMaxTokens)
     return attention_simt(ctx, q, q_stride, n, pos0, d_pos0, static_cast<const bf16*>(k_cache),
                           static_cast<const bf16*>(v_cache), s, scale, out, out_stride);
@@ -1064,17 +1068,8 @@ void qk_norm_rope_attention_forward(Context& ctx, const bf16* q, const bf16* k, 
                                     void* k_cache, void* v_cache, KvType kv_type, const AttentionShape& s,
                                     float scale, bf16* out, Scratch scratch) {
   check_attention_shape(s);
-  if (s.head_dim > 2 * kWarp * kQkMaxPairs)
-    fail("qk_norm_rope_attention_forward: head_dim {} (at most {} expected)", s.head_dim,
-         2 * kWarp * kQkMaxPairs);
-  if ((q_norm == nullptr) != (k_norm == nullptr))
-    fail("qk_norm_rope_attention_forward: q_norm and k_norm must be given together");
-  if (pos0 < 0 || pos0 + 1 > s.capacity)
-    fail("qk_norm_rope_attention_forward: position {} outside the cache capacity {}", pos0, s.capacity);
-  if (!aligned16(k_cache) || !aligned16(v_cache))
-    fail("qk_norm_rope_attention_forward: the KV cache must be 16-byte aligned");
-  if (s.capacity > INT32_MAX)
-    fail("qk_norm_rope_attention_forward: capacity {} (positions must fit 32 bits)", s.capacity);
+  check_cache_call("qk_norm_rope_attention_forward", s, pos0, 1, k_cache, v_cache);
+  check_qk_args("qk_norm_rope_attention_forward", s.head_dim, q_norm, k_norm);
   const QkFused qk{k, v, q_norm, k_norm, eps, inv_freq, attention_scaling};
   launch_decode(ctx, q, s.heads * s.head_dim, 1, pos0, d_pos0, k_cache, v_cache, kv_type, s, scale, out,
                 s.heads * s.head_dim, scratch, &qk);

@@ -1,8 +1,8 @@
 // defines: the per-head q/k RMSNorm + RoPE of one row by one warp (QkLane: qk_lane_prepare before
-// griddepcontrol.wait, qk_lane_apply after it) and store_pair (a rotated pair into a BF16 or FP8
-// cache row). Shared by the q/k-norm kernel (rope.cu) and the decode attention kernel that does the
-// same work itself (attention.cu, qk_norm_rope_attention_forward): both compute every bit alike.
-// Only for .cu files: uses device code.
+// griddepcontrol.wait, qk_lane_apply after it), store_pair (a rotated pair into a BF16 or FP8
+// cache row) and check_qk_args (the host's checks of what these need). Shared by the q/k-norm kernel
+// (rope.cu) and the decode attention kernel that does the same work itself (attention.cu,
+// qk_norm_rope_attention_forward): both compute every bit alike. Only for .cu files: uses device code.
 //
 // Layout (part of the contract): lane j owns the pairs (i, i + half), i = j + 32 u, u < kQkMaxPairs;
 // its sum of squares is fmaf(x1, x1, fmaf(x2, x2, ss)) over u in order, then warp_sum; the row is
@@ -12,12 +12,21 @@
 #include <cuda_bf16.h>
 
 #include "backend/cuda/attention.cuh"  // KvType
+#include "backend/cuda/check.cuh"
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/kv_convert.cuh"
 
 namespace nibble::cuda {
 
 constexpr int kQkMaxPairs = 4;  // (i, i + half) pairs per lane: head_dim <= 2 * 32 * 4
+
+// Throws Error unless head_dim fits a warp's pairs and q_norm, k_norm are given together (op names
+// the caller in the message).
+inline void check_qk_args(const char* op, int64_t head_dim, const float* q_norm, const float* k_norm) {
+  if (head_dim % 2 != 0 || head_dim > 2 * kWarp * kQkMaxPairs)
+    fail("{}: head_dim {} (even, at most {} expected)", op, head_dim, 2 * kWarp * kQkMaxPairs);
+  if ((q_norm == nullptr) != (k_norm == nullptr)) fail("{}: q_norm and k_norm must be given together", op);
+}
 
 // A pair's rotation: cos and sin of its angle by sincosf (not the fast __sinf: positions reach 10^5
 // and the argument must be reduced accurately, as torch's fp32 cos/sin do), times the scaling;
@@ -41,6 +50,14 @@ struct QkLane {
   Rotation rot[kQkMaxPairs];
 };
 
+// Pair u of the lane (i = lane + 32 u) gets its norm weights w[i], w[i + half] when `on` (and w
+// non-null), else zeros.
+__device__ __forceinline__ void qk_pair_weights(QkLane& q, int u, int i, int half, bool on,
+                                                const float* __restrict__ w) {
+  q.w1[u] = on && w ? w[i] : 0.0f;
+  q.w2[u] = on && w ? w[i + half] : 0.0f;
+}
+
 // live: the lane's warp has a row to rotate (else everything is zero). w: the norm weight, or null.
 __device__ __forceinline__ QkLane qk_lane_prepare(int lane, int half, bool live, const float* __restrict__ w,
                                                   int64_t pos, const float* __restrict__ inv_freq,
@@ -50,8 +67,7 @@ __device__ __forceinline__ QkLane qk_lane_prepare(int lane, int half, bool live,
   for (int u = 0; u < kQkMaxPairs; ++u) {
     const int i = lane + kWarp * u;
     const bool on = live && i < half;
-    q.w1[u] = on && w ? w[i] : 0.0f;
-    q.w2[u] = on && w ? w[i + half] : 0.0f;
+    qk_pair_weights(q, u, i, half, on, w);
     q.rot[u] = on ? rotation(static_cast<float>(pos) * inv_freq[i], scaling) : Rotation{};
   }
   return q;

@@ -100,12 +100,6 @@ __global__ void __launch_bounds__(kQkWarps* kWarp)
   }
 }
 
-void check_qk_args(const char* op, int64_t head_dim, const float* q_norm, const float* k_norm) {
-  if (head_dim % 2 != 0 || head_dim > 2 * kWarp * kQkMaxPairs)
-    fail("{}: head_dim {} (even, at most {} expected)", op, head_dim, 2 * kWarp * kQkMaxPairs);
-  if ((q_norm == nullptr) != (k_norm == nullptr)) fail("{}: q_norm and k_norm must be given together", op);
-}
-
 }  // namespace
 
 void rope_forward(Context& ctx, bf16* x, int64_t stride, int64_t n, int64_t heads, int64_t head_dim,
