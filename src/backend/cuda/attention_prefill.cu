@@ -13,7 +13,6 @@ namespace {
 
 constexpr int kWarps = 4;  // warps per block
 constexpr int kKeys = 64;  // keys per K/V tile
-constexpr float kLog2e = 1.4426950408889634f;
 
 // Shared-memory layout of one block. Rows of bf16 are stored in 16-byte chunks whose index is XORed
 // with (row & 7): the 8 row addresses of one ldmatrix (and the 16-byte cp.async stores) then fall

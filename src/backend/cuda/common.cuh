@@ -12,6 +12,7 @@ namespace nibble::cuda {
 using bf16 = __nv_bfloat16;
 
 constexpr int kWarp = 32;
+constexpr float kLog2e = 1.4426950408889634f;  // scores times this go through exp2
 
 __host__ __device__ constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
