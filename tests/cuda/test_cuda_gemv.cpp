@@ -2,9 +2,9 @@
 // against an fp64 CPU reference of the dequantised weights; the fused variants against the unfused
 // ops: q/k/v multi, gate/up + SwiGLU and projection + residual bit for bit, q/k/v and gate/up with
 // the RMSNorm in front (from their own prologue, or from the start the residual GEMV hands them)
-// within rounding; sentinels after every output; and a chain of 50 dependent GEMVs (programmatic
-// dependent launch) equal bit for bit whether run one launch at a time, back to back, or replayed
-// from a CUDA graph. Skips without a GPU.
+// within rounding; the tile loop against one block per tile, bit for bit; sentinels after every output; and a
+// chain of 50 dependent GEMVs (programmatic dependent launch) equal bit for bit whether run one launch at a
+// time, back to back, or replayed from a CUDA graph. Skips without a GPU.
 //
 // Bounds. A bf16 output is rounded once (relative error <= 2^-9: NMSE <= 2^-18 = 3.8e-6 if every
 // element hit the worst case, ~1.3e-6 typically); the fp32 dot products of K <= 9728 exact products
@@ -641,6 +641,109 @@ TEST_F(CudaGemv, SwigluPairedOutputFeedsTheResidualGemv) {
     EXPECT_THROW(
         cuda::nvfp4_gemv_swiglu(*ctx, xd.bf(), dim, 1, g.w, u.w, act.bf(), inter, {}, paired.bf() + 1),
         Error);
+  }
+}
+
+// The tile loop (blocks taking several tiles through two shared-memory stages, gemv_mma.cu) against
+// one block per tile, bit for bit, for every kernel variant: plain (bf16 and f32 out, bias), q/k/v
+// multi, SwiGLU (with the pair-ordered copy), each RMSNorm variant (prologue with x_norm_out,
+// prepared by a handoff: one token and several), the residual GEMV (handing off; reading paired
+// x), and a weight with a short last tile (the loop does not take it: one block per tile). Three
+// blocks for 40-160 tiles: each block loops 13-54 times, through both stages and parities.
+TEST_F(CudaGemv, TileLoopEqualsOneBlockPerTile) {
+  constexpr int64_t kDim = 2560, kOut = 640, kShort = 632;
+  DevWeight w_res(*ctx, random_weight(kDim, kDim, rng)), w_a(*ctx, random_weight(kOut, kDim, rng)),
+      w_b(*ctx, random_weight(kOut, kDim, rng)), w_kv(*ctx, random_weight(160, kDim, rng)),
+      w_down(*ctx, random_weight(kDim, kOut, rng)), w_short(*ctx, random_weight(kShort, kDim, rng));
+  const cuda::DeviceBuffer norm_w = random_norm_weight(*ctx, kDim, rng);
+  std::vector<float> bias_host = random_bias(kOut, rng);
+  cuda::DeviceBuffer bias(*ctx, kOut * 4, "bias");
+  to_device(bias.get(), bias_host.data(), kOut * 4);
+  const float* nw = norm_w.get<float>();
+  const int64_t ld = cuda::norm_handoff_ld(kDim);
+
+  struct Outputs {
+    std::vector<std::vector<uint32_t>> bits;
+    std::vector<std::string> names;
+  };
+  const auto run = [&](int loop_blocks, int64_t n, const std::vector<float>& x0,
+                       const std::vector<float>& r0) {
+    cuda::set_gemv_tile_loop(loop_blocks);
+    DevArray x(*ctx, n * kDim), res(*ctx, n * kDim), h_y(*ctx, n * kDim), xw(*ctx, n * kDim),
+        sumsq(*ctx, n * ld, true), lin(*ctx, n * kOut), lin32(*ctx, n * kOut, true), q(*ctx, n * kOut),
+        k(*ctx, n * 160), v(*ctx, n * 160), qn(*ctx, n * kOut), kn(*ctx, n * 160), xnorm(*ctx, n * kDim),
+        qp(*ctx, n * kOut), kp(*ctx, n * 160), act(*ctx, n * kOut), paired(*ctx, kOut), actn(*ctx, n * kOut),
+        actp(*ctx, n * kOut), head(*ctx, n * kOut, true), headp(*ctx, n * kOut, true), down(*ctx, n * kDim),
+        downp(*ctx, n * kDim), shortv(*ctx, n * kShort);
+    x.upload(x0);
+    res.upload(r0);
+    const cuda::NormHandoff h{nw, xw.bf(), sumsq.buf.get<float>()};
+    cuda::nvfp4_gemv_residual(*ctx, x.bf(), kDim, n, w_res.w, nullptr, res.bf(), kDim, h_y.bf(), kDim, {},
+                              &h);
+    cuda::nvfp4_gemv_linear(*ctx, x.bf(), kDim, n, w_a.w, bias.get<float>(), lin.bf(), DType::BF16, kOut);
+    cuda::nvfp4_gemv_linear(*ctx, x.bf(), kDim, n, w_a.w, nullptr, lin32.buf.get(), DType::F32, kOut);
+    const cuda::GemvTarget t[3] = {
+        {&w_a.w, nullptr, q.bf(), kOut}, {&w_kv.w, nullptr, k.bf(), 160}, {&w_kv.w, nullptr, v.bf(), 160}};
+    cuda::nvfp4_gemv_multi(*ctx, x.bf(), kDim, n, t, 3);
+    const cuda::GemvTarget tn[2] = {{&w_a.w, nullptr, qn.bf(), kOut}, {&w_kv.w, nullptr, kn.bf(), 160}};
+    cuda::nvfp4_gemv_multi_rmsnorm(*ctx, h_y.bf(), kDim, n, nw, 1e-6f, tn, 2, xnorm.bf());
+    const cuda::GemvTarget tp[2] = {{&w_a.w, nullptr, qp.bf(), kOut}, {&w_kv.w, nullptr, kp.bf(), 160}};
+    cuda::nvfp4_gemv_multi_rmsnorm(*ctx, h_y.bf(), kDim, n, nw, 1e-6f, tp, 2, nullptr, {}, &h);
+    cuda::nvfp4_gemv_swiglu(*ctx, x.bf(), kDim, n, w_a.w, w_b.w, act.bf(), kOut, {},
+                            n == 1 ? paired.bf() : nullptr);
+    cuda::nvfp4_gemv_swiglu_rmsnorm(*ctx, h_y.bf(), kDim, n, nw, 1e-6f, w_a.w, w_b.w, actn.bf(), kOut,
+                                    nullptr);
+    cuda::nvfp4_gemv_swiglu_rmsnorm(*ctx, h_y.bf(), kDim, n, nw, 1e-6f, w_a.w, w_b.w, actp.bf(), kOut,
+                                    nullptr, {}, &h);
+    cuda::nvfp4_gemv_rmsnorm(*ctx, h_y.bf(), kDim, n, nw, 1e-6f, w_a.w, head.buf.get(), DType::F32, kOut,
+                             nullptr);
+    cuda::nvfp4_gemv_rmsnorm(*ctx, h_y.bf(), kDim, n, nw, 1e-6f, w_a.w, headp.buf.get(), DType::F32, kOut,
+                             nullptr, {}, &h);
+    cuda::nvfp4_gemv_residual(*ctx, act.bf(), kOut, n, w_down.w, nullptr, res.bf(), kDim, down.bf(), kDim);
+    if (n == 1)
+      cuda::nvfp4_gemv_residual(*ctx, act.bf(), kOut, n, w_down.w, nullptr, res.bf(), kDim, downp.bf(), kDim,
+                                {}, nullptr, paired.bf());
+    cuda::nvfp4_gemv_linear(*ctx, x.bf(), kDim, n, w_short.w, nullptr, shortv.bf(), DType::BF16, kShort);
+    sync();
+    cuda::set_gemv_tile_loop(0);
+    Outputs o;
+    const std::pair<const char*, const DevArray*> all[] = {{"residual + handoff y", &h_y},
+                                                           {"handoff xw", &xw},
+                                                           {"handoff sumsq", &sumsq},
+                                                           {"linear bf16 + bias", &lin},
+                                                           {"linear f32", &lin32},
+                                                           {"multi q", &q},
+                                                           {"multi k", &k},
+                                                           {"multi v", &v},
+                                                           {"multi rmsnorm q", &qn},
+                                                           {"multi rmsnorm k", &kn},
+                                                           {"x_norm_out", &xnorm},
+                                                           {"multi prepared q", &qp},
+                                                           {"multi prepared k", &kp},
+                                                           {"swiglu", &act},
+                                                           {"swiglu paired", &paired},
+                                                           {"swiglu rmsnorm", &actn},
+                                                           {"swiglu prepared", &actp},
+                                                           {"head rmsnorm", &head},
+                                                           {"head prepared", &headp},
+                                                           {"down", &down},
+                                                           {"down paired x", &downp},
+                                                           {"short last tile", &shortv}};
+    for (const auto& [name, arr] : all) {
+      o.names.push_back(name);
+      o.bits.push_back(arr->bits(name));
+    }
+    return o;
+  };
+  for (int64_t n : {1, 3}) {
+    const auto x0 = test::randn_bf16(static_cast<size_t>(n * kDim), rng);
+    const auto r0 = test::randn_bf16(static_cast<size_t>(n * kDim), rng, 4.0f);
+    const Outputs one = run(-1, n, x0, r0), looped = run(3, n, x0, r0);
+    for (size_t i = 0; i < one.bits.size(); ++i)
+      EXPECT_EQ(looped.bits[i], one.bits[i]) << one.names[i] << " n=" << n;
+    double mass = 0;  // the outputs are not all zero
+    for (uint32_t b : one.bits[0]) mass += std::abs(bf16_to_f32(static_cast<uint16_t>(b)));
+    EXPECT_GT(mass, 0.0);
   }
 }
 

@@ -42,6 +42,9 @@ Context::Context(int device) {
   info_.total_bytes = prop.totalGlobalMem;
   info_.l2_bytes = static_cast<size_t>(prop.l2CacheSize);
   info_.smem_per_block_optin = prop.sharedMemPerBlockOptin;
+  info_.smem_per_sm = prop.sharedMemPerMultiprocessor;
+  info_.regs_per_sm = prop.regsPerMultiprocessor;
+  info_.threads_per_sm = prop.maxThreadsPerMultiProcessor;
   if (prop.major < 9)
     fail("CUDA device {} ({}) has compute capability {}.{}; nibble's kernels need 9.0 (Hopper) or newer",
          device, info_.name, prop.major, prop.minor);

@@ -34,6 +34,8 @@ struct DeviceInfo {
   size_t total_bytes = 0;  // device memory
   size_t l2_bytes = 0;
   size_t smem_per_block_optin = 0;  // largest dynamic shared memory a block may ask for
+  size_t smem_per_sm = 0;           // shared memory of one SM, all blocks together
+  int regs_per_sm = 0, threads_per_sm = 0;
 };
 
 // Number of usable CUDA devices; 0 when there is no driver or no device (never throws).

@@ -441,11 +441,12 @@ static_assert(gemv_sum_fix(GemvNormMode::kPairedOne) == 0x1p55f &&
 __host__ __device__ constexpr int partial_slots(GemvNormMode m) { return block_diagonal(m) ? 2 : 4; }
 
 struct GemvSmem {
-  int64_t codes, scales, partial, inv, sums, xs, bar, epi, total;
-  __host__ __device__ GemvSmem(int P, int64_t K, int warps, int n, GemvNormMode mode) {
+  int64_t codes, scales, stage, partial, inv, sums, xs, bar, epi, total;
+  __host__ __device__ GemvSmem(int P, int64_t K, int warps, int n, GemvNormMode mode, int stages = 1) {
     codes = 0;
     scales = codes + P * kMmaTile * smem_code_stride(K);
-    partial = scales + P * K;  // P x 16 rows x K/16
+    stage = (scales + P * K + 127) / 128 * 128;  // P x 16 rows x K/16 scales; stage s at s * stage
+    partial = stages == 1 ? scales + P * K : stages * stage;
     inv = partial + static_cast<int64_t>(warps - 1) * P * partial_slots(mode) * kWarp * 4;
     sums = inv + (has_norm(mode) ? 4 * kGemvMaxTokens : 0);
     xs = sums + (mode == GemvNormMode::kPrologue ? 4 * kGemvMaxTokens * kMmaMaxWarps : 0);
@@ -453,29 +454,117 @@ struct GemvSmem {
     if (mode == GemvNormMode::kPrologue) xs_bytes = static_cast<int64_t>(n) * (K + kNormPad) * 2;
     if (is_prepared(mode)) xs_bytes = static_cast<int64_t>(n) * handoff_ld(K) * 4;
     bar = xs + (xs_bytes + 15) / 16 * 16;
-    epi = bar + 16;
+    epi = bar + (stages == 1 ? 16 : 32);  // mbarriers: stage 0, the handoff's sums, stage 1
     total = epi + kEpiBytes;
   }
   // Columns of a NormHandoff's sumsq for a sum over K rows: one per 16-row tile, rounded up to 4.
   __host__ __device__ static int64_t handoff_ld(int64_t K) { return (ceil_div(K, kMmaTile) + 3) / 4 * 4; }
 };
 
-// acc[p][q]: part p, q = 2h + e -> row g + 8h of the tile, token 2t + e.
+// Hands the copies of a tile's parts to the TMA engine (warp 0): codes one bulk copy per row (lane
+// p * 16 + r: row r of part p), scales one per part (lane p), completing on `bar`, into the stage at
+// codes_s / scales_s. Evict-first: weights are read once per step, and the lines L2Prefetch pulled
+// in for the next kernels must outlive them. Scale bytes past the last multiple of 16 of a part are
+// left to the caller.
+template <int P>
+__device__ __forceinline__ void gemv_issue_tile(const GemvTile (&tl)[P], int64_t K, int64_t cs, int64_t ss,
+                                                unsigned char* codes_s, unsigned char* scales_s,
+                                                uint64_t* bar, int lane) {
+  const uint64_t policy = l2_evict_first_policy();
+  uint32_t bytes = 0;
+#pragma unroll
+  for (int p = 0; p < P; ++p)
+    bytes += static_cast<uint32_t>(tl[p].rows * (K / 2) + ((tl[p].rows * ss) & ~int64_t{15}));
+  if (lane == 0) mbar_arrive_expect_tx(bar, bytes);
+  __syncwarp();
+  static_assert(P * kMmaTile <= kWarp, "one lane per row");
+#pragma unroll
+  for (int p = 0; p < P; ++p) {
+    const int r = lane - p * kMmaTile;
+    if (r >= 0 && r < tl[p].rows)
+      bulk_load(codes_s + (p * kMmaTile + r) * cs, tl[p].codes + r * (K / 2), static_cast<uint32_t>(K / 2),
+                bar, policy);
+    const uint32_t sb = static_cast<uint32_t>((tl[p].rows * ss) & ~int64_t{15});
+    if (lane == p && sb > 0) bulk_load(scales_s + p * kMmaTile * ss, tl[p].scales, sb, bar, policy);
+  }
+}
+
+// One tile's sums: the main loop over the stage at codes_s / scales_s, then `between()` (every warp,
+// before the barrier), then the cross-warp sum: warps 1.. hand their sums to warp 0 through `part`,
+// which adds them in warp order (deterministic). acc of warp 0 holds the tile's sums.
+template <int P, GemvNormMode M, class Between>
+__device__ __forceinline__ void gemv_tile_sums(const unsigned char* codes_s, const unsigned char* scales_s,
+                                               int64_t cs, int64_t ss, const bf16* __restrict__ xr,
+                                               int64_t chunks, int gw, int warp, int warps, int g, int t,
+                                               int lane, float* part, Between&& between, float (&acc)[P][4]) {
+#pragma unroll
+  for (int p = 0; p < P; ++p)
+#pragma unroll
+    for (int q = 0; q < 4; ++q) acc[p][q] = 0.0f;
+
+  if constexpr (block_diagonal(M))
+    gemv_block_diagonal_loop<P>(codes_s, scales_s, cs, ss, xr, chunks, gw, warp, warps, g, t, acc);
+  else
+    gemv_token_column_loop<P, !is_prepared(M)>(codes_s, scales_s, cs, ss, xr, chunks, gw, warp, warps, g, t,
+                                               acc);
+  between();
+  if (warps > 1) {
+    constexpr int S = partial_slots(M), step = 4 / S;  // slots q = 0, step, ...
+    if (warp > 0)
+#pragma unroll
+      for (int p = 0; p < P; ++p)
+#pragma unroll
+        for (int i = 0; i < S; ++i) part[(((warp - 1) * P + p) * S + i) * kWarp + lane] = acc[p][i * step];
+    __syncthreads();
+    if (warp == 0)
+      for (int w = 0; w < warps - 1; ++w)
+#pragma unroll
+        for (int p = 0; p < P; ++p)
+#pragma unroll
+          for (int i = 0; i < S; ++i) acc[p][i * step] += part[((w * P + p) * S + i) * kWarp + lane];
+  }
+}
+
+// Warp 0's store of a tile: the deferred 1/rms of each accumulator's token (2t + q % 2) and the powers
+// of two x's layout left in the sums (gemv_sum_fix), then the epilogue.
 template <int P, GemvNormMode M, class Epi>
+__device__ __forceinline__ void gemv_store_tile(const Epi& epi, int64_t tile, float (&acc)[P][4],
+                                                const float* inv_s, int g, int t, int n,
+                                                const unsigned char* epi_s) {
+  constexpr float fix = gemv_sum_fix(M);
+  if constexpr (has_norm(M) || fix != 1.0f) {
+    const float inv0 = has_norm(M) ? inv_s[min(2 * t, n - 1)] * fix : fix,
+                inv1 = has_norm(M) ? inv_s[min(2 * t + 1, n - 1)] * fix : fix;
+#pragma unroll
+    for (int q = 0; q < 4; ++q)
+#pragma unroll
+      for (int p = 0; p < P; ++p) acc[p][q] *= q % 2 ? inv1 : inv0;
+  }
+  epi.store(tile, acc, g, t, n, epi_s);
+}
+
+// acc[p][q]: part p, q = 2h + e -> row g + 8h of the tile, token 2t + e.
+// LOOP (the tile loop): block b takes tiles b, b + gridDim.x, ... < tiles through two shared-memory
+// stages -- both first tiles' copies go out before griddepcontrol.wait, and each later tile's as soon
+// as the tile two before it has left its stage -- so that the weight stream of a GEMV with more tiles
+// than fit on the SMs at once never waits for a block to retire. Only for full tiles (every part's N %
+// 16 == 0: no hand-copied scales). Every tile is summed exactly as without the loop. Without LOOP:
+// block b takes tile b (tiles unused).
+template <int P, GemvNormMode M, class Epi, bool LOOP>
 __global__ void __launch_bounds__(kMmaMaxWarps* kWarp, 1)
     nvfp4_gemv_mma_kernel(const bf16* __restrict__ x, int64_t ldx, int n, int64_t K, const Epi epi,
-                          const GemvNorm norm, const L2Prefetch prefetch) {
+                          const GemvNorm norm, const L2Prefetch prefetch, int64_t tiles) {
   constexpr bool kNorm = has_norm(M);
   extern __shared__ __align__(128) unsigned char smem[];
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, warps = blockDim.x / kWarp;
   const int g = lane / 4, t = lane % 4;
   const int64_t chunks = K / 32, groups = ceil_div(chunks, 4);
   const int gw = static_cast<int>((groups - warp + warps - 1) / warps);  // this warp's groups
-  const GemvSmem lay(P, K, warps, n, M);
+  const GemvSmem lay(P, K, warps, n, M, LOOP ? 2 : 1);
   const int64_t cs = smem_code_stride(K), ss = K / 16;
   unsigned char* codes_s = smem + lay.codes;
   unsigned char* scales_s = smem + lay.scales;
-  uint64_t* bar = reinterpret_cast<uint64_t*>(smem + lay.bar);
+  uint64_t* bar = reinterpret_cast<uint64_t*>(smem + lay.bar);  // stage 0, the handoff's sums, stage 1
   const int64_t tile = blockIdx.x;
 
   // Weights never change: their copies go out before waiting for the kernel that writes x. Scale
@@ -483,35 +572,26 @@ __global__ void __launch_bounds__(kMmaMaxWarps* kWarp, 1)
   GemvTile tl[P];
   epi.tile(tile, tl);
   if (warp == 0) {
-    // Weights are read once per step, and the lines L2Prefetch pulled in for the next kernels must
-    // outlive them: evict-first.
-    const uint64_t policy = l2_evict_first_policy();
-    uint32_t bytes = 0;
-#pragma unroll
-    for (int p = 0; p < P; ++p)
-      bytes += static_cast<uint32_t>(tl[p].rows * (K / 2) + ((tl[p].rows * ss) & ~int64_t{15}));
     if (lane == 0) {
       mbar_init(bar);
       if constexpr (is_prepared(M)) mbar_init(bar + 1);
-      mbar_arrive_expect_tx(bar, bytes);
+      if constexpr (LOOP) mbar_init(bar + 2);
     }
     __syncwarp();
-    static_assert(P * kMmaTile <= kWarp, "one lane per row");
-#pragma unroll
-    for (int p = 0; p < P; ++p) {  // lane p * 16 + r: row r of part p; lane p: part p's scales
-      const int r = lane - p * kMmaTile;
-      if (r >= 0 && r < tl[p].rows)
-        bulk_load(codes_s + (p * kMmaTile + r) * cs, tl[p].codes + r * (K / 2), static_cast<uint32_t>(K / 2),
-                  bar, policy);
-      const uint32_t sb = static_cast<uint32_t>((tl[p].rows * ss) & ~int64_t{15});
-      if (lane == p && sb > 0) bulk_load(scales_s + p * kMmaTile * ss, tl[p].scales, sb, bar, policy);
+    gemv_issue_tile<P>(tl, K, cs, ss, codes_s, scales_s, bar, lane);
+    if (LOOP && tile + gridDim.x < tiles) {
+      GemvTile next[P];
+      epi.tile(tile + gridDim.x, next);
+      gemv_issue_tile<P>(next, K, cs, ss, codes_s + lay.stage, scales_s + lay.stage, bar + 2, lane);
     }
   }
+  if constexpr (!LOOP) {
 #pragma unroll
-  for (int p = 0; p < P; ++p) {
-    const int64_t sb = tl[p].rows * ss, from = sb & ~int64_t{15};
-    for (int64_t i = from + threadIdx.x; i < sb; i += blockDim.x)
-      scales_s[p * kMmaTile * ss + i] = tl[p].scales[i];
+    for (int p = 0; p < P; ++p) {
+      const int64_t sb = tl[p].rows * ss, from = sb & ~int64_t{15};
+      for (int64_t i = from + threadIdx.x; i < sb; i += blockDim.x)
+        scales_s[p * kMmaTile * ss + i] = tl[p].scales[i];
+    }
   }
   issue_l2_prefetch(prefetch);
   pdl_launch_dependents();
@@ -535,58 +615,50 @@ __global__ void __launch_bounds__(kMmaMaxWarps* kWarp, 1)
   }
   if (warp == 0) epi.preload(tile, n, smem + lay.epi, lane);
   __syncthreads();  // the mbarriers' initialisation, the hand-copied scales, x * w and its squares
-  mbar_wait(bar, 0);
 
+  float* part = reinterpret_cast<float*>(smem + lay.partial);
+  // The last warp (the fewest groups) turns the sums of squares into 1/rms for every row (first tile).
+  const auto inv_rms = [&] {
+    if (kNorm && warp == warps - 1) {
+      if constexpr (is_prepared(M)) mbar_wait(bar + 1, 0);
+      gemv_inv_rms_rows<M>(sums_s, n, warps, K, norm, inv_s, lane);
+      __syncwarp();
+    }
+  };
   float acc[P][4];
-#pragma unroll
-  for (int p = 0; p < P; ++p)
-#pragma unroll
-    for (int q = 0; q < 4; ++q) acc[p][q] = 0.0f;
-
-  if constexpr (block_diagonal(M))
-    gemv_block_diagonal_loop<P>(codes_s, scales_s, cs, ss, xr, chunks, gw, warp, warps, g, t, acc);
-  else
-    gemv_token_column_loop<P, !is_prepared(M)>(codes_s, scales_s, cs, ss, xr, chunks, gw, warp, warps, g, t,
-                                               acc);
-
-  // The last warp (the fewest groups) turns the sums of squares into 1/rms for every row.
-  if (kNorm && warp == warps - 1) {
-    if constexpr (is_prepared(M)) mbar_wait(bar + 1, 0);
-    gemv_inv_rms_rows<M>(sums_s, n, warps, K, norm, inv_s, lane);
-    __syncwarp();
+  if constexpr (!LOOP) {
+    mbar_wait(bar, 0);
+    gemv_tile_sums<P, M>(codes_s, scales_s, cs, ss, xr, chunks, gw, warp, warps, g, t, lane, part, inv_rms,
+                         acc);
+    if (kNorm && norm.out != nullptr && warp == (warps > 1 ? 1 : 0))
+      gemv_keep_x_norm_share(x, ldx, n, K, norm, inv_s, lane);
+    if (warp != 0) return;
+    gemv_store_tile<P, M>(epi, tile, acc, inv_s, g, t, n, smem + lay.epi);
+  } else {
+    for (int64_t cur = tile, it = 0; cur < tiles; cur += gridDim.x, ++it) {
+      const int64_t st = (it % 2) * lay.stage;
+      mbar_wait(it % 2 ? bar + 2 : bar, static_cast<uint32_t>((it / 2) % 2));
+      gemv_tile_sums<P, M>(
+          codes_s + st, scales_s + st, cs, ss, xr, chunks, gw, warp, warps, g, t, lane, part,
+          [&] {
+            if (it == 0) inv_rms();
+          },
+          acc);
+      // Every warp is past the stage; warp 0 has read `part` before the next tile writes it.
+      if (warps > 1) __syncthreads();
+      if (kNorm && norm.out != nullptr && it == 0 && warp == (warps > 1 ? 1 : 0))
+        gemv_keep_x_norm_share(x, ldx, n, K, norm, inv_s, lane);
+      if (warp != 0) continue;
+      const int64_t after_next = cur + 2 * static_cast<int64_t>(gridDim.x);
+      if (after_next < tiles) {  // the stage is free: the tile after next goes into it
+        GemvTile next[P];
+        epi.tile(after_next, next);
+        gemv_issue_tile<P>(next, K, cs, ss, codes_s + st, scales_s + st, it % 2 ? bar + 2 : bar, lane);
+      }
+      gemv_store_tile<P, M>(epi, cur, acc, inv_s, g, t, n, smem + lay.epi);
+      if (cur + gridDim.x < tiles) epi.preload(cur + gridDim.x, n, smem + lay.epi, lane);
+    }
   }
-  // Warps 1.. hand their sums to warp 0, which adds them in warp order (deterministic) and stores.
-  if (warps > 1) {
-    constexpr int S = partial_slots(M), step = 4 / S;  // slots q = 0, step, ...
-    float* part = reinterpret_cast<float*>(smem + lay.partial);
-    if (warp > 0)
-#pragma unroll
-      for (int p = 0; p < P; ++p)
-#pragma unroll
-        for (int i = 0; i < S; ++i) part[(((warp - 1) * P + p) * S + i) * kWarp + lane] = acc[p][i * step];
-    __syncthreads();
-    if (warp == 0)
-      for (int w = 0; w < warps - 1; ++w)
-#pragma unroll
-        for (int p = 0; p < P; ++p)
-#pragma unroll
-          for (int i = 0; i < S; ++i) acc[p][i * step] += part[((w * P + p) * S + i) * kWarp + lane];
-  }
-  if (kNorm && norm.out != nullptr && warp == (warps > 1 ? 1 : 0))
-    gemv_keep_x_norm_share(x, ldx, n, K, norm, inv_s, lane);
-  if (warp != 0) return;
-  // The deferred 1/rms of each accumulator's token (2t + q % 2), and the powers of two x's layout
-  // left in the sums (gemv_sum_fix).
-  constexpr float fix = gemv_sum_fix(M);
-  if constexpr (kNorm || fix != 1.0f) {
-    const float inv0 = kNorm ? inv_s[min(2 * t, n - 1)] * fix : fix,
-                inv1 = kNorm ? inv_s[min(2 * t + 1, n - 1)] * fix : fix;
-#pragma unroll
-    for (int q = 0; q < 4; ++q)
-#pragma unroll
-      for (int p = 0; p < P; ++p) acc[p][q] *= q % 2 ? inv1 : inv0;
-  }
-  epi.store(tile, acc, g, t, n, smem + lay.epi);
 }
 
 // Epilogues: tile(idx) names tile idx's parts, store(idx) writes what thread (g, t) holds of it.
@@ -616,6 +688,7 @@ struct GemvWeight {
     return {codes + r0 * (K / 2), scales + r0 * (K / 16), tile_rows(N, r0)};
   }
   __device__ float value(float acc, int64_t row) const { return gemv_value(acc, scale, bias, row); }
+  bool full_tiles() const { return N % kMmaTile == 0; }  // (host) no short last tile
 };
 
 template <typename OutT>
@@ -625,6 +698,7 @@ struct GemvLinear {  // y = x W^T * scale + bias
   OutT* y;
   int64_t ldy;
 
+  bool full_tiles() const { return w.full_tiles(); }
   __device__ void tile(int64_t idx, GemvTile (&tl)[1]) const { tl[0] = w.tile(K, idx); }
   __device__ void preload(int64_t, int, unsigned char*, int) const {}
   __device__ void store(int64_t idx, const float (&acc)[1][4], int g, int t, int n,
@@ -651,6 +725,11 @@ struct GemvMulti {  // up to 3 weights of one K, the tiles of each following tho
   int count;
   int64_t K;
 
+  bool full_tiles() const {
+    for (int i = 0; i < count; ++i)
+      if (!part[i].w.full_tiles()) return false;
+    return true;
+  }
   __device__ int locate(int64_t& tile) const {
     int i = 0;
     while (i + 1 < count && tile >= part[i].tiles) tile -= part[i++].tiles;
@@ -683,6 +762,7 @@ struct GemvResidual {
   NormHandoff next;
   int64_t next_ld;
 
+  bool full_tiles() const { return w.full_tiles(); }
   __device__ void tile(int64_t idx, GemvTile (&tl)[1]) const { tl[0] = w.tile(K, idx); }
   // Tile idx's residual rows (n x 16 bf16) and next norm weights (16 fp32) into shared memory s
   // (kEpiBytes) by warp 0 right after griddepcontrol.wait (cp.async, lanes 0 .. 2n-1 and 16 .. 19),
@@ -742,6 +822,7 @@ struct GemvSwiglu {     // out = bf16(silu(bf16(x Wg^T)) * bf16(x Wu^T)), as swi
   int64_t ldo;
   bf16* paired;  // null, or (one token) out again in pair order * 2^64 (exact)
 
+  bool full_tiles() const { return gate.full_tiles(); }
   __device__ void tile(int64_t idx, GemvTile (&tl)[2]) const {
     tl[0] = gate.tile(K, idx);
     tl[1] = up.tile(K, idx);
@@ -760,25 +841,72 @@ struct GemvSwiglu {     // out = bf16(silu(bf16(x Wg^T)) * bf16(x Wu^T)), as swi
   }
 };
 
+// Blocks of `warps` warps, `regs` registers per thread and `smem` bytes of shared memory that one SM
+// holds at once (CUDA Programming Guide, "Occupancy": registers go per warp in units of 256, each
+// block takes 1 KB of shared memory for the system).
+int blocks_per_sm(const DeviceInfo& info, int warps, int regs, int64_t smem) {
+  const int per_warp = (regs * kWarp + 255) / 256 * 256;
+  const int by_regs = info.regs_per_sm / (warps * per_warp);
+  const int by_smem = static_cast<int>(static_cast<int64_t>(info.smem_per_sm) / (smem + 1024));
+  const int by_threads = info.threads_per_sm / (warps * kWarp);
+  return std::max(0, std::min({by_regs, by_smem, by_threads, 32}));
+}
+
+int g_gemv_tile_loop = 0;  // set_gemv_tile_loop
+
+// The tile loop runs where a GEMV has more than this many waves of one-tile blocks: the head (9,496
+// tiles, ~24 waves on an H100) gained 1-2% in the decode step, the gate/up GEMV (608 tiles, 1.5
+// waves) lost 3-4%, and 1-2% with its tiles dealt evenly (3 per block) (nibble bench, H100,
+// 2026-11-26): the loop's blocks hold their SMs to the last tile, where one-tile blocks free them for
+// the next kernel's early-started blocks as they finish.
+constexpr int64_t kGemvLoopWaves = 4;
+
+// Once per kernel and device: allow the device's largest dynamic shared memory; returns the
+// kernel's registers per thread.
+template <class Kernel>
+int gemv_kernel_setup(Context& ctx, Kernel kernel) {
+  return ctx.kernel_setup(reinterpret_cast<const void*>(kernel), [&] {
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    static_cast<int>(ctx.info().smem_per_block_optin)));
+    cudaFuncAttributes attr{};
+    CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
+    return attr.numRegs;
+  });
+}
+
 // M: how `norm`, the RMSNorm in front, is applied (kPrologue: its rows take n * (K + kNormPad)
-// bf16 of shared memory).
+// bf16 of shared memory). One block per tile up to kGemvLoopWaves waves of them; beyond (the head) the
+// tile loop, on as many blocks as fit on the SMs at once (set_gemv_tile_loop overrides).
 template <int P, GemvNormMode M = GemvNormMode::kNone, class Epi>
 void launch_gemv_mma(Context& ctx, int64_t tiles, const bf16* x, int64_t ldx, int64_t n, int64_t K,
                      const Epi& epi, const L2Prefetch& prefetch, const GemvNorm& norm = {}) {
-  const auto kernel = nvfp4_gemv_mma_kernel<P, M, Epi>;
+  const auto kernel = nvfp4_gemv_mma_kernel<P, M, Epi, false>;
   const int warps = gemv_warps(K, tiles);
   const size_t smem = static_cast<size_t>(GemvSmem(P, K, warps, static_cast<int>(n), M).total);
   if (smem > ctx.info().smem_per_block_optin)
     fail("nvfp4 GEMV: K={} with {} tokens needs {} bytes of shared memory per block (the device has {})", K,
          n, smem, ctx.info().smem_per_block_optin);
-  // Once per kernel and device: allow the device's largest dynamic shared memory.
-  ctx.kernel_setup(reinterpret_cast<const void*>(kernel), [&] {
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    static_cast<int>(ctx.info().smem_per_block_optin)));
-    return 0;
-  });
-  launch_pdl(ctx, kernel, dim3(static_cast<unsigned>(tiles)), dim3(static_cast<unsigned>(warps * kWarp)),
-             smem, x, ldx, static_cast<int>(n), K, epi, norm, prefetch);
+  const int regs = gemv_kernel_setup(ctx, kernel);
+  const auto threads = dim3(static_cast<unsigned>(warps * kWarp));
+  const size_t smem2 = static_cast<size_t>(GemvSmem(P, K, warps, static_cast<int>(n), M, 2).total);
+  const int64_t wave =
+      static_cast<int64_t>(blocks_per_sm(ctx.info(), warps, regs, smem)) * ctx.info().sm_count;
+  bool loop = tiles > kGemvLoopWaves * wave;
+  if (g_gemv_tile_loop != 0) loop = g_gemv_tile_loop > 0;
+  if (loop && epi.full_tiles() && smem2 <= ctx.info().smem_per_block_optin) {
+    const auto looped = nvfp4_gemv_mma_kernel<P, M, Epi, true>;
+    const int regs2 = gemv_kernel_setup(ctx, looped);
+    int64_t blocks =
+        static_cast<int64_t>(blocks_per_sm(ctx.info(), warps, regs2, smem2)) * ctx.info().sm_count;
+    if (g_gemv_tile_loop > 0) blocks = g_gemv_tile_loop;
+    if (blocks > 0) {
+      launch_pdl(ctx, looped, dim3(static_cast<unsigned>(std::min(tiles, blocks))), threads, smem2, x, ldx,
+                 static_cast<int>(n), K, epi, norm, prefetch, tiles);
+      return;
+    }
+  }
+  launch_pdl(ctx, kernel, dim3(static_cast<unsigned>(tiles)), threads, smem, x, ldx, static_cast<int>(n), K,
+             epi, norm, prefetch, tiles);
 }
 
 const uint8_t* codes_of(const Weight& w) { return static_cast<const uint8_t*>(w.data); }
@@ -788,6 +916,8 @@ GemvWeight gemv_weight(const Weight& w, const float* bias) {
 }
 
 }  // namespace
+
+void set_gemv_tile_loop(int blocks) { g_gemv_tile_loop = blocks; }
 
 bool nvfp4_gemv_fusable(const Weight& w, int64_t n) {
   return w.is_nvfp4() && n >= 1 && n <= kGemvMaxTokens && w.in % 32 == 0 && aligned16(w.data) &&

@@ -93,6 +93,12 @@ struct GemvTarget {
   int64_t ldy;
 };
 
+// The tile loop of the tensor-core GEMVs (gemv_mma.cu): 0 (the default) runs it where a GEMV has more
+// 16-row tiles than 4 waves of one-tile blocks fill (the head), on as many blocks as fit on the SMs
+// at once; -1 never; blocks > 0 always, on that many blocks (tests compare the paths: results are bit
+// for bit the same). Process-wide; not thread-safe against concurrent launches.
+void set_gemv_tile_loop(int blocks);
+
 // True when the fused variants (and linear_forward's tensor-core GEMV) take this weight at n
 // tokens: NVFP4, K % 32 == 0, 1 <= n <= kGemvMaxTokens, 16-byte-aligned codes and scales.
 bool nvfp4_gemv_fusable(const Weight& w, int64_t n);
