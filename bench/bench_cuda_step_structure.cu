@@ -1,0 +1,416 @@
+// bench_cuda_step_structure: what the *structure* of a decode step costs, without its arithmetic.
+//
+//   bench_cuda_step_structure [compute_ns (default 0)]
+//
+// The step of Qwen3-4B with NVFP4 weights (batch 1) as 181 dependent stages -- per layer q/k/v,
+// attention, o_proj, gate/up, down_proj, then the head -- each streaming its real weight bytes
+// (16-row tiles: 16 x K/2 codes + 16 x K/16 scales, TMA bulk copies into shared memory), waiting for
+// the stage before, reading the 10 KB vector it wrote, spinning `compute_ns` per tile (a stand-in for
+// a main loop), and writing its own. Attention is a stage of 132 tiles without weights. Printed: ms
+// per step and GB/s of weights (2.26 GB per step) for
+//   kernels/stream      one kernel per stage, stream order;
+//   kernels/pdl         the same with programmatic dependent launch (weights copied before
+//                       griddepcontrol.wait: nibble's decode step);
+//   kernels/counters    PDL, but each block waits on a completion counter of the stage before
+//                       (ld.acquire) instead of griddepcontrol.wait;
+//   kernels/pdl+loop    PDL, and each kernel on as many blocks as fit, each taking tiles b, b + grid,
+//                       ... through two shared-memory stages;
+//   persistent/*        one kernel for the whole step, one block per SM: a producer warp streams the
+//                       SM's share of every stage's tiles (dealt round robin, in stage order) through a
+//                       ring of 8 stages, never waiting for data; two consumer groups of 4 warps take
+//                       alternate tiles, wait (once per stage) until every SM has signalled the stage
+//                       before (fence + atomic counter), then consume. "stream only" skips the waits,
+//                       "waits only" streams no bytes.
+// Runs on one CUDA graph (kernels) or one launch (persistent) per step; median of 30 steps. The
+// numbers bound what a restructured step can gain: see bench/RESULTS.md (seventh session).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+#include "backend/cuda/async_copy.cuh"
+#include "backend/cuda/check.cuh"
+#include "backend/cuda/pdl.cuh"
+
+namespace nibble::cuda {
+namespace {
+
+constexpr int kDim = 2560;         // the vector each stage reads and writes
+constexpr int kTileBytes = 23040;  // largest tile of the persistent ring (q/k/v's: K = 2560)
+
+struct Stage {
+  int tiles, threads;
+  uint32_t tile_bytes;
+};
+
+// Qwen3-4B (hidden 2560, q 32 x 128, kv 8 x 128, intermediate 9728, vocab 151936, 36 layers).
+std::vector<Stage> qwen3_4b_step() {
+  const auto tile = [](uint32_t K, uint32_t parts) { return parts * (16 * K / 2 + 16 * K / 16); };
+  std::vector<Stage> s;
+  for (int l = 0; l < 36; ++l) {
+    s.push_back({(4096 + 2 * 1024) / 16, 256, tile(2560, 1)});  // q/k/v
+    s.push_back({132, 256, 0});                                 // attention (no weights)
+    s.push_back({2560 / 16, 256, tile(4096, 1)});               // o_proj
+    s.push_back({9728 / 16, 256, tile(2560, 2)});               // gate + up
+    s.push_back({2560 / 16, 512, tile(9728, 1)});               // down_proj
+  }
+  s.push_back({151936 / 16, 256, tile(2560, 1)});  // head
+  return s;
+}
+
+__device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_u32(bar)) : "memory");
+}
+
+__device__ __forceinline__ void spin_ns(int ns) {
+  const long long t0 = clock64();
+  while (clock64() - t0 < 2LL * ns) {  // ~2 GHz SM clock
+  }
+}
+
+// Lanes 0..15 of the calling warp copy `bytes` from src into dst in 16 pieces, completing on bar.
+__device__ __forceinline__ void copy_tile(unsigned char* dst, const char* src, uint32_t bytes, uint64_t* bar,
+                                          int lane) {
+  if (lane == 0) mbar_arrive_expect_tx(bar, bytes);
+  __syncwarp();
+  const uint32_t piece = (bytes / 16 + 15) / 16 * 16, lo = lane * piece, hi = min(bytes, lo + piece);
+  if (lo < hi) bulk_load(dst + lo, src + lo, hi - lo, bar);
+}
+
+// Sum of the stage's input vector (an L2 round trip after the wait), by the block.
+__device__ float read_vector(const float* x, float* red) {
+  float s = 0.0f;
+  for (int j = threadIdx.x; j < kDim; j += blockDim.x) s += __ldcg(x + j);
+  for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
+  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = s;
+  __syncthreads();
+  float t = 0.0f;
+  for (int i = 0; i < static_cast<int>(blockDim.x / 32); ++i) t += red[i];
+  return t;
+}
+
+enum class Wait { kStream, kPdl, kCounter };
+
+// One stage as one kernel, one tile per block (LOOP: tiles b, b + grid, ... through two stages).
+template <Wait W, bool LOOP>
+__global__ void stage_kernel(const float* xin, float* xout, const char* w, uint32_t tile_bytes, int tiles,
+                             const unsigned* prev_done, unsigned prev_target, unsigned* done,
+                             int compute_ns) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ __align__(8) uint64_t bar[2];
+  __shared__ float red[32];
+  const int lane = threadIdx.x % 32;
+  const int64_t first = blockIdx.x, stride = LOOP ? gridDim.x : 1, end = LOOP ? tiles : first + 1;
+  if (tile_bytes > 0 && threadIdx.x < 32) {
+    if (lane == 0) {
+      mbar_init(&bar[0]);
+      mbar_init(&bar[1]);
+    }
+    __syncwarp();
+    copy_tile(smem, w + first * tile_bytes, tile_bytes, &bar[0], lane);
+    if (LOOP && first + stride < end)
+      copy_tile(smem + tile_bytes, w + (first + stride) * tile_bytes, tile_bytes, &bar[1], lane);
+  }
+  if constexpr (W != Wait::kStream) pdl_launch_dependents();
+  if constexpr (W == Wait::kPdl) pdl_wait();
+  if constexpr (W == Wait::kCounter) {
+    if (prev_done != nullptr && threadIdx.x == 0)
+      while (ld_acquire(prev_done) < prev_target) {
+      }
+    __syncthreads();
+  }
+  const float v = read_vector(xin, red);
+  for (int64_t t = first, it = 0; t < end; t += stride, ++it) {
+    const int st = static_cast<int>(it % 2);
+    if (tile_bytes > 0) mbar_wait(&bar[st], static_cast<uint32_t>((it / 2) % 2));
+    if (compute_ns > 0) spin_ns(compute_ns);
+    const float u = tile_bytes > 0 ? v + smem[st * tile_bytes + threadIdx.x * 64 % tile_bytes] * 1e-30f : v;
+    if (threadIdx.x < 16) __stcg(xout + (t * 16 + threadIdx.x) % kDim, u * 1e-4f);
+    if constexpr (LOOP) {
+      __syncthreads();  // stage st consumed
+      if (tile_bytes > 0 && threadIdx.x < 32 && t + 2 * stride < end)
+        copy_tile(smem + st * tile_bytes, w + (t + 2 * stride) * tile_bytes, tile_bytes, &bar[st], lane);
+    }
+  }
+  if constexpr (W == Wait::kCounter) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      __threadfence();
+      atomicAdd(done, 1u);
+    }
+  }
+}
+
+// The whole step in one kernel (see the header). Each SM's work is the list work[begin[b] ..
+// begin[b + 1]); need[s]: how many (SM, group) pairs signal stage s.
+struct Work {
+  uint64_t offset;  // of the tile's weights
+  uint32_t bytes;
+  int stage;
+  int last;  // the consumer group's last tile of this stage
+};
+constexpr int kRing = 8, kGroups = 2, kGroupWarps = 4;
+
+__global__ void __launch_bounds__((1 + kGroups * kGroupWarps) * 32, 1)
+    persistent_step(const char* w, const Work* work, const int* begin, float* x, unsigned* done,
+                    const unsigned* need, bool wait, int compute_ns) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ __align__(8) uint64_t full[kRing], empty[kRing];
+  __shared__ float red[kGroups * kGroupWarps];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int b = begin[blockIdx.x], e = begin[blockIdx.x + 1];
+  if (threadIdx.x == 0)
+    for (int s = 0; s < kRing; ++s) {
+      mbar_init(&full[s]);
+      mbar_init(&empty[s]);
+    }
+  __syncthreads();
+  if (warp == kGroups * kGroupWarps) {  // the producer
+    for (int i = b; i < e; ++i) {
+      const int s = (i - b) % kRing, round = (i - b) / kRing;
+      if (round > 0) mbar_wait(&empty[s], (round - 1) % 2);
+      const Work u = work[i];
+      if (u.bytes > 0) {
+        copy_tile(smem + s * kTileBytes, w + u.offset, u.bytes, &full[s], lane);
+      } else if (lane == 0) {
+        mbar_arrive_expect_tx(&full[s], 0);
+      }
+    }
+    return;
+  }
+  const int group = warp / kGroupWarps, gtid = threadIdx.x % (kGroupWarps * 32), nthr = kGroupWarps * 32;
+  int stage = -1;
+  float v = 0.0f;
+  for (int i = b + group; i < e; i += kGroups) {
+    const int s = (i - b) % kRing, round = (i - b) / kRing;
+    const Work u = work[i];
+    if (u.stage != stage) {
+      stage = u.stage;
+      if (wait && stage > 0 && gtid == 0)
+        while (ld_acquire(done + stage - 1) < need[stage - 1]) {
+        }
+      asm volatile("bar.sync %0, %1;" ::"r"(1 + group), "r"(nthr) : "memory");
+      v = 0.0f;
+      for (int j = gtid; j < kDim; j += nthr) v += __ldcg(x + (stage % 2) * kDim + j);
+    }
+    mbar_wait(&full[s], round % 2);
+    if (compute_ns > 0) spin_ns(compute_ns);
+    float sum = u.bytes > 0 ? v + smem[s * kTileBytes + gtid * 64 % u.bytes] * 1e-30f : v;
+    for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    if (lane == 0) red[warp] = sum;
+    asm volatile("bar.sync %0, %1;" ::"r"(1 + group), "r"(nthr) : "memory");
+    if (gtid == 0) mbar_arrive(&empty[s]);
+    if (gtid < 8)
+      __stcg(x + ((stage + 1) % 2) * kDim + (i * 8 + gtid) % kDim, red[group * kGroupWarps] * 1e-4f);
+    if (u.last) {
+      asm volatile("bar.sync %0, %1;" ::"r"(1 + group), "r"(nthr) : "memory");
+      if (gtid == 0) {
+        __threadfence();
+        atomicAdd(done + stage, 1u);
+      }
+    }
+  }
+}
+
+float median(std::vector<float> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// ms per step: `step` enqueues one step on `st`; the median of 30 after 3 warm-ups.
+template <class F>
+float time_steps(cudaStream_t st, F&& step) {
+  cudaEvent_t a, b;
+  CUDA_CHECK(cudaEventCreate(&a));
+  CUDA_CHECK(cudaEventCreate(&b));
+  std::vector<float> ms;
+  for (int r = 0; r < 33; ++r) {
+    CUDA_CHECK(cudaEventRecord(a, st));
+    step();
+    CUDA_CHECK(cudaEventRecord(b, st));
+    CUDA_CHECK(cudaEventSynchronize(b));
+    float t = 0.0f;
+    CUDA_CHECK(cudaEventElapsedTime(&t, a, b));
+    if (r >= 3) ms.push_back(t);
+  }
+  CUDA_CHECK(cudaEventDestroy(a));
+  CUDA_CHECK(cudaEventDestroy(b));
+  return median(ms);
+}
+
+int run(int compute_ns) {
+  int sms = 0;
+  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+  cudaDeviceProp prop{};
+  CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  const std::vector<Stage> step = qwen3_4b_step();
+  const int stages = static_cast<int>(step.size());
+  std::vector<uint64_t> offset;
+  uint64_t total = 0;
+  for (const Stage& s : step) {
+    offset.push_back(total);
+    total += static_cast<uint64_t>(s.tiles) * s.tile_bytes;
+  }
+  std::printf("%s, %d SMs: %d stages, %.3f GB of weights per step, %d ns per tile\n", prop.name, sms, stages,
+              total / 1e9, compute_ns);
+  char* w = nullptr;
+  float* x = nullptr;
+  unsigned* done = nullptr;
+  CUDA_CHECK(cudaMalloc(&w, total));
+  CUDA_CHECK(cudaMemset(w, 1, total));
+  CUDA_CHECK(cudaMalloc(&x, 2 * kDim * sizeof(float)));
+  CUDA_CHECK(cudaMemset(x, 0, 2 * kDim * sizeof(float)));
+  CUDA_CHECK(cudaMalloc(&done, stages * sizeof(unsigned)));
+  cudaStream_t st;
+  CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  const auto report = [&](const char* what, float ms) {
+    std::printf("  %-28s %7.3f ms per step  %7.1f GB/s\n", what, ms, total / (ms * 1e6));
+  };
+
+  // One kernel per stage, captured in a graph.
+  const auto kernels = [&](auto kernel, bool pdl, bool loop) {
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 200000));
+    cudaGraph_t graph;
+    CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+    CUDA_CHECK(cudaMemsetAsync(done, 0, stages * sizeof(unsigned), st));
+    for (int i = 0; i < stages; ++i) {
+      const Stage& s = step[static_cast<size_t>(i)];
+      int blocks = s.tiles;
+      uint32_t smem = s.tile_bytes;
+      if (loop) {
+        smem = 2 * s.tile_bytes;
+        const int by_smem =
+            smem == 0 ? 32 : static_cast<int>(prop.sharedMemPerMultiprocessor / (smem + 1024));
+        blocks = std::min(s.tiles, std::max(1, std::min(by_smem, 2048 / s.threads)) * sms);
+      }
+      cudaLaunchConfig_t cfg = {};
+      cfg.gridDim = dim3(static_cast<unsigned>(blocks));
+      cfg.blockDim = dim3(static_cast<unsigned>(s.threads));
+      cfg.dynamicSmemBytes = smem;
+      cfg.stream = st;
+      cudaLaunchAttribute attr[1] = {};
+      attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+      attr[0].val.programmaticStreamSerializationAllowed = 1;
+      cfg.attrs = attr;
+      cfg.numAttrs = pdl && i > 0 ? 1 : 0;
+      CUDA_CHECK(cudaLaunchKernelEx(
+          &cfg, kernel, static_cast<const float*>(x + (i % 2) * kDim), x + ((i + 1) % 2) * kDim,
+          static_cast<const char*>(w + offset[i]), s.tile_bytes, s.tiles,
+          static_cast<const unsigned*>(i > 0 ? done + i - 1 : nullptr),
+          static_cast<unsigned>(i > 0 ? step[static_cast<size_t>(i - 1)].tiles : 0), done + i, compute_ns));
+    }
+    CUDA_CHECK(cudaStreamEndCapture(st, &graph));
+    cudaGraphExec_t exec;
+    CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    const float ms = time_steps(st, [&] { CUDA_CHECK(cudaGraphLaunch(exec, st)); });
+    CUDA_CHECK(cudaGraphExecDestroy(exec));
+    CUDA_CHECK(cudaGraphDestroy(graph));
+    return ms;
+  };
+  report("kernels/stream", kernels(stage_kernel<Wait::kStream, false>, false, false));
+  report("kernels/pdl", kernels(stage_kernel<Wait::kPdl, false>, true, false));
+  report("kernels/counters", kernels(stage_kernel<Wait::kCounter, false>, true, false));
+  report("kernels/pdl+loop", kernels(stage_kernel<Wait::kPdl, true>, true, true));
+
+  // The persistent step: tiles of at most kTileBytes dealt round robin over the SMs, stage by stage.
+  std::vector<std::vector<Work>> per_sm(static_cast<size_t>(sms));
+  int rot = 0;
+  for (int i = 0; i < stages; ++i) {
+    const Stage& s = step[static_cast<size_t>(i)];
+    const uint64_t bytes = static_cast<uint64_t>(s.tiles) * s.tile_bytes;
+    const int64_t units = bytes == 0 ? sms : static_cast<int64_t>((bytes + kTileBytes - 1) / kTileBytes);
+    for (int64_t u = 0; u < units; ++u) {
+      const uint32_t b =
+          bytes == 0 ? 0 : static_cast<uint32_t>(std::min<uint64_t>(kTileBytes, bytes - u * kTileBytes));
+      per_sm[static_cast<size_t>((u + rot) % sms)].push_back({offset[i] + u * kTileBytes, b, i, 0});
+    }
+    rot = static_cast<int>((rot + units) % sms);
+  }
+  std::vector<Work> work;
+  std::vector<int> begin;
+  std::vector<unsigned> need(static_cast<size_t>(stages), 0);
+  for (auto& list : per_sm) {
+    begin.push_back(static_cast<int>(work.size()));
+    for (int g = 0; g < kGroups; ++g) {  // mark each group's last tile of each stage
+      int last = -1;
+      for (int i = g; i < static_cast<int>(list.size()); i += kGroups) {
+        if (last >= 0 && list[static_cast<size_t>(last)].stage != list[static_cast<size_t>(i)].stage) {
+          list[static_cast<size_t>(last)].last = 1;
+          ++need[static_cast<size_t>(list[static_cast<size_t>(last)].stage)];
+        }
+        last = i;
+      }
+      if (last >= 0) {
+        list[static_cast<size_t>(last)].last = 1;
+        ++need[static_cast<size_t>(list[static_cast<size_t>(last)].stage)];
+      }
+    }
+    work.insert(work.end(), list.begin(), list.end());
+  }
+  begin.push_back(static_cast<int>(work.size()));
+  Work* d_work = nullptr;
+  int* d_begin = nullptr;
+  unsigned* d_need = nullptr;
+  CUDA_CHECK(cudaMalloc(&d_work, work.size() * sizeof(Work)));
+  CUDA_CHECK(cudaMalloc(&d_begin, begin.size() * sizeof(int)));
+  CUDA_CHECK(cudaMalloc(&d_need, need.size() * sizeof(unsigned)));
+  CUDA_CHECK(cudaMemcpy(d_begin, begin.data(), begin.size() * sizeof(int), cudaMemcpyHostToDevice));
+  CUDA_CHECK(cudaMemcpy(d_need, need.data(), need.size() * sizeof(unsigned), cudaMemcpyHostToDevice));
+  const int smem = kRing * kTileBytes;
+  CUDA_CHECK(cudaFuncSetAttribute(persistent_step, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  const auto persistent = [&](bool stream, bool wait) {
+    std::vector<Work> wk = work;
+    if (!stream)
+      for (Work& u : wk) u.bytes = 0;
+    CUDA_CHECK(cudaMemcpy(d_work, wk.data(), wk.size() * sizeof(Work), cudaMemcpyHostToDevice));
+    return time_steps(st, [&] {
+      CUDA_CHECK(cudaMemsetAsync(done, 0, stages * sizeof(unsigned), st));
+      persistent_step<<<sms, (1 + kGroups * kGroupWarps) * 32, smem, st>>>(w, d_work, d_begin, x, done,
+                                                                           d_need, wait, compute_ns);
+      CUDA_CHECK_LAUNCH();
+    });
+  };
+  report("persistent/full", persistent(true, true));
+  report("persistent/stream only", persistent(true, false));
+  report("persistent/waits only", persistent(false, true));
+
+  // The card's copy bandwidth (read + write of 1 GiB), the reference of every bench.
+  char* dst = nullptr;
+  const size_t cb = size_t{1} << 30;
+  CUDA_CHECK(cudaMalloc(&dst, cb));
+  const float copy_ms =
+      time_steps(st, [&] { CUDA_CHECK(cudaMemcpyAsync(dst, w, cb, cudaMemcpyDeviceToDevice, st)); });
+  std::printf("  copy bandwidth               %7.1f GB/s (read + write)\n", 2.0 * cb / (copy_ms * 1e6));
+  for (void* p :
+       {static_cast<void*>(w), static_cast<void*>(x), static_cast<void*>(done), static_cast<void*>(dst),
+        static_cast<void*>(d_work), static_cast<void*>(d_begin), static_cast<void*>(d_need)})
+    CUDA_CHECK(cudaFree(p));
+  CUDA_CHECK(cudaStreamDestroy(st));
+  return 0;
+}
+
+}  // namespace
+}  // namespace nibble::cuda
+
+int main(int argc, char** argv) {
+  const int compute_ns = argc > 1 ? std::atoi(argv[1]) : 0;
+  if (compute_ns < 0 || compute_ns > 100000) {
+    std::fprintf(stderr, "usage: bench_cuda_step_structure [compute_ns: 0..100000 per tile]\n");
+    return 2;
+  }
+  try {
+    return nibble::cuda::run(compute_ns);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_cuda_step_structure: %s\n", e.what());
+    return 1;
+  }
+}
