@@ -5,9 +5,9 @@
 // The step of Qwen3-4B with NVFP4 weights (batch 1) as 181 dependent stages -- per layer q/k/v,
 // attention, o_proj, gate/up, down_proj, then the head -- each streaming its real weight bytes
 // (16-row tiles: 16 x K/2 codes + 16 x K/16 scales, TMA bulk copies into shared memory), waiting for
-// the stage before, reading the 10 KB vector it wrote, spinning `compute_ns` per tile (a stand-in for
-// a main loop), and writing its own. Attention is a stage of 132 tiles without weights. Printed: ms
-// per step and GB/s of weights (2.26 GB per step) for
+// the stage before, reading the vector it wrote (kernels: 10 KB; persistent: its real size),
+// spinning `compute_ns` per tile (a stand-in for a main loop), and writing its own. Attention is a stage of
+// 132 tiles without weights. Printed: ms per step and GB/s of weights (2.26 GB per step) for
 //   kernels/stream      one kernel per stage, stream order;
 //   kernels/pdl         the same with programmatic dependent launch (weights copied before
 //                       griddepcontrol.wait: nibble's decode step);
@@ -18,9 +18,11 @@
 //   persistent/*        one kernel for the whole step, one block per SM: a producer warp streams the
 //                       SM's share of every stage's tiles (dealt round robin, in stage order) through a
 //                       ring of 8 stages, never waiting for data; two consumer groups of 4 warps take
-//                       alternate tiles, wait (once per stage) until every SM has signalled the stage
-//                       before (fence + atomic counter), then consume. "stream only" skips the waits,
-//                       "waits only" streams no bytes.
+//                       alternate tiles and, at a stage's first, read the whole vector the stage
+//                       before wrote (its real size: 2.5-9.5K bf16) -- after every SM has signalled
+//                       that stage (fence + atomic counter, polled), or spinning on a flag stored
+//                       with each word (LL, NCCL's low-latency protocol). "stream only": no waits;
+//                       "waits": no weight bytes.
 // Runs on one CUDA graph (kernels) or one launch (persistent) per step; median of 30 steps. The
 // numbers bound what a restructured step can gain: see bench/RESULTS.md (seventh session).
 #include <cuda_runtime.h>
@@ -44,6 +46,7 @@ constexpr int kTileBytes = 23040;  // largest tile of the persistent ring (q/k/v
 struct Stage {
   int tiles, threads;
   uint32_t tile_bytes;
+  int out_words;  // its output vector in 32-bit words (two bf16 each)
 };
 
 // Qwen3-4B (hidden 2560, q 32 x 128, kv 8 x 128, intermediate 9728, vocab 151936, 36 layers).
@@ -51,13 +54,13 @@ std::vector<Stage> qwen3_4b_step() {
   const auto tile = [](uint32_t K, uint32_t parts) { return parts * (16 * K / 2 + 16 * K / 16); };
   std::vector<Stage> s;
   for (int l = 0; l < 36; ++l) {
-    s.push_back({(4096 + 2 * 1024) / 16, 256, tile(2560, 1)});  // q/k/v
-    s.push_back({132, 256, 0});                                 // attention (no weights)
-    s.push_back({2560 / 16, 256, tile(4096, 1)});               // o_proj
-    s.push_back({9728 / 16, 256, tile(2560, 2)});               // gate + up
-    s.push_back({2560 / 16, 512, tile(9728, 1)});               // down_proj
+    s.push_back({(4096 + 2 * 1024) / 16, 256, tile(2560, 1), 3072});  // q/k/v
+    s.push_back({132, 256, 0, 2048});                                 // attention (no weights)
+    s.push_back({2560 / 16, 256, tile(4096, 1), 1280});               // o_proj
+    s.push_back({9728 / 16, 256, tile(2560, 2), 4864});               // gate + up
+    s.push_back({2560 / 16, 512, tile(9728, 1), 1280});               // down_proj
   }
-  s.push_back({151936 / 16, 256, tile(2560, 1)});  // head
+  s.push_back({151936 / 16, 256, tile(2560, 1), 75968});  // head
   return s;
 }
 
@@ -151,18 +154,63 @@ __global__ void stage_kernel(const float* xin, float* xout, const char* w, uint3
 }
 
 // The whole step in one kernel (see the header). Each SM's work is the list work[begin[b] ..
-// begin[b + 1]); need[s]: how many (SM, group) pairs signal stage s.
+// begin[b + 1]); need[s]: how many (SM, group) pairs signal stage s. Stage s writes the vector of
+// words[s] 32-bit words (its real output: two bf16 per word) into buffer s % 2, its tile `unit`
+// (of units) the words unit, unit + units, ...; the first tile of a stage a group takes reads
+// the whole vector of the stage before. Counters: the words plain, then per group and stage a
+// fence and a counter the readers poll. LL (flag in the data, NCCL's low-latency protocol): each
+// word goes out as one 8-byte store {word, flag} with flag = the step's stage number, and the
+// readers spin on the flags themselves: no fence, no counter.
 struct Work {
   uint64_t offset;  // of the tile's weights
   uint32_t bytes;
-  int stage;
+  int stage, unit, units;
   int last;  // the consumer group's last tile of this stage
 };
-constexpr int kRing = 8, kGroups = 2, kGroupWarps = 4;
+constexpr int kRing = 8, kGroups = 2, kGroupWarps = 4, kReadBatch = 16;
+enum class Sync { kNone, kCounters, kLowLatency };
 
+// The sum of words [0, count) of buffer `in` (LL: once each carries `flag`; gives up after ~2^20
+// polls of a batch and sets *error).
+template <Sync S>
+__device__ float read_words(const uint32_t* in, const uint64_t* in_ll, int count, uint32_t flag, int gtid,
+                            int nthr, unsigned* error) {
+  float v = 0.0f;
+  for (int j0 = gtid; j0 < count; j0 += kReadBatch * nthr) {
+    uint64_t got[kReadBatch];
+    for (int spins = 0;; ++spins) {
+      bool ready = true;
+#pragma unroll
+      for (int k = 0; k < kReadBatch; ++k) {
+        const int j = j0 + k * nthr;
+        if (j >= count) {
+          got[k] = static_cast<uint64_t>(flag) << 32;
+          continue;
+        }
+        if constexpr (S == Sync::kLowLatency) {
+          asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(got[k]) : "l"(in_ll + j) : "memory");
+          ready = ready && static_cast<uint32_t>(got[k] >> 32) == flag;
+        } else {
+          got[k] = (static_cast<uint64_t>(flag) << 32) | __ldcg(in + j);
+        }
+      }
+      if (ready) break;
+      if (spins > (1 << 20)) {
+        atomicExch(error, 1u);
+        break;
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < kReadBatch; ++k) v += __uint_as_float(static_cast<uint32_t>(got[k]) & 0x3fffffffu);
+  }
+  return v;
+}
+
+template <Sync S>
 __global__ void __launch_bounds__((1 + kGroups * kGroupWarps) * 32, 1)
-    persistent_step(const char* w, const Work* work, const int* begin, float* x, unsigned* done,
-                    const unsigned* need, bool wait, int compute_ns) {
+    persistent_step(const char* w, const Work* work, const int* begin, uint32_t* vec, uint64_t* vec_ll,
+                    const int* words, int max_words, unsigned* done, const unsigned* need, uint32_t step_base,
+                    unsigned* error, int compute_ns) {
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ __align__(8) uint64_t full[kRing], empty[kRing];
   __shared__ float red[kGroups * kGroupWarps];
@@ -195,12 +243,15 @@ __global__ void __launch_bounds__((1 + kGroups * kGroupWarps) * 32, 1)
     const Work u = work[i];
     if (u.stage != stage) {
       stage = u.stage;
-      if (wait && stage > 0 && gtid == 0)
+      if (S == Sync::kCounters && stage > 0 && gtid == 0)
         while (ld_acquire(done + stage - 1) < need[stage - 1]) {
         }
       asm volatile("bar.sync %0, %1;" ::"r"(1 + group), "r"(nthr) : "memory");
-      v = 0.0f;
-      for (int j = gtid; j < kDim; j += nthr) v += __ldcg(x + (stage % 2) * kDim + j);
+      if (stage > 0) {
+        const int in = (stage - 1) % 2;
+        v = read_words<S>(vec + in * max_words, vec_ll + in * max_words, words[stage - 1], step_base + stage,
+                          gtid, nthr, error);
+      }
     }
     mbar_wait(&full[s], round % 2);
     if (compute_ns > 0) spin_ns(compute_ns);
@@ -209,9 +260,18 @@ __global__ void __launch_bounds__((1 + kGroups * kGroupWarps) * 32, 1)
     if (lane == 0) red[warp] = sum;
     asm volatile("bar.sync %0, %1;" ::"r"(1 + group), "r"(nthr) : "memory");
     if (gtid == 0) mbar_arrive(&empty[s]);
-    if (gtid < 8)
-      __stcg(x + ((stage + 1) % 2) * kDim + (i * 8 + gtid) % kDim, red[group * kGroupWarps] * 1e-4f);
-    if (u.last) {
+    const uint32_t word = __float_as_uint(red[group * kGroupWarps] * 1e-4f) & 0x3fffffffu;
+    const int out = stage % 2;
+    for (int j = u.unit + gtid * u.units; j < words[stage]; j += nthr * u.units) {
+      if constexpr (S == Sync::kLowLatency) {
+        const uint64_t wf = (static_cast<uint64_t>(step_base + stage + 1) << 32) | word;
+        asm volatile("st.relaxed.gpu.global.u64 [%0], %1;" ::"l"(vec_ll + out * max_words + j), "l"(wf)
+                     : "memory");
+      } else {
+        __stcg(vec + out * max_words + j, word);
+      }
+    }
+    if (S == Sync::kCounters && u.last) {
       asm volatile("bar.sync %0, %1;" ::"r"(1 + group), "r"(nthr) : "memory");
       if (gtid == 0) {
         __threadfence();
@@ -331,7 +391,8 @@ int run(int compute_ns) {
     for (int64_t u = 0; u < units; ++u) {
       const uint32_t b =
           bytes == 0 ? 0 : static_cast<uint32_t>(std::min<uint64_t>(kTileBytes, bytes - u * kTileBytes));
-      per_sm[static_cast<size_t>((u + rot) % sms)].push_back({offset[i] + u * kTileBytes, b, i, 0});
+      per_sm[static_cast<size_t>((u + rot) % sms)].push_back(
+          {offset[i] + u * kTileBytes, b, i, static_cast<int>(u), static_cast<int>(units), 0});
     }
     rot = static_cast<int>((rot + units) % sms);
   }
@@ -357,31 +418,55 @@ int run(int compute_ns) {
     work.insert(work.end(), list.begin(), list.end());
   }
   begin.push_back(static_cast<int>(work.size()));
+  std::vector<int> words;
+  int max_words = 0;
+  for (const Stage& t : step) {
+    words.push_back(t.out_words);
+    max_words = std::max(max_words, t.out_words);
+  }
   Work* d_work = nullptr;
-  int* d_begin = nullptr;
-  unsigned* d_need = nullptr;
+  int *d_begin = nullptr, *d_words = nullptr;
+  unsigned *d_need = nullptr, *d_error = nullptr;
+  uint32_t* vec = nullptr;
+  uint64_t* vec_ll = nullptr;
   CUDA_CHECK(cudaMalloc(&d_work, work.size() * sizeof(Work)));
   CUDA_CHECK(cudaMalloc(&d_begin, begin.size() * sizeof(int)));
   CUDA_CHECK(cudaMalloc(&d_need, need.size() * sizeof(unsigned)));
+  CUDA_CHECK(cudaMalloc(&d_words, words.size() * sizeof(int)));
+  CUDA_CHECK(cudaMalloc(&d_error, sizeof(unsigned)));
+  CUDA_CHECK(cudaMalloc(&vec, 2 * static_cast<size_t>(max_words) * 4));
+  CUDA_CHECK(cudaMalloc(&vec_ll, 2 * static_cast<size_t>(max_words) * 8));
+  CUDA_CHECK(cudaMemset(vec, 0, 2 * static_cast<size_t>(max_words) * 4));
+  CUDA_CHECK(cudaMemset(vec_ll, 0, 2 * static_cast<size_t>(max_words) * 8));
+  CUDA_CHECK(cudaMemset(d_error, 0, sizeof(unsigned)));
   CUDA_CHECK(cudaMemcpy(d_begin, begin.data(), begin.size() * sizeof(int), cudaMemcpyHostToDevice));
   CUDA_CHECK(cudaMemcpy(d_need, need.data(), need.size() * sizeof(unsigned), cudaMemcpyHostToDevice));
+  CUDA_CHECK(cudaMemcpy(d_words, words.data(), words.size() * sizeof(int), cudaMemcpyHostToDevice));
   const int smem = kRing * kTileBytes;
-  CUDA_CHECK(cudaFuncSetAttribute(persistent_step, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  const auto persistent = [&](bool stream, bool wait) {
+  uint32_t step_base = 0;  // LL flags: stage s of a step writes step_base + s + 1
+  const auto persistent = [&](auto kernel, bool stream) {
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     std::vector<Work> wk = work;
     if (!stream)
       for (Work& u : wk) u.bytes = 0;
     CUDA_CHECK(cudaMemcpy(d_work, wk.data(), wk.size() * sizeof(Work), cudaMemcpyHostToDevice));
-    return time_steps(st, [&] {
+    const float ms = time_steps(st, [&] {
       CUDA_CHECK(cudaMemsetAsync(done, 0, stages * sizeof(unsigned), st));
-      persistent_step<<<sms, (1 + kGroups * kGroupWarps) * 32, smem, st>>>(w, d_work, d_begin, x, done,
-                                                                           d_need, wait, compute_ns);
+      kernel<<<sms, (1 + kGroups * kGroupWarps) * 32, smem, st>>>(
+          w, d_work, d_begin, vec, vec_ll, d_words, max_words, done, d_need, step_base, d_error, compute_ns);
       CUDA_CHECK_LAUNCH();
+      step_base += static_cast<uint32_t>(stages) + 1;
     });
+    unsigned error = 0;
+    CUDA_CHECK(cudaMemcpy(&error, d_error, sizeof(unsigned), cudaMemcpyDeviceToHost));
+    if (error != 0) fail("bench_cuda_step_structure: a low-latency read gave up waiting for its flags");
+    return ms;
   };
-  report("persistent/full", persistent(true, true));
-  report("persistent/stream only", persistent(true, false));
-  report("persistent/waits only", persistent(false, true));
+  report("persistent/full, counters", persistent(persistent_step<Sync::kCounters>, true));
+  report("persistent/full, LL flags", persistent(persistent_step<Sync::kLowLatency>, true));
+  report("persistent/stream only", persistent(persistent_step<Sync::kNone>, true));
+  report("persistent/waits, counters", persistent(persistent_step<Sync::kCounters>, false));
+  report("persistent/waits, LL flags", persistent(persistent_step<Sync::kLowLatency>, false));
 
   // The card's copy bandwidth (read + write of 1 GiB), the reference of every bench.
   char* dst = nullptr;
@@ -390,9 +475,10 @@ int run(int compute_ns) {
   const float copy_ms =
       time_steps(st, [&] { CUDA_CHECK(cudaMemcpyAsync(dst, w, cb, cudaMemcpyDeviceToDevice, st)); });
   std::printf("  copy bandwidth               %7.1f GB/s (read + write)\n", 2.0 * cb / (copy_ms * 1e6));
-  for (void* p :
-       {static_cast<void*>(w), static_cast<void*>(x), static_cast<void*>(done), static_cast<void*>(dst),
-        static_cast<void*>(d_work), static_cast<void*>(d_begin), static_cast<void*>(d_need)})
+  for (void* p : {static_cast<void*>(w), static_cast<void*>(x), static_cast<void*>(done),
+                  static_cast<void*>(dst), static_cast<void*>(d_work), static_cast<void*>(d_begin),
+                  static_cast<void*>(d_need), static_cast<void*>(d_words), static_cast<void*>(d_error),
+                  static_cast<void*>(vec), static_cast<void*>(vec_ll)})
     CUDA_CHECK(cudaFree(p));
   CUDA_CHECK(cudaStreamDestroy(st));
   return 0;
