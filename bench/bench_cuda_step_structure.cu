@@ -167,7 +167,7 @@ struct Work {
   int stage, unit, units;
   int last;  // the consumer group's last tile of this stage
 };
-constexpr int kRing = 8, kGroups = 2, kGroupWarps = 4, kReadBatch = 16;
+constexpr int kRing = 8, kConsumerWarps = 8, kReadBatch = 16;
 enum class Sync { kNone, kCounters, kLowLatency };
 
 // The sum of words [0, count) of buffer `in` (LL: once each carries `flag`; gives up after ~2^20
@@ -206,14 +206,16 @@ __device__ float read_words(const uint32_t* in, const uint64_t* in_ll, int count
   return v;
 }
 
-template <Sync S>
-__global__ void __launch_bounds__((1 + kGroups * kGroupWarps) * 32, 1)
+// G consumer groups of kConsumerWarps / G warps.
+template <Sync S, int G>
+__global__ void __launch_bounds__((1 + kConsumerWarps) * 32, 1)
     persistent_step(const char* w, const Work* work, const int* begin, uint32_t* vec, uint64_t* vec_ll,
                     const int* words, int max_words, unsigned* done, const unsigned* need, uint32_t step_base,
                     unsigned* error, int compute_ns) {
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ __align__(8) uint64_t full[kRing], empty[kRing];
-  __shared__ float red[kGroups * kGroupWarps];
+  constexpr int kGroupWarps = kConsumerWarps / G;
+  __shared__ float red[kConsumerWarps];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int b = begin[blockIdx.x], e = begin[blockIdx.x + 1];
   if (threadIdx.x == 0)
@@ -222,7 +224,7 @@ __global__ void __launch_bounds__((1 + kGroups * kGroupWarps) * 32, 1)
       mbar_init(&empty[s]);
     }
   __syncthreads();
-  if (warp == kGroups * kGroupWarps) {  // the producer
+  if (warp == kConsumerWarps) {  // the producer
     for (int i = b; i < e; ++i) {
       const int s = (i - b) % kRing, round = (i - b) / kRing;
       if (round > 0) mbar_wait(&empty[s], (round - 1) % 2);
@@ -238,7 +240,7 @@ __global__ void __launch_bounds__((1 + kGroups * kGroupWarps) * 32, 1)
   const int group = warp / kGroupWarps, gtid = threadIdx.x % (kGroupWarps * 32), nthr = kGroupWarps * 32;
   int stage = -1;
   float v = 0.0f;
-  for (int i = b + group; i < e; i += kGroups) {
+  for (int i = b + group; i < e; i += G) {
     const int s = (i - b) % kRing, round = (i - b) / kRing;
     const Work u = work[i];
     if (u.stage != stage) {
@@ -396,28 +398,35 @@ int run(int compute_ns) {
     }
     rot = static_cast<int>((rot + units) % sms);
   }
-  std::vector<Work> work;
+  // Each SM's list in order, with every consumer group's last tile of each stage marked (G groups
+  // take alternate tiles); need[s]: the (SM, group) pairs that signal stage s.
   std::vector<int> begin;
-  std::vector<unsigned> need(static_cast<size_t>(stages), 0);
-  for (auto& list : per_sm) {
-    begin.push_back(static_cast<int>(work.size()));
-    for (int g = 0; g < kGroups; ++g) {  // mark each group's last tile of each stage
-      int last = -1;
-      for (int i = g; i < static_cast<int>(list.size()); i += kGroups) {
-        if (last >= 0 && list[static_cast<size_t>(last)].stage != list[static_cast<size_t>(i)].stage) {
-          list[static_cast<size_t>(last)].last = 1;
-          ++need[static_cast<size_t>(list[static_cast<size_t>(last)].stage)];
+  const auto plan = [&](int groups, std::vector<unsigned>& need) {
+    std::vector<Work> work;
+    begin.clear();
+    need.assign(static_cast<size_t>(stages), 0);
+    for (std::vector<Work> list : per_sm) {
+      begin.push_back(static_cast<int>(work.size()));
+      for (int g = 0; g < groups; ++g) {
+        int last = -1;
+        for (int i = g;; i += groups) {
+          const bool end = i >= static_cast<int>(list.size());
+          if (last >= 0 &&
+              (end || list[static_cast<size_t>(last)].stage != list[static_cast<size_t>(i)].stage)) {
+            list[static_cast<size_t>(last)].last = 1;
+            ++need[static_cast<size_t>(list[static_cast<size_t>(last)].stage)];
+          }
+          if (end) break;
+          last = i;
         }
-        last = i;
       }
-      if (last >= 0) {
-        list[static_cast<size_t>(last)].last = 1;
-        ++need[static_cast<size_t>(list[static_cast<size_t>(last)].stage)];
-      }
+      work.insert(work.end(), list.begin(), list.end());
     }
-    work.insert(work.end(), list.begin(), list.end());
-  }
-  begin.push_back(static_cast<int>(work.size()));
+    begin.push_back(static_cast<int>(work.size()));
+    return work;
+  };
+  std::vector<unsigned> need;
+  const std::vector<Work> work = plan(2, need);
   std::vector<int> words;
   int max_words = 0;
   for (const Stage& t : step) {
@@ -439,20 +448,20 @@ int run(int compute_ns) {
   CUDA_CHECK(cudaMemset(vec, 0, 2 * static_cast<size_t>(max_words) * 4));
   CUDA_CHECK(cudaMemset(vec_ll, 0, 2 * static_cast<size_t>(max_words) * 8));
   CUDA_CHECK(cudaMemset(d_error, 0, sizeof(unsigned)));
-  CUDA_CHECK(cudaMemcpy(d_begin, begin.data(), begin.size() * sizeof(int), cudaMemcpyHostToDevice));
-  CUDA_CHECK(cudaMemcpy(d_need, need.data(), need.size() * sizeof(unsigned), cudaMemcpyHostToDevice));
   CUDA_CHECK(cudaMemcpy(d_words, words.data(), words.size() * sizeof(int), cudaMemcpyHostToDevice));
   const int smem = kRing * kTileBytes;
   uint32_t step_base = 0;  // LL flags: stage s of a step writes step_base + s + 1
-  const auto persistent = [&](auto kernel, bool stream) {
+  const auto persistent = [&](auto kernel, int groups, bool stream) {
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    std::vector<Work> wk = work;
+    std::vector<Work> wk = plan(groups, need);
+    CUDA_CHECK(cudaMemcpy(d_begin, begin.data(), begin.size() * sizeof(int), cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(d_need, need.data(), need.size() * sizeof(unsigned), cudaMemcpyHostToDevice));
     if (!stream)
       for (Work& u : wk) u.bytes = 0;
     CUDA_CHECK(cudaMemcpy(d_work, wk.data(), wk.size() * sizeof(Work), cudaMemcpyHostToDevice));
     const float ms = time_steps(st, [&] {
       CUDA_CHECK(cudaMemsetAsync(done, 0, stages * sizeof(unsigned), st));
-      kernel<<<sms, (1 + kGroups * kGroupWarps) * 32, smem, st>>>(
+      kernel<<<sms, (1 + kConsumerWarps) * 32, smem, st>>>(
           w, d_work, d_begin, vec, vec_ll, d_words, max_words, done, d_need, step_base, d_error, compute_ns);
       CUDA_CHECK_LAUNCH();
       step_base += static_cast<uint32_t>(stages) + 1;
@@ -462,11 +471,13 @@ int run(int compute_ns) {
     if (error != 0) fail("bench_cuda_step_structure: a low-latency read gave up waiting for its flags");
     return ms;
   };
-  report("persistent/full, counters", persistent(persistent_step<Sync::kCounters>, true));
-  report("persistent/full, LL flags", persistent(persistent_step<Sync::kLowLatency>, true));
-  report("persistent/stream only", persistent(persistent_step<Sync::kNone>, true));
-  report("persistent/waits, counters", persistent(persistent_step<Sync::kCounters>, false));
-  report("persistent/waits, LL flags", persistent(persistent_step<Sync::kLowLatency>, false));
+  report("persistent/full, counters", persistent(persistent_step<Sync::kCounters, 2>, 2, true));
+  report("persistent/full, 1 group", persistent(persistent_step<Sync::kCounters, 1>, 1, true));
+  report("persistent/full, LL flags", persistent(persistent_step<Sync::kLowLatency, 2>, 2, true));
+  report("persistent/stream only", persistent(persistent_step<Sync::kNone, 2>, 2, true));
+  report("persistent/waits, counters", persistent(persistent_step<Sync::kCounters, 2>, 2, false));
+  report("persistent/waits, 1 group", persistent(persistent_step<Sync::kCounters, 1>, 1, false));
+  report("persistent/waits, LL flags", persistent(persistent_step<Sync::kLowLatency, 2>, 2, false));
 
   // The card's copy bandwidth (read + write of 1 GiB), the reference of every bench.
   char* dst = nullptr;
