@@ -192,6 +192,7 @@ class CudaGemv : public ::testing::Test {
     NIBBLE_REQUIRE_GPU();
     ctx = std::make_unique<cuda::Context>(0);
   }
+  void TearDown() override { cuda::set_gemv_tile_loop(0); }  // whatever a test left forced
   void sync() { ctx->synchronize(); }
   void linear(const DevArray& x, int64_t n, const Weight& w, const float* bias, DevArray& y) {
     cuda::linear_forward(*ctx, x.bf(), w.in, n, w, bias, y.buf.get(), y.f32 ? DType::F32 : DType::BF16, w.out,
