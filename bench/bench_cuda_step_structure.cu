@@ -31,11 +31,14 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <vector>
 
 #include "backend/cuda/async_copy.cuh"
 #include "backend/cuda/check.cuh"
+#include "backend/cuda/context.cuh"
 #include "backend/cuda/pdl.cuh"
+#include "backend/cuda/timing.h"
 
 namespace nibble::cuda {
 namespace {
@@ -283,37 +286,12 @@ __global__ void __launch_bounds__((1 + kConsumerWarps) * 32, 1)
   }
 }
 
-float median(std::vector<float> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-// ms per step: `step` enqueues one step on `st`; the median of 30 after 3 warm-ups.
-template <class F>
-float time_steps(cudaStream_t st, F&& step) {
-  cudaEvent_t a, b;
-  CUDA_CHECK(cudaEventCreate(&a));
-  CUDA_CHECK(cudaEventCreate(&b));
-  std::vector<float> ms;
-  for (int r = 0; r < 33; ++r) {
-    CUDA_CHECK(cudaEventRecord(a, st));
-    step();
-    CUDA_CHECK(cudaEventRecord(b, st));
-    CUDA_CHECK(cudaEventSynchronize(b));
-    float t = 0.0f;
-    CUDA_CHECK(cudaEventElapsedTime(&t, a, b));
-    if (r >= 3) ms.push_back(t);
-  }
-  CUDA_CHECK(cudaEventDestroy(a));
-  CUDA_CHECK(cudaEventDestroy(b));
-  return median(ms);
-}
+// ms per step: the median of 30 steps after 3 warm-ups.
+double time_steps(Context& ctx, const std::function<void()>& step) { return median_ms(ctx, step, 30, 3); }
 
 int run(int compute_ns) {
-  int sms = 0;
-  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
-  cudaDeviceProp prop{};
-  CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  Context ctx(0);
+  const int sms = ctx.info().sm_count;
   const std::vector<Stage> step = qwen3_4b_step();
   const int stages = static_cast<int>(step.size());
   std::vector<uint64_t> offset;
@@ -322,8 +300,8 @@ int run(int compute_ns) {
     offset.push_back(total);
     total += static_cast<uint64_t>(s.tiles) * s.tile_bytes;
   }
-  std::printf("%s, %d SMs: %d stages, %.3f GB of weights per step, %d ns per tile\n", prop.name, sms, stages,
-              total / 1e9, compute_ns);
+  std::printf("%s, %d SMs: %d stages, %.3f GB of weights per step, %d ns per tile\n", ctx.info().name.c_str(),
+              sms, stages, total / 1e9, compute_ns);
   char* w = nullptr;
   float* x = nullptr;
   unsigned* done = nullptr;
@@ -332,9 +310,8 @@ int run(int compute_ns) {
   CUDA_CHECK(cudaMalloc(&x, 2 * kDim * sizeof(float)));
   CUDA_CHECK(cudaMemset(x, 0, 2 * kDim * sizeof(float)));
   CUDA_CHECK(cudaMalloc(&done, stages * sizeof(unsigned)));
-  cudaStream_t st;
-  CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-  const auto report = [&](const char* what, float ms) {
+  cudaStream_t st = ctx.stream();
+  const auto report = [&](const char* what, double ms) {
     std::printf("  %-28s %7.3f ms per step  %7.1f GB/s\n", what, ms, total / (ms * 1e6));
   };
 
@@ -350,30 +327,28 @@ int run(int compute_ns) {
       uint32_t smem = s.tile_bytes;
       if (loop) {
         smem = 2 * s.tile_bytes;
-        const int by_smem =
-            smem == 0 ? 32 : static_cast<int>(prop.sharedMemPerMultiprocessor / (smem + 1024));
-        blocks = std::min(s.tiles, std::max(1, std::min(by_smem, 2048 / s.threads)) * sms);
+        blocks = std::min(
+            s.tiles,
+            std::max(1, ctx.blocks_per_sm(reinterpret_cast<const void*>(kernel), s.threads, smem)) * sms);
       }
-      cudaLaunchConfig_t cfg = {};
-      cfg.gridDim = dim3(static_cast<unsigned>(blocks));
-      cfg.blockDim = dim3(static_cast<unsigned>(s.threads));
-      cfg.dynamicSmemBytes = smem;
-      cfg.stream = st;
-      cudaLaunchAttribute attr[1] = {};
-      attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-      attr[0].val.programmaticStreamSerializationAllowed = 1;
-      cfg.attrs = attr;
-      cfg.numAttrs = pdl && i > 0 ? 1 : 0;
-      CUDA_CHECK(cudaLaunchKernelEx(
-          &cfg, kernel, static_cast<const float*>(x + (i % 2) * kDim), x + ((i + 1) % 2) * kDim,
-          static_cast<const char*>(w + offset[i]), s.tile_bytes, s.tiles,
-          static_cast<const unsigned*>(i > 0 ? done + i - 1 : nullptr),
-          static_cast<unsigned>(i > 0 ? step[static_cast<size_t>(i - 1)].tiles : 0), done + i, compute_ns));
+      const auto* xin = static_cast<const float*>(x + (i % 2) * kDim);
+      float* xout = x + ((i + 1) % 2) * kDim;
+      const char* wi = w + offset[i];
+      const auto* prev = static_cast<const unsigned*>(i > 0 ? done + i - 1 : nullptr);
+      const auto target = static_cast<unsigned>(i > 0 ? step[static_cast<size_t>(i - 1)].tiles : 0);
+      if (pdl && i > 0) {
+        launch_pdl(ctx, kernel, dim3(static_cast<unsigned>(blocks)), dim3(static_cast<unsigned>(s.threads)),
+                   smem, xin, xout, wi, s.tile_bytes, s.tiles, prev, target, done + i, compute_ns);
+      } else {
+        kernel<<<blocks, s.threads, smem, st>>>(xin, xout, wi, s.tile_bytes, s.tiles, prev, target, done + i,
+                                                compute_ns);
+        CUDA_CHECK_LAUNCH();
+      }
     }
     CUDA_CHECK(cudaStreamEndCapture(st, &graph));
     cudaGraphExec_t exec;
     CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-    const float ms = time_steps(st, [&] { CUDA_CHECK(cudaGraphLaunch(exec, st)); });
+    const double ms = time_steps(ctx, [&] { CUDA_CHECK(cudaGraphLaunch(exec, st)); });
     CUDA_CHECK(cudaGraphExecDestroy(exec));
     CUDA_CHECK(cudaGraphDestroy(graph));
     return ms;
@@ -426,7 +401,8 @@ int run(int compute_ns) {
     return work;
   };
   std::vector<unsigned> need;
-  const std::vector<Work> work = plan(2, need);
+  size_t units = 0;
+  for (const auto& list : per_sm) units += list.size();
   std::vector<int> words;
   int max_words = 0;
   for (const Stage& t : step) {
@@ -438,9 +414,9 @@ int run(int compute_ns) {
   unsigned *d_need = nullptr, *d_error = nullptr;
   uint32_t* vec = nullptr;
   uint64_t* vec_ll = nullptr;
-  CUDA_CHECK(cudaMalloc(&d_work, work.size() * sizeof(Work)));
-  CUDA_CHECK(cudaMalloc(&d_begin, begin.size() * sizeof(int)));
-  CUDA_CHECK(cudaMalloc(&d_need, need.size() * sizeof(unsigned)));
+  CUDA_CHECK(cudaMalloc(&d_work, units * sizeof(Work)));
+  CUDA_CHECK(cudaMalloc(&d_begin, (static_cast<size_t>(sms) + 1) * sizeof(int)));
+  CUDA_CHECK(cudaMalloc(&d_need, static_cast<size_t>(stages) * sizeof(unsigned)));
   CUDA_CHECK(cudaMalloc(&d_words, words.size() * sizeof(int)));
   CUDA_CHECK(cudaMalloc(&d_error, sizeof(unsigned)));
   CUDA_CHECK(cudaMalloc(&vec, 2 * static_cast<size_t>(max_words) * 4));
@@ -459,7 +435,7 @@ int run(int compute_ns) {
     if (!stream)
       for (Work& u : wk) u.bytes = 0;
     CUDA_CHECK(cudaMemcpy(d_work, wk.data(), wk.size() * sizeof(Work), cudaMemcpyHostToDevice));
-    const float ms = time_steps(st, [&] {
+    const double ms = time_steps(ctx, [&] {
       CUDA_CHECK(cudaMemsetAsync(done, 0, stages * sizeof(unsigned), st));
       kernel<<<sms, (1 + kConsumerWarps) * 32, smem, st>>>(
           w, d_work, d_begin, vec, vec_ll, d_words, max_words, done, d_need, step_base, d_error, compute_ns);
@@ -479,19 +455,12 @@ int run(int compute_ns) {
   report("persistent/waits, 1 group", persistent(persistent_step<Sync::kCounters, 1>, 1, false));
   report("persistent/waits, LL flags", persistent(persistent_step<Sync::kLowLatency, 2>, 2, false));
 
-  // The card's copy bandwidth (read + write of 1 GiB), the reference of every bench.
-  char* dst = nullptr;
-  const size_t cb = size_t{1} << 30;
-  CUDA_CHECK(cudaMalloc(&dst, cb));
-  const float copy_ms =
-      time_steps(st, [&] { CUDA_CHECK(cudaMemcpyAsync(dst, w, cb, cudaMemcpyDeviceToDevice, st)); });
-  std::printf("  copy bandwidth               %7.1f GB/s (read + write)\n", 2.0 * cb / (copy_ms * 1e6));
-  for (void* p : {static_cast<void*>(w), static_cast<void*>(x), static_cast<void*>(done),
-                  static_cast<void*>(dst), static_cast<void*>(d_work), static_cast<void*>(d_begin),
-                  static_cast<void*>(d_need), static_cast<void*>(d_words), static_cast<void*>(d_error),
-                  static_cast<void*>(vec), static_cast<void*>(vec_ll)})
+  std::printf("  copy bandwidth               %7.1f GB/s (read + write)\n", copy_bandwidth_gbps(ctx));
+  for (void* p :
+       {static_cast<void*>(w), static_cast<void*>(x), static_cast<void*>(done), static_cast<void*>(d_work),
+        static_cast<void*>(d_begin), static_cast<void*>(d_need), static_cast<void*>(d_words),
+        static_cast<void*>(d_error), static_cast<void*>(vec), static_cast<void*>(vec_ll)})
     CUDA_CHECK(cudaFree(p));
-  CUDA_CHECK(cudaStreamDestroy(st));
   return 0;
 }
 

@@ -706,7 +706,6 @@ TEST_F(CudaGemv, TileLoopEqualsOneBlockPerTile) {
                                 {}, nullptr, paired.bf());
     cuda::nvfp4_gemv_linear(*ctx, x.bf(), kDim, n, w_short.w, nullptr, shortv.bf(), DType::BF16, kShort);
     sync();
-    cuda::set_gemv_tile_loop(0);
     Outputs o;
     const std::pair<const char*, const DevArray*> all[] = {{"residual + handoff y", &h_y},
                                                            {"handoff xw", &xw},

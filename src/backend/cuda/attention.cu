@@ -701,15 +701,14 @@ DecodeKernel decode_kernel(Context& ctx) {
   // QK: one block per SM (decode_blocks_per_sm): more than half of what one block may ask for (two
   // such blocks and their reserved 1 KB each exceed an SM's shared memory).
   if constexpr (QK) k.smem = std::max(k.smem, ctx.info().smem_per_block_optin / 2 + 1024);
-  k.blocks_per_sm = ctx.kernel_setup(reinterpret_cast<const void*>(k.fn), [&] {
+  ctx.kernel_setup(reinterpret_cast<const void*>(k.fn), [&] {
     CUDA_CHECK(
         cudaFuncSetAttribute(k.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(k.smem)));
     CUDA_CHECK(cudaFuncSetAttribute(k.fn, cudaFuncAttributePreferredSharedMemoryCarveout,
                                     cudaSharedmemCarveoutMaxShared));
-    int blocks = 0;
-    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, k.fn, kDecodeWarps * kWarp, k.smem));
-    return blocks;
+    return 0;
   });
+  k.blocks_per_sm = ctx.blocks_per_sm(reinterpret_cast<const void*>(k.fn), kDecodeWarps * kWarp, k.smem);
   return k;
 }
 

@@ -42,9 +42,6 @@ Context::Context(int device) {
   info_.total_bytes = prop.totalGlobalMem;
   info_.l2_bytes = static_cast<size_t>(prop.l2CacheSize);
   info_.smem_per_block_optin = prop.sharedMemPerBlockOptin;
-  info_.smem_per_sm = prop.sharedMemPerMultiprocessor;
-  info_.regs_per_sm = prop.regsPerMultiprocessor;
-  info_.threads_per_sm = prop.maxThreadsPerMultiProcessor;
   if (prop.major < 9)
     fail("CUDA device {} ({}) has compute capability {}.{}; nibble's kernels need 9.0 (Hopper) or newer",
          device, info_.name, prop.major, prop.minor);
@@ -90,6 +87,15 @@ int Context::kernel_setup(const void* kernel, const std::function<int()>& setup)
   const int v = setup();
   kernel_setups_.emplace(kernel, v);
   return v;
+}
+
+int Context::blocks_per_sm(const void* kernel, int threads, size_t smem) {
+  const auto key = std::make_tuple(kernel, threads, smem);
+  if (const auto it = blocks_per_sm_.find(key); it != blocks_per_sm_.end()) return it->second;
+  int blocks = 0;
+  CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, threads, smem));
+  blocks_per_sm_.emplace(key, blocks);
+  return blocks;
 }
 
 std::pair<size_t, size_t> Context::mem_info() const {

@@ -11,9 +11,11 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <string_view>
+#include <tuple>
 #include <unordered_map>
 
 namespace nibble::cuda {
@@ -34,8 +36,6 @@ struct DeviceInfo {
   size_t total_bytes = 0;  // device memory
   size_t l2_bytes = 0;
   size_t smem_per_block_optin = 0;  // largest dynamic shared memory a block may ask for
-  size_t smem_per_sm = 0;           // shared memory of one SM, all blocks together
-  int regs_per_sm = 0, threads_per_sm = 0;
 };
 
 // Number of usable CUDA devices; 0 when there is no driver or no device (never throws).
@@ -78,10 +78,15 @@ class Context {
   // cudaMemGetInfo: (free, total) bytes on this device, all processes.
   std::pair<size_t, size_t> mem_info() const;
 
-  // A kernel's one-time set-up on this device (cudaFuncSetAttribute, an occupancy query): runs
+  // A kernel's one-time set-up on this device (cudaFuncSetAttribute): runs
   // `setup` the first time `kernel` is seen and returns what it returned then, so that launches
   // (every op of an unrecorded step, every prefill) pay a hash lookup instead of driver calls.
   int kernel_setup(const void* kernel, const std::function<int()>& setup);
+
+  // Blocks of `kernel` (its attributes set: kernel_setup) one SM holds at once with `threads` threads
+  // and `smem` bytes of dynamic shared memory: cudaOccupancyMaxActiveBlocksPerMultiprocessor, asked
+  // once per (kernel, threads, smem).
+  int blocks_per_sm(const void* kernel, int threads, size_t smem);
 
  private:
   DeviceInfo info_;
@@ -93,6 +98,7 @@ class Context {
   int64_t alloc_count_ = 0;
   size_t live_bytes_ = 0, peak_bytes_ = 0;
   std::unordered_map<const void*, int> kernel_setups_;
+  std::map<std::tuple<const void*, int, size_t>, int> blocks_per_sm_;
 };
 
 // A device buffer owned through a Context (RAII); for tests and for the arena itself.

@@ -841,17 +841,6 @@ struct GemvSwiglu {     // out = bf16(silu(bf16(x Wg^T)) * bf16(x Wu^T)), as swi
   }
 };
 
-// Blocks of `warps` warps, `regs` registers per thread and `smem` bytes of shared memory that one SM
-// holds at once (CUDA Programming Guide, "Occupancy": registers go per warp in units of 256, each
-// block takes 1 KB of shared memory for the system).
-int blocks_per_sm(const DeviceInfo& info, int warps, int regs, int64_t smem) {
-  const int per_warp = (regs * kWarp + 255) / 256 * 256;
-  const int by_regs = info.regs_per_sm / (warps * per_warp);
-  const int by_smem = static_cast<int>(static_cast<int64_t>(info.smem_per_sm) / (smem + 1024));
-  const int by_threads = info.threads_per_sm / (warps * kWarp);
-  return std::max(0, std::min({by_regs, by_smem, by_threads, 32}));
-}
-
 int g_gemv_tile_loop = 0;  // set_gemv_tile_loop
 
 // The tile loop runs where a GEMV has more than this many waves of one-tile blocks: the head (9,496
@@ -861,16 +850,13 @@ int g_gemv_tile_loop = 0;  // set_gemv_tile_loop
 // the next kernel's early-started blocks as they finish.
 constexpr int64_t kGemvLoopWaves = 4;
 
-// Once per kernel and device: allow the device's largest dynamic shared memory; returns the
-// kernel's registers per thread.
+// Once per kernel and device: allow the device's largest dynamic shared memory.
 template <class Kernel>
-int gemv_kernel_setup(Context& ctx, Kernel kernel) {
-  return ctx.kernel_setup(reinterpret_cast<const void*>(kernel), [&] {
+void gemv_kernel_setup(Context& ctx, Kernel kernel) {
+  ctx.kernel_setup(reinterpret_cast<const void*>(kernel), [&] {
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     static_cast<int>(ctx.info().smem_per_block_optin)));
-    cudaFuncAttributes attr{};
-    CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
-    return attr.numRegs;
+    return 0;
   });
 }
 
@@ -886,27 +872,29 @@ void launch_gemv_mma(Context& ctx, int64_t tiles, const bf16* x, int64_t ldx, in
   if (smem > ctx.info().smem_per_block_optin)
     fail("nvfp4 GEMV: K={} with {} tokens needs {} bytes of shared memory per block (the device has {})", K,
          n, smem, ctx.info().smem_per_block_optin);
-  const int regs = gemv_kernel_setup(ctx, kernel);
-  const auto threads = dim3(static_cast<unsigned>(warps * kWarp));
+  gemv_kernel_setup(ctx, kernel);
+  const int threads = warps * kWarp;
   const size_t smem2 = static_cast<size_t>(GemvSmem(P, K, warps, static_cast<int>(n), M, 2).total);
   const int64_t wave =
-      static_cast<int64_t>(blocks_per_sm(ctx.info(), warps, regs, smem)) * ctx.info().sm_count;
+      static_cast<int64_t>(ctx.blocks_per_sm(reinterpret_cast<const void*>(kernel), threads, smem)) *
+      ctx.info().sm_count;
   bool loop = tiles > kGemvLoopWaves * wave;
   if (g_gemv_tile_loop != 0) loop = g_gemv_tile_loop > 0;
   if (loop && epi.full_tiles() && smem2 <= ctx.info().smem_per_block_optin) {
     const auto looped = nvfp4_gemv_mma_kernel<P, M, Epi, true>;
-    const int regs2 = gemv_kernel_setup(ctx, looped);
+    gemv_kernel_setup(ctx, looped);
     int64_t blocks =
-        static_cast<int64_t>(blocks_per_sm(ctx.info(), warps, regs2, smem2)) * ctx.info().sm_count;
+        static_cast<int64_t>(ctx.blocks_per_sm(reinterpret_cast<const void*>(looped), threads, smem2)) *
+        ctx.info().sm_count;
     if (g_gemv_tile_loop > 0) blocks = g_gemv_tile_loop;
     if (blocks > 0) {
-      launch_pdl(ctx, looped, dim3(static_cast<unsigned>(std::min(tiles, blocks))), threads, smem2, x, ldx,
-                 static_cast<int>(n), K, epi, norm, prefetch, tiles);
+      launch_pdl(ctx, looped, dim3(static_cast<unsigned>(std::min(tiles, blocks))), dim3(threads), smem2, x,
+                 ldx, static_cast<int>(n), K, epi, norm, prefetch, tiles);
       return;
     }
   }
-  launch_pdl(ctx, kernel, dim3(static_cast<unsigned>(tiles)), threads, smem, x, ldx, static_cast<int>(n), K,
-             epi, norm, prefetch, tiles);
+  launch_pdl(ctx, kernel, dim3(static_cast<unsigned>(tiles)), dim3(threads), smem, x, ldx,
+             static_cast<int>(n), K, epi, norm, prefetch, tiles);
 }
 
 const uint8_t* codes_of(const Weight& w) { return static_cast<const uint8_t*>(w.data); }
