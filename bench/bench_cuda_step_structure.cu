@@ -22,9 +22,20 @@
 //                       before wrote (its real size: 2.5-9.5K bf16) -- after every SM has signalled
 //                       that stage (fence + atomic counter, polled), or spinning on a flag stored
 //                       with each word (LL, NCCL's low-latency protocol). "stream only": no waits;
-//                       "waits": no weight bytes.
+//                       "waits": no weight bytes. "stream only, S x U in P": no waits, a ring of S slots
+//                       of U bytes, each work item copied in P bulk copies ("ef": L2 evict-first);
+//   hybrid              attention a kernel (PDL), the GEMV stages between two attentions one
+//                       persistent kernel each (PDL: its producer streams while attention runs);
+//   real loop, G x W    persistent, with the real main loop (gemv_tile.cuh's
+//                       gemv_token_column_loop) in place of the spin: G consumer groups of W warps,
+//                       work items = K-slices (<= 2560 columns) of 16-row tiles, the tile's sums
+//                       kept in registers across its slices, each stage's input vector copied into
+//                       the group's shared memory at its first item.
 // Runs on one CUDA graph (kernels) or one launch (persistent) per step; median of 30 steps. The
-// numbers bound what a restructured step can gain: see bench/RESULTS.md (seventh session).
+// numbers bound what a restructured step can gain: see bench/RESULTS.md (seventh and eighth
+// sessions). Not a correctness test: the persistent variants' consumer groups share one ring and
+// wait on its slots by parity, which a group running two rounds ahead of a slot could misread
+// (harmless for timing; a real persistent step needs a ring per group or an issue count per slot).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -37,6 +48,7 @@
 #include "backend/cuda/async_copy.cuh"
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/context.cuh"
+#include "backend/cuda/gemv_tile.cuh"
 #include "backend/cuda/pdl.cuh"
 #include "backend/cuda/timing.h"
 
@@ -49,7 +61,10 @@ constexpr int kTileBytes = 23040;  // largest tile of the persistent ring (q/k/v
 struct Stage {
   int tiles, threads;
   uint32_t tile_bytes;
-  int out_words;  // its output vector in 32-bit words (two bf16 each)
+  int out_words;   // its output vector in 32-bit words (two bf16 each)
+  int K = 0;       // input length (the real main loop: x of K bf16)
+  int kslice = 0;  // columns per slice of a tile (the real main loop's work item); 0: no weights
+  int parts = 1;   // weights per tile (gate + up: 2)
 };
 
 // Qwen3-4B (hidden 2560, q 32 x 128, kv 8 x 128, intermediate 9728, vocab 151936, 36 layers).
@@ -57,13 +72,13 @@ std::vector<Stage> qwen3_4b_step() {
   const auto tile = [](uint32_t K, uint32_t parts) { return parts * (16 * K / 2 + 16 * K / 16); };
   std::vector<Stage> s;
   for (int l = 0; l < 36; ++l) {
-    s.push_back({(4096 + 2 * 1024) / 16, 256, tile(2560, 1), 3072});  // q/k/v
-    s.push_back({132, 256, 0, 2048});                                 // attention (no weights)
-    s.push_back({2560 / 16, 256, tile(4096, 1), 1280});               // o_proj
-    s.push_back({9728 / 16, 256, tile(2560, 2), 4864});               // gate + up
-    s.push_back({2560 / 16, 512, tile(9728, 1), 1280});               // down_proj
+    s.push_back({(4096 + 2 * 1024) / 16, 256, tile(2560, 1), 3072, 2560, 2560});  // q/k/v
+    s.push_back({132, 256, 0, 2048, 6144, 0});                                    // attention (no weights)
+    s.push_back({2560 / 16, 256, tile(4096, 1), 1280, 4096, 2048});               // o_proj
+    s.push_back({9728 / 16, 256, tile(2560, 2), 4864, 2560, 2560, 2});            // gate + up
+    s.push_back({2560 / 16, 512, tile(9728, 1), 1280, 9728, 2432});               // down_proj
   }
-  s.push_back({151936 / 16, 256, tile(2560, 1), 75968});  // head
+  s.push_back({151936 / 16, 256, tile(2560, 1), 75968, 2560, 2560});  // head
   return s;
 }
 
@@ -83,13 +98,19 @@ __device__ __forceinline__ void spin_ns(int ns) {
   }
 }
 
-// Lanes 0..15 of the calling warp copy `bytes` from src into dst in 16 pieces, completing on bar.
+// Lanes 0..pieces-1 of the calling warp copy `bytes` from src into dst in `pieces` bulk copies,
+// completing on bar.
 __device__ __forceinline__ void copy_tile(unsigned char* dst, const char* src, uint32_t bytes, uint64_t* bar,
-                                          int lane) {
+                                          int lane, bool evict_first = false, int pieces = 16) {
   if (lane == 0) mbar_arrive_expect_tx(bar, bytes);
   __syncwarp();
-  const uint32_t piece = (bytes / 16 + 15) / 16 * 16, lo = lane * piece, hi = min(bytes, lo + piece);
-  if (lo < hi) bulk_load(dst + lo, src + lo, hi - lo, bar);
+  const uint32_t piece = (bytes / pieces + 15) / 16 * 16, lo = lane * piece, hi = min(bytes, lo + piece);
+  if (lo < hi) {
+    if (evict_first)
+      bulk_load(dst + lo, src + lo, hi - lo, bar, l2_evict_first_policy());
+    else
+      bulk_load(dst + lo, src + lo, hi - lo, bar);
+  }
 }
 
 // Sum of the stage's input vector (an L2 round trip after the wait), by the block.
@@ -170,7 +191,14 @@ struct Work {
   int stage, unit, units;
   int last;  // the consumer group's last tile of this stage
 };
-constexpr int kRing = 8, kConsumerWarps = 8, kReadBatch = 16;
+constexpr int kMaxRing = 16, kConsumerWarps = 8, kReadBatch = 16;
+// The persistent kernels' ring: slots of `unit` bytes (the most weight bytes of one work item).
+struct Ring {
+  int unit, slots;
+  bool evict_first;
+  bool ahead = false;  // load each work item's description one item ahead (else: when due)
+  int pieces = 16;     // bulk copies per work item
+};
 enum class Sync { kNone, kCounters, kLowLatency };
 
 // The sum of words [0, count) of buffer `in` (LL: once each carries `flag`; gives up after ~2^20
@@ -214,9 +242,10 @@ template <Sync S, int G>
 __global__ void __launch_bounds__((1 + kConsumerWarps) * 32, 1)
     persistent_step(const char* w, const Work* work, const int* begin, uint32_t* vec, uint64_t* vec_ll,
                     const int* words, int max_words, unsigned* done, const unsigned* need, uint32_t step_base,
-                    unsigned* error, int compute_ns) {
+                    unsigned* error, int compute_ns, int first_stage, bool pdl, Ring ring) {
   extern __shared__ __align__(128) unsigned char smem[];
-  __shared__ __align__(8) uint64_t full[kRing], empty[kRing];
+  __shared__ __align__(8) uint64_t full[kMaxRing], empty[kMaxRing];
+  const int kRing = ring.slots;
   constexpr int kGroupWarps = kConsumerWarps / G;
   __shared__ float red[kConsumerWarps];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -227,13 +256,16 @@ __global__ void __launch_bounds__((1 + kConsumerWarps) * 32, 1)
       mbar_init(&empty[s]);
     }
   __syncthreads();
+  if (pdl) pdl_launch_dependents();
   if (warp == kConsumerWarps) {  // the producer
+    Work next = b < e ? work[b] : Work{};
     for (int i = b; i < e; ++i) {
       const int s = (i - b) % kRing, round = (i - b) / kRing;
+      const Work u = ring.ahead ? next : work[i];
+      if (ring.ahead && i + 1 < e) next = work[i + 1];
       if (round > 0) mbar_wait(&empty[s], (round - 1) % 2);
-      const Work u = work[i];
       if (u.bytes > 0) {
-        copy_tile(smem + s * kTileBytes, w + u.offset, u.bytes, &full[s], lane);
+        copy_tile(smem + s * ring.unit, w + u.offset, u.bytes, &full[s], lane, ring.evict_first, ring.pieces);
       } else if (lane == 0) {
         mbar_arrive_expect_tx(&full[s], 0);
       }
@@ -243,12 +275,15 @@ __global__ void __launch_bounds__((1 + kConsumerWarps) * 32, 1)
   const int group = warp / kGroupWarps, gtid = threadIdx.x % (kGroupWarps * 32), nthr = kGroupWarps * 32;
   int stage = -1;
   float v = 0.0f;
+  if (pdl) pdl_wait();
+  Work next = b + group < e ? work[b + group] : Work{};
   for (int i = b + group; i < e; i += G) {
     const int s = (i - b) % kRing, round = (i - b) / kRing;
-    const Work u = work[i];
+    const Work u = ring.ahead ? next : work[i];
+    if (ring.ahead && i + G < e) next = work[i + G];
     if (u.stage != stage) {
       stage = u.stage;
-      if (S == Sync::kCounters && stage > 0 && gtid == 0)
+      if (S == Sync::kCounters && stage > first_stage && gtid == 0)
         while (ld_acquire(done + stage - 1) < need[stage - 1]) {
         }
       asm volatile("bar.sync %0, %1;" ::"r"(1 + group), "r"(nthr) : "memory");
@@ -260,7 +295,7 @@ __global__ void __launch_bounds__((1 + kConsumerWarps) * 32, 1)
     }
     mbar_wait(&full[s], round % 2);
     if (compute_ns > 0) spin_ns(compute_ns);
-    float sum = u.bytes > 0 ? v + smem[s * kTileBytes + gtid * 64 % u.bytes] * 1e-30f : v;
+    float sum = u.bytes > 0 ? v + smem[s * ring.unit + gtid * 64 % u.bytes] * 1e-30f : v;
     for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, o);
     if (lane == 0) red[warp] = sum;
     asm volatile("bar.sync %0, %1;" ::"r"(1 + group), "r"(nthr) : "memory");
@@ -278,6 +313,126 @@ __global__ void __launch_bounds__((1 + kConsumerWarps) * 32, 1)
     }
     if (S == Sync::kCounters && u.last) {
       asm volatile("bar.sync %0, %1;" ::"r"(1 + group), "r"(nthr) : "memory");
+      if (gtid == 0) {
+        __threadfence();
+        atomicAdd(done + stage, 1u);
+      }
+    }
+  }
+}
+
+// The persistent step with the real main loop (gemv_tile.cuh) instead of a spin. A work item is one
+// K-slice (<= 2560 columns) of one 16-row tile of one weight: the producer copies its 16 code rows
+// (one bulk copy each, into rows padded as the GEMV kernels pad them) and its scales into a ring
+// slot; the consumer group that owns the tile runs gemv_token_column_loop over the slice with x
+// from shared memory, keeps the sums in registers across the tile's slices, and after the last one
+// adds its warps' sums (shared memory, in warp order) and writes the tile's 16 outputs. At a
+// stage's first item a group waits for the stage before (counters), then copies its input vector
+// (K bf16, 16-byte ld.global.cg) into its own shared-memory buffer.
+struct RealWork {
+  uint64_t offset;  // of the slice's codes (16 rows x kslice/2), then its scales (16 x kslice/16)
+  uint32_t bytes;
+  int stage, unit, units;
+  int last;  // the consumer group's last item of this stage
+  int group, slice, slices, k0, kslice, K;
+};
+constexpr int kRealSlot = 16 * 1344 + 16 * 160;  // a 2560-column slice, rows padded (smem_code_stride)
+constexpr int kRealMaxK = 9728, kRealMaxRing = 8;
+// G consumer groups of GW warps: each group's input vector and cross-warp sums, then the ring.
+template <int G, int GW>
+struct RealLayout {
+  static constexpr int kPartial = (GW - 1) * 4 * 32 * 4, kGroupBytes = kRealMaxK * 2 + kPartial;
+  static constexpr int kRing = std::min(kRealMaxRing, (227 * 1024 - G * kGroupBytes) / kRealSlot);
+  static constexpr int kSmem = G * kGroupBytes + kRing * kRealSlot;
+};
+template <int G, int GW>
+__global__ void __launch_bounds__((1 + G * GW) * 32, 1)
+    persistent_real(const char* w, const RealWork* work, const int* begin, uint32_t* vec, int max_words,
+                    unsigned* done, const unsigned* need) {
+  using L = RealLayout<G, GW>;
+  extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ __align__(8) uint64_t full[L::kRing], empty[L::kRing];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int b = begin[blockIdx.x], e = begin[blockIdx.x + 1];
+  if (threadIdx.x == 0)
+    for (int s = 0; s < L::kRing; ++s) {
+      mbar_init(&full[s]);
+      mbar_init(&empty[s]);
+    }
+  __syncthreads();
+  if (warp == G * GW) {  // the producer
+    for (int i = b; i < e; ++i) {
+      const int s = (i - b) % L::kRing, round = (i - b) / L::kRing;
+      const RealWork u = work[i];
+      if (round > 0) mbar_wait(&empty[s], (round - 1) % 2);
+      unsigned char* slot = smem + s * kRealSlot;
+      if (u.bytes == 0) {
+        if (lane == 0) mbar_arrive_expect_tx(&full[s], 0);
+        continue;
+      }
+      const int64_t cs = smem_code_stride(u.kslice), row = u.kslice / 2, ss = u.kslice / 16;
+      if (lane == 0) mbar_arrive_expect_tx(&full[s], u.bytes);
+      __syncwarp();
+      const uint64_t policy = l2_evict_first_policy();
+      if (lane < 16)
+        bulk_load(slot + lane * cs, w + u.offset + lane * row, static_cast<uint32_t>(row), &full[s], policy);
+      if (lane == 16)
+        bulk_load(slot + 16 * cs, w + u.offset + 16 * row, static_cast<uint32_t>(16 * ss), &full[s], policy);
+    }
+    return;
+  }
+  const int group = warp / GW, gw_id = warp % GW, gtid = threadIdx.x % (GW * 32);
+  const int nthr = GW * 32, g = lane / 4, t = lane % 4;
+  bf16* xs = reinterpret_cast<bf16*>(smem + L::kRing * kRealSlot + group * L::kGroupBytes);
+  float* part = reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(xs) + kRealMaxK * 2);
+  const auto group_sync = [&] { asm volatile("bar.sync %0, %1;" ::"r"(1 + group), "r"(nthr) : "memory"); };
+  int stage = -1;
+  float acc[1][4] = {{0.0f, 0.0f, 0.0f, 0.0f}};
+  for (int i = b; i < e; ++i) {
+    const RealWork u = work[i];
+    if (u.group != group) continue;
+    const int s = (i - b) % L::kRing, round = (i - b) / L::kRing;
+    if (u.stage != stage) {
+      stage = u.stage;
+      if (stage > 0 && gtid == 0)
+        while (ld_acquire(done + stage - 1) < need[stage - 1]) {
+        }
+      group_sync();
+      const uint4* in = reinterpret_cast<const uint4*>(vec + ((stage + 1) % 2) * max_words);
+      for (int j = gtid; j < u.K / 8; j += nthr) reinterpret_cast<uint4*>(xs)[j] = __ldcg(in + j);
+      group_sync();
+    }
+    mbar_wait(&full[s], round % 2);
+    if (u.bytes > 0) {
+      if (u.slice == 0) acc[0][0] = acc[0][1] = acc[0][2] = acc[0][3] = 0.0f;
+      const int64_t cs = smem_code_stride(u.kslice), chunks = u.kslice / 32, groups = ceil_div(chunks, 4);
+      const int gw = static_cast<int>((groups - gw_id + GW - 1) / GW);
+      const unsigned char* slot = smem + s * kRealSlot;
+      gemv_token_column_loop<1, true>(slot, slot + 16 * cs, cs, u.kslice / 16, xs + u.k0, chunks, gw, gw_id,
+                                      GW, g, t, acc);
+      const bool tile_done = u.slice + 1 == u.slices;
+      if (tile_done && gw_id > 0)
+        for (int q = 0; q < 4; ++q) part[((gw_id - 1) * 4 + q) * 32 + lane] = acc[0][q];
+      group_sync();
+      if (gtid == 0) mbar_arrive(&empty[s]);
+      if (tile_done && gw_id == 0) {
+        for (int w2 = 0; w2 < GW - 1; ++w2)
+          for (int q = 0; q < 4; ++q) acc[0][q] += part[(w2 * 4 + q) * 32 + lane];
+        bf16* out = reinterpret_cast<bf16*>(vec + (stage % 2) * max_words);
+        if (t == 0) {
+          out[u.unit * 16 + g] = __float2bfloat16_rn(acc[0][0]);
+          out[u.unit * 16 + g + 8] = __float2bfloat16_rn(acc[0][2]);
+        }
+      }
+      if (tile_done) group_sync();  // warp 0 has read `part`
+    } else {
+      group_sync();
+      if (gtid == 0) mbar_arrive(&empty[s]);
+      uint32_t* out = vec + (stage % 2) * max_words;
+      for (int j = u.unit + gtid * u.units; j < 2048; j += nthr * u.units) __stcg(out + j, 0x3f803f80u);
+    }
+    if (u.last) {
+      group_sync();
       if (gtid == 0) {
         __threadfence();
         atomicAdd(done + stage, 1u);
@@ -358,29 +513,35 @@ int run(int compute_ns) {
   report("kernels/counters", kernels(stage_kernel<Wait::kCounter, false>, true, false));
   report("kernels/pdl+loop", kernels(stage_kernel<Wait::kPdl, true>, true, true));
 
-  // The persistent step: tiles of at most kTileBytes dealt round robin over the SMs, stage by stage.
-  std::vector<std::vector<Work>> per_sm(static_cast<size_t>(sms));
-  int rot = 0;
-  for (int i = 0; i < stages; ++i) {
-    const Stage& s = step[static_cast<size_t>(i)];
-    const uint64_t bytes = static_cast<uint64_t>(s.tiles) * s.tile_bytes;
-    const int64_t units = bytes == 0 ? sms : static_cast<int64_t>((bytes + kTileBytes - 1) / kTileBytes);
-    for (int64_t u = 0; u < units; ++u) {
-      const uint32_t b =
-          bytes == 0 ? 0 : static_cast<uint32_t>(std::min<uint64_t>(kTileBytes, bytes - u * kTileBytes));
-      per_sm[static_cast<size_t>((u + rot) % sms)].push_back(
-          {offset[i] + u * kTileBytes, b, i, static_cast<int>(u), static_cast<int>(units), 0});
+  // The persistent step: tiles of at most kTileBytes dealt round robin over the SMs, stage by stage
+  // (stages [lo, hi)).
+  Ring ring{kTileBytes, 8, false};
+  const auto deal = [&](int lo, int hi) {
+    const int kTileBytes = ring.unit;
+    std::vector<std::vector<Work>> per_sm(static_cast<size_t>(sms));
+    int rot = 0;
+    for (int i = lo; i < hi; ++i) {
+      const Stage& s = step[static_cast<size_t>(i)];
+      const uint64_t bytes = static_cast<uint64_t>(s.tiles) * s.tile_bytes;
+      const int64_t units = bytes == 0 ? sms : static_cast<int64_t>((bytes + kTileBytes - 1) / kTileBytes);
+      for (int64_t u = 0; u < units; ++u) {
+        const uint32_t b =
+            bytes == 0 ? 0 : static_cast<uint32_t>(std::min<uint64_t>(kTileBytes, bytes - u * kTileBytes));
+        per_sm[static_cast<size_t>((u + rot) % sms)].push_back(
+            {offset[i] + u * kTileBytes, b, i, static_cast<int>(u), static_cast<int>(units), 0});
+      }
+      rot = static_cast<int>((rot + units) % sms);
     }
-    rot = static_cast<int>((rot + units) % sms);
-  }
+    return per_sm;
+  };
   // Each SM's list in order, with every consumer group's last tile of each stage marked (G groups
-  // take alternate tiles); need[s]: the (SM, group) pairs that signal stage s.
-  std::vector<int> begin;
-  const auto plan = [&](int groups, std::vector<unsigned>& need) {
+  // take alternate tiles); need[s] += the (SM, group) pairs that signal stage s.
+  const auto plan = [&](const std::vector<std::vector<Work>>& lists, int groups, std::vector<int>& begin,
+                        std::vector<unsigned>& need) {
     std::vector<Work> work;
     begin.clear();
-    need.assign(static_cast<size_t>(stages), 0);
-    for (std::vector<Work> list : per_sm) {
+    need.resize(static_cast<size_t>(stages), 0);
+    for (std::vector<Work> list : lists) {
       begin.push_back(static_cast<int>(work.size()));
       for (int g = 0; g < groups; ++g) {
         int last = -1;
@@ -400,9 +561,13 @@ int run(int compute_ns) {
     begin.push_back(static_cast<int>(work.size()));
     return work;
   };
+  std::vector<int> begin;
   std::vector<unsigned> need;
-  size_t units = 0;
-  for (const auto& list : per_sm) units += list.size();
+  size_t units = 0;  // work items at the smallest unit (kTileBytes / 2)
+  for (const Stage& t : step)
+    units += t.tile_bytes == 0
+                 ? static_cast<size_t>(sms)
+                 : (static_cast<uint64_t>(t.tiles) * t.tile_bytes + kTileBytes / 2 - 1) / (kTileBytes / 2);
   std::vector<int> words;
   int max_words = 0;
   for (const Stage& t : step) {
@@ -425,11 +590,13 @@ int run(int compute_ns) {
   CUDA_CHECK(cudaMemset(vec_ll, 0, 2 * static_cast<size_t>(max_words) * 8));
   CUDA_CHECK(cudaMemset(d_error, 0, sizeof(unsigned)));
   CUDA_CHECK(cudaMemcpy(d_words, words.data(), words.size() * sizeof(int), cudaMemcpyHostToDevice));
-  const int smem = kRing * kTileBytes;
+  const auto smem_of = [&] { return ring.unit * ring.slots; };
   uint32_t step_base = 0;  // LL flags: stage s of a step writes step_base + s + 1
   const auto persistent = [&](auto kernel, int groups, bool stream) {
+    const int smem = smem_of();
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    std::vector<Work> wk = plan(groups, need);
+    need.clear();
+    std::vector<Work> wk = plan(deal(0, stages), groups, begin, need);
     CUDA_CHECK(cudaMemcpy(d_begin, begin.data(), begin.size() * sizeof(int), cudaMemcpyHostToDevice));
     CUDA_CHECK(cudaMemcpy(d_need, need.data(), need.size() * sizeof(unsigned), cudaMemcpyHostToDevice));
     if (!stream)
@@ -437,8 +604,9 @@ int run(int compute_ns) {
     CUDA_CHECK(cudaMemcpy(d_work, wk.data(), wk.size() * sizeof(Work), cudaMemcpyHostToDevice));
     const double ms = time_steps(ctx, [&] {
       CUDA_CHECK(cudaMemsetAsync(done, 0, stages * sizeof(unsigned), st));
-      kernel<<<sms, (1 + kConsumerWarps) * 32, smem, st>>>(
-          w, d_work, d_begin, vec, vec_ll, d_words, max_words, done, d_need, step_base, d_error, compute_ns);
+      kernel<<<sms, (1 + kConsumerWarps) * 32, smem, st>>>(w, d_work, d_begin, vec, vec_ll, d_words,
+                                                           max_words, done, d_need, step_base, d_error,
+                                                           compute_ns, 0, false, ring);
       CUDA_CHECK_LAUNCH();
       step_base += static_cast<uint32_t>(stages) + 1;
     });
@@ -447,6 +615,69 @@ int run(int compute_ns) {
     if (error != 0) fail("bench_cuda_step_structure: a low-latency read gave up waiting for its flags");
     return ms;
   };
+  // Hybrid: attention stays a kernel (PDL), and the GEMV stages between two attentions run as one
+  // persistent kernel each (launched with PDL: its producers stream weights while the attention
+  // kernel before it still runs; its consumers start after griddepcontrol.wait, then count).
+  const auto hybrid = [&](auto kernel, auto attention) {
+    const int smem = smem_of();
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    struct Segment {
+      int lo, hi;
+      Work* work;
+      int* begin;
+    };
+    std::vector<Segment> segs;
+    std::vector<unsigned> seg_need;
+    for (int lo = 0; lo < stages;) {
+      int hi = lo + 1;
+      if (step[static_cast<size_t>(lo)].tile_bytes > 0)
+        while (hi < stages && step[static_cast<size_t>(hi)].tile_bytes > 0) ++hi;
+      Segment sg{lo, hi, nullptr, nullptr};
+      if (step[static_cast<size_t>(lo)].tile_bytes > 0) {
+        std::vector<int> b;
+        const std::vector<Work> wk = plan(deal(lo, hi), 2, b, seg_need);
+        CUDA_CHECK(cudaMalloc(&sg.work, wk.size() * sizeof(Work)));
+        CUDA_CHECK(cudaMalloc(&sg.begin, b.size() * sizeof(int)));
+        CUDA_CHECK(cudaMemcpy(sg.work, wk.data(), wk.size() * sizeof(Work), cudaMemcpyHostToDevice));
+        CUDA_CHECK(cudaMemcpy(sg.begin, b.data(), b.size() * sizeof(int), cudaMemcpyHostToDevice));
+      }
+      segs.push_back(sg);
+      lo = hi;
+    }
+    CUDA_CHECK(
+        cudaMemcpy(d_need, seg_need.data(), seg_need.size() * sizeof(unsigned), cudaMemcpyHostToDevice));
+    cudaGraph_t graph;
+    CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+    CUDA_CHECK(cudaMemsetAsync(done, 0, stages * sizeof(unsigned), st));
+    for (const Segment& sg : segs) {
+      if (sg.work != nullptr) {
+        launch_pdl(ctx, kernel, dim3(static_cast<unsigned>(sms)), dim3((1 + kConsumerWarps) * 32), smem, w,
+                   static_cast<const Work*>(sg.work), static_cast<const int*>(sg.begin), vec, vec_ll,
+                   static_cast<const int*>(d_words), max_words, done, static_cast<const unsigned*>(d_need),
+                   step_base, d_error, compute_ns, sg.lo, true, ring);
+      } else {
+        const Stage& s = step[static_cast<size_t>(sg.lo)];
+        launch_pdl(ctx, attention, dim3(static_cast<unsigned>(s.tiles)),
+                   dim3(static_cast<unsigned>(s.threads)), 0, static_cast<const float*>(x), x + kDim,
+                   static_cast<const char*>(w), 0u, s.tiles, static_cast<const unsigned*>(nullptr), 0u,
+                   done + sg.lo, compute_ns);
+      }
+    }
+    CUDA_CHECK(cudaStreamEndCapture(st, &graph));
+    cudaGraphExec_t exec;
+    CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    const double ms = time_steps(ctx, [&] { CUDA_CHECK(cudaGraphLaunch(exec, st)); });
+    CUDA_CHECK(cudaGraphExecDestroy(exec));
+    CUDA_CHECK(cudaGraphDestroy(graph));
+    for (const Segment& sg : segs) {
+      CUDA_CHECK(cudaFree(sg.work));
+      CUDA_CHECK(cudaFree(sg.begin));
+    }
+    return ms;
+  };
+  report("hybrid: attention kernels",
+         hybrid(persistent_step<Sync::kCounters, 2>, stage_kernel<Wait::kPdl, false>));
+
   report("persistent/full, counters", persistent(persistent_step<Sync::kCounters, 2>, 2, true));
   report("persistent/full, 1 group", persistent(persistent_step<Sync::kCounters, 1>, 1, true));
   report("persistent/full, LL flags", persistent(persistent_step<Sync::kLowLatency, 2>, 2, true));
@@ -454,6 +685,111 @@ int run(int compute_ns) {
   report("persistent/waits, counters", persistent(persistent_step<Sync::kCounters, 2>, 2, false));
   report("persistent/waits, 1 group", persistent(persistent_step<Sync::kCounters, 1>, 1, false));
   report("persistent/waits, LL flags", persistent(persistent_step<Sync::kLowLatency, 2>, 2, false));
+  // The weight stream alone, other rings: slot size and count, L2 evict-first copies.
+  for (const Ring r : {Ring{kTileBytes, 8, false, false, 1}, Ring{kTileBytes, 8, false, false, 4},
+                       Ring{kTileBytes / 2, 16, false, false, 1}, Ring{kTileBytes / 2, 16, false, true, 16},
+                       Ring{2 * kTileBytes, 4, false, false, 1}, Ring{2 * kTileBytes, 4, true, false, 16}}) {
+    ring = r;
+    char what[64];
+    std::snprintf(what, sizeof what, "stream only, %d x %d in %d%s%s", r.slots, r.unit, r.pieces,
+                  r.evict_first ? " ef" : "", r.ahead ? " ahead" : "");
+    report(what, persistent(persistent_step<Sync::kNone, 2>, 2, true));
+  }
+  for (const Ring r : {Ring{kTileBytes, 8, false, false, 1}, Ring{2 * kTileBytes, 4, false, false, 1}}) {
+    ring = r;
+    char what[64];
+    std::snprintf(what, sizeof what, "full, %d x %d in 1", r.slots, r.unit);
+    report(what, persistent(persistent_step<Sync::kCounters, 2>, 2, true));
+    std::snprintf(what, sizeof what, "waits, %d x %d in 1", r.slots, r.unit);
+    report(what, persistent(persistent_step<Sync::kCounters, 2>, 2, false));
+    std::snprintf(what, sizeof what, "hybrid, %d x %d in 1", r.slots, r.unit);
+    report(what, hybrid(persistent_step<Sync::kCounters, 2>, stage_kernel<Wait::kPdl, false>));
+  }
+
+  // The persistent step with the real main loop: tiles dealt round robin over (SM, consumer group),
+  // the groups' items on each SM interleaved (one of each group in turn, each group's slices in order).
+  const auto real = [&](auto kernel, int groups, int group_warps, int smem) {
+    std::vector<std::vector<RealWork>> lists(static_cast<size_t>(sms));
+    std::vector<unsigned> rneed(static_cast<size_t>(stages), 0);
+    int rot = 0;
+    for (int i = 0; i < stages; ++i) {
+      const Stage& sg = step[static_cast<size_t>(i)];
+      std::vector<std::vector<RealWork>> mine(static_cast<size_t>(sms) * groups);
+      if (sg.kslice == 0) {
+        for (int u = 0; u < sg.tiles; ++u)
+          mine[static_cast<size_t>(((u + rot) % sms) * groups + u % groups)].push_back(
+              {0, 0, i, u, sg.tiles, 0, u % groups, 0, 1, 0, 0, sg.K});
+      } else {
+        const int per_part = sg.K / sg.kslice, slices = sg.parts * per_part;
+        const uint32_t slice_bytes = static_cast<uint32_t>(16 * sg.kslice / 2 + 16 * sg.kslice / 16);
+        for (int j = 0; j < sg.tiles; ++j) {
+          const int sm = (j + rot) % sms, grp = ((j + rot) / sms) % groups;
+          for (int sl = 0; sl < slices; ++sl)
+            mine[static_cast<size_t>(sm * groups + grp)].push_back(
+                {offset[i] + (static_cast<uint64_t>(j) * slices + sl) * slice_bytes, slice_bytes, i, j,
+                 sg.tiles, 0, grp, sl, slices, (sl % per_part) * sg.kslice, sg.kslice, sg.K});
+        }
+      }
+      rot = (rot + sg.tiles) % sms;
+      for (int sm = 0; sm < sms; ++sm) {
+        std::vector<size_t> at(static_cast<size_t>(groups), 0);
+        for (int q = 0; q < groups; ++q) {
+          auto& l = mine[static_cast<size_t>(sm * groups + q)];
+          if (!l.empty()) {
+            l.back().last = 1;
+            ++rneed[static_cast<size_t>(i)];
+          }
+        }
+        auto& out = lists[static_cast<size_t>(sm)];
+        for (bool more = true; more;) {
+          more = false;
+          for (int q = 0; q < groups; ++q) {
+            auto& l = mine[static_cast<size_t>(sm * groups + q)];
+            if (at[static_cast<size_t>(q)] < l.size()) {
+              out.push_back(l[at[static_cast<size_t>(q)]++]);
+              more = true;
+            }
+          }
+        }
+      }
+    }
+    std::vector<RealWork> all;
+    std::vector<int> rbegin;
+    for (const auto& l : lists) {
+      rbegin.push_back(static_cast<int>(all.size()));
+      all.insert(all.end(), l.begin(), l.end());
+    }
+    rbegin.push_back(static_cast<int>(all.size()));
+    RealWork* d_rwork = nullptr;
+    int* d_rbegin = nullptr;
+    unsigned* d_rneed = nullptr;
+    CUDA_CHECK(cudaMalloc(&d_rwork, all.size() * sizeof(RealWork)));
+    CUDA_CHECK(cudaMalloc(&d_rbegin, rbegin.size() * sizeof(int)));
+    CUDA_CHECK(cudaMalloc(&d_rneed, rneed.size() * sizeof(unsigned)));
+    CUDA_CHECK(cudaMemcpy(d_rwork, all.data(), all.size() * sizeof(RealWork), cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(d_rbegin, rbegin.data(), rbegin.size() * sizeof(int), cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(d_rneed, rneed.data(), rneed.size() * sizeof(unsigned), cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    CUDA_CHECK(cudaMemset(vec, 0, 2 * static_cast<size_t>(max_words) * 4));
+    const double ms = time_steps(ctx, [&] {
+      CUDA_CHECK(cudaMemsetAsync(done, 0, stages * sizeof(unsigned), st));
+      kernel<<<sms, (1 + groups * group_warps) * 32, smem, st>>>(w, d_rwork, d_rbegin, vec, max_words, done,
+                                                                 d_rneed);
+      CUDA_CHECK_LAUNCH();
+    });
+    for (void* p : {static_cast<void*>(d_rwork), static_cast<void*>(d_rbegin), static_cast<void*>(d_rneed)})
+      CUDA_CHECK(cudaFree(p));
+    return ms;
+  };
+  const auto report_real = [&](auto kernel, int groups, int group_warps, int ring, int smem) {
+    char what[64];
+    std::snprintf(what, sizeof what, "real loop, %d x %d warps, ring %d", groups, group_warps, ring);
+    report(what, real(kernel, groups, group_warps, smem));
+  };
+  report_real(persistent_real<2, 4>, 2, 4, RealLayout<2, 4>::kRing, RealLayout<2, 4>::kSmem);
+  report_real(persistent_real<2, 8>, 2, 8, RealLayout<2, 8>::kRing, RealLayout<2, 8>::kSmem);
+  report_real(persistent_real<4, 4>, 4, 4, RealLayout<4, 4>::kRing, RealLayout<4, 4>::kSmem);
+  report_real(persistent_real<3, 8>, 3, 8, RealLayout<3, 8>::kRing, RealLayout<3, 8>::kSmem);
 
   std::printf("  copy bandwidth               %7.1f GB/s (read + write)\n", copy_bandwidth_gbps(ctx));
   for (void* p :
