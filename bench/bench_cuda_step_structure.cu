@@ -338,18 +338,74 @@ struct RealWork {
 };
 constexpr int kRealSlot = 16 * 1344 + 16 * 160;  // a 2560-column slice, rows padded (smem_code_stride)
 constexpr int kRealMaxK = 9728, kRealMaxRing = 8;
+// Kernel variants (bits of V): the block-diagonal main loop (one token, the scale blocks as the
+// mma's columns: what nibble's decode GEMVs run where x arrives prepared) instead of the token-column
+// loop; no shared-memory input vectors (x read from global memory).
+constexpr int kRealBlockDiagonal = 1, kRealNoXBuffer = 2, kRealRawCodes = 4, kRealRawTwoChains = 8,
+              kRealRawNoMma = 16;
+
+// The block-diagonal loop's loads and mmas with the codes fed to the mma as they are (no e2m1 ->
+// bf16 conversion): what the main loop would cost if dequantising were free. Timing only.
+// CHAINS: independent mma accumulators per group of 8 mmas (1 or 2); 0: no mma at all (the loads
+// alone, their words folded into the sums).
+template <int CHAINS>
+__device__ __forceinline__ void raw_codes_loop(const unsigned char* codes_s, const unsigned char* scales_s,
+                                               int64_t cs, int64_t ss, const bf16* __restrict__ xr,
+                                               int64_t chunks, int gw, int warp, int warps, int g, int t,
+                                               float (&acc)[1][4]) {
+  const bool x_lo = g == 2 * t, x_hi = g == 2 * t + 1;
+  for (int jj = 0; jj < gw; ++jj) {
+    const int64_t c = 4 * (warp + static_cast<int64_t>(warps) * jj) + t;
+    const bool in = c < chunks;
+    uint4 xa[2], xb[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      xa[i] = in && x_lo ? *reinterpret_cast<const uint4*>(xr + c * 32 + i * 8) : make_uint4(0, 0, 0, 0);
+      xb[i] = in && x_hi ? *reinterpret_cast<const uint4*>(xr + c * 32 + 16 + i * 8) : make_uint4(0, 0, 0, 0);
+    }
+    uint4 wv[1][2];
+    uint32_t s2[1][2];
+    gemv_load_chunk<1>(codes_s, scales_s, cs, ss, c, in, g, wv, s2);
+    const float2 sf0 = fp8x2_to_float2(static_cast<uint16_t>(s2[0][0])),
+                 sf1 = fp8x2_to_float2(static_cast<uint16_t>(s2[0][1]));
+    float d[4] = {0.0f, 0.0f, 0.0f, 0.0f}, e[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+    for (int m = 0; m < 8; ++m) {
+      const int w = m / 4;
+      if constexpr (CHAINS == 0) {
+        d[m % 4] += __uint_as_float((word_of(wv[0][0], w) ^ word_of(wv[0][1], 2 + w) ^ word_of(xa[w], m % 4) ^
+                                     word_of(xb[w], m % 4)) &
+                                    0x3f7fffffu);
+      } else {
+        mma_bf16(CHAINS == 2 && m % 2 ? e : d, word_of(wv[0][0], w), word_of(wv[0][1], w),
+                 word_of(wv[0][0], 2 + w), word_of(wv[0][1], 2 + w), word_of(xa[w], m % 4),
+                 word_of(xb[w], m % 4));
+      }
+    }
+#pragma unroll
+    for (int q = 0; q < 4; ++q) d[q] += e[q];
+    acc[0][0] = fmaf(sf0.y, d[1], fmaf(sf0.x, d[0], acc[0][0]));
+    acc[0][2] = fmaf(sf1.y, d[3], fmaf(sf1.x, d[2], acc[0][2]));
+  }
+}
 // G consumer groups of GW warps: each group's input vector and cross-warp sums, then the ring.
-template <int G, int GW>
+template <int G, int GW, int V>
 struct RealLayout {
-  static constexpr int kPartial = (GW - 1) * 4 * 32 * 4, kGroupBytes = kRealMaxK * 2 + kPartial;
+  static constexpr int kPartial = (GW - 1) * 4 * 32 * 4;
+  static constexpr int kGroupBytes = (V & kRealNoXBuffer ? 0 : kRealMaxK * 2) + kPartial;
   static constexpr int kRing = std::min(kRealMaxRing, (227 * 1024 - G * kGroupBytes) / kRealSlot);
   static constexpr int kSmem = G * kGroupBytes + kRing * kRealSlot;
 };
-template <int G, int GW>
+// Ablations (bits of `ablate`): no main loop; x read from global memory in the main loop (L1 may
+// hold stale lines: timing only) instead of copied into shared memory.
+// (host) kSplitSlices: every slice dealt as a tile of its own (split-K without the reduction).
+constexpr int kNoMainLoop = 1, kNoXCopy = 2, kSplitSlices = 4;
+
+template <int G, int GW, int V>
 __global__ void __launch_bounds__((1 + G * GW) * 32, 1)
     persistent_real(const char* w, const RealWork* work, const int* begin, uint32_t* vec, int max_words,
-                    unsigned* done, const unsigned* need) {
-  using L = RealLayout<G, GW>;
+                    unsigned* done, const unsigned* need, int ablate) {
+  using L = RealLayout<G, GW, V>;
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ __align__(8) uint64_t full[L::kRing], empty[L::kRing];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -384,7 +440,8 @@ __global__ void __launch_bounds__((1 + G * GW) * 32, 1)
   const int group = warp / GW, gw_id = warp % GW, gtid = threadIdx.x % (GW * 32);
   const int nthr = GW * 32, g = lane / 4, t = lane % 4;
   bf16* xs = reinterpret_cast<bf16*>(smem + L::kRing * kRealSlot + group * L::kGroupBytes);
-  float* part = reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(xs) + kRealMaxK * 2);
+  float* part = reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(xs) +
+                                         (V & kRealNoXBuffer ? 0 : kRealMaxK * 2));
   const auto group_sync = [&] { asm volatile("bar.sync %0, %1;" ::"r"(1 + group), "r"(nthr) : "memory"); };
   int stage = -1;
   float acc[1][4] = {{0.0f, 0.0f, 0.0f, 0.0f}};
@@ -399,7 +456,8 @@ __global__ void __launch_bounds__((1 + G * GW) * 32, 1)
         }
       group_sync();
       const uint4* in = reinterpret_cast<const uint4*>(vec + ((stage + 1) % 2) * max_words);
-      for (int j = gtid; j < u.K / 8; j += nthr) reinterpret_cast<uint4*>(xs)[j] = __ldcg(in + j);
+      if (!(ablate & kNoXCopy) && !(V & kRealNoXBuffer))
+        for (int j = gtid; j < u.K / 8; j += nthr) reinterpret_cast<uint4*>(xs)[j] = __ldcg(in + j);
       group_sync();
     }
     mbar_wait(&full[s], round % 2);
@@ -408,8 +466,22 @@ __global__ void __launch_bounds__((1 + G * GW) * 32, 1)
       const int64_t cs = smem_code_stride(u.kslice), chunks = u.kslice / 32, groups = ceil_div(chunks, 4);
       const int gw = static_cast<int>((groups - gw_id + GW - 1) / GW);
       const unsigned char* slot = smem + s * kRealSlot;
-      gemv_token_column_loop<1, true>(slot, slot + 16 * cs, cs, u.kslice / 16, xs + u.k0, chunks, gw, gw_id,
-                                      GW, g, t, acc);
+      const bf16* xr = (ablate & kNoXCopy) || (V & kRealNoXBuffer)
+                           ? reinterpret_cast<const bf16*>(vec + ((stage + 1) % 2) * max_words) + u.k0
+                           : xs + u.k0;
+      if (ablate & kNoMainLoop) {
+      } else if constexpr (V & kRealRawCodes) {
+        raw_codes_loop<V & kRealRawNoMma       ? 0
+                       : V & kRealRawTwoChains ? 2
+                                               : 1>(slot, slot + 16 * cs, cs, u.kslice / 16, xr, chunks, gw,
+                                                    gw_id, GW, g, t, acc);
+      } else if constexpr (V & kRealBlockDiagonal) {
+        gemv_block_diagonal_loop<1>(slot, slot + 16 * cs, cs, u.kslice / 16, xr, chunks, gw, gw_id, GW, g, t,
+                                    acc);
+      } else {
+        gemv_token_column_loop<1, true>(slot, slot + 16 * cs, cs, u.kslice / 16, xr, chunks, gw, gw_id, GW, g,
+                                        t, acc);
+      }
       const bool tile_done = u.slice + 1 == u.slices;
       if (tile_done && gw_id > 0)
         for (int q = 0; q < 4; ++q) part[((gw_id - 1) * 4 + q) * 32 + lane] = acc[0][q];
@@ -443,6 +515,13 @@ __global__ void __launch_bounds__((1 + G * GW) * 32, 1)
 
 // ms per step: the median of 30 steps after 3 warm-ups.
 double time_steps(Context& ctx, const std::function<void()>& step) { return median_ms(ctx, step, 30, 3); }
+
+// One persistent_real variant through report_real (run's lambda).
+template <int G, int GW, int V, class Report>
+void real_variant(Report&& report_real, int ablate = 0) {
+  using L = RealLayout<G, GW, V>;
+  report_real(persistent_real<G, GW, V>, G, GW, V, L::kRing, L::kSmem, ablate);
+}
 
 int run(int compute_ns) {
   Context ctx(0);
@@ -708,7 +787,7 @@ int run(int compute_ns) {
 
   // The persistent step with the real main loop: tiles dealt round robin over (SM, consumer group),
   // the groups' items on each SM interleaved (one of each group in turn, each group's slices in order).
-  const auto real = [&](auto kernel, int groups, int group_warps, int smem) {
+  const auto real = [&](auto kernel, int groups, int group_warps, int smem, int ablate) {
     std::vector<std::vector<RealWork>> lists(static_cast<size_t>(sms));
     std::vector<unsigned> rneed(static_cast<size_t>(stages), 0);
     int rot = 0;
@@ -722,15 +801,18 @@ int run(int compute_ns) {
       } else {
         const int per_part = sg.K / sg.kslice, slices = sg.parts * per_part;
         const uint32_t slice_bytes = static_cast<uint32_t>(16 * sg.kslice / 2 + 16 * sg.kslice / 16);
-        for (int j = 0; j < sg.tiles; ++j) {
-          const int sm = (j + rot) % sms, grp = ((j + rot) / sms) % groups;
-          for (int sl = 0; sl < slices; ++sl)
+        const bool split = ablate & kSplitSlices;
+        for (int j = 0; j < sg.tiles; ++j)
+          for (int sl = 0; sl < slices; ++sl) {
+            const int d = split ? j * slices + sl : j, sm = (d + rot) % sms, grp = ((d + rot) / sms) % groups;
             mine[static_cast<size_t>(sm * groups + grp)].push_back(
                 {offset[i] + (static_cast<uint64_t>(j) * slices + sl) * slice_bytes, slice_bytes, i, j,
-                 sg.tiles, 0, grp, sl, slices, (sl % per_part) * sg.kslice, sg.kslice, sg.K});
-        }
+                 sg.tiles, 0, grp, split ? 0 : sl, split ? 1 : slices, (sl % per_part) * sg.kslice, sg.kslice,
+                 sg.K});
+          }
       }
-      rot = (rot + sg.tiles) % sms;
+      const bool split_tiles = sg.kslice > 0 && (ablate & kSplitSlices);
+      rot = (rot + (split_tiles ? sg.tiles * sg.parts * (sg.K / sg.kslice) : sg.tiles)) % sms;
       for (int sm = 0; sm < sms; ++sm) {
         std::vector<size_t> at(static_cast<size_t>(groups), 0);
         for (int q = 0; q < groups; ++q) {
@@ -774,22 +856,43 @@ int run(int compute_ns) {
     const double ms = time_steps(ctx, [&] {
       CUDA_CHECK(cudaMemsetAsync(done, 0, stages * sizeof(unsigned), st));
       kernel<<<sms, (1 + groups * group_warps) * 32, smem, st>>>(w, d_rwork, d_rbegin, vec, max_words, done,
-                                                                 d_rneed);
+                                                                 d_rneed, ablate);
       CUDA_CHECK_LAUNCH();
     });
     for (void* p : {static_cast<void*>(d_rwork), static_cast<void*>(d_rbegin), static_cast<void*>(d_rneed)})
       CUDA_CHECK(cudaFree(p));
     return ms;
   };
-  const auto report_real = [&](auto kernel, int groups, int group_warps, int ring, int smem) {
-    char what[64];
-    std::snprintf(what, sizeof what, "real loop, %d x %d warps, ring %d", groups, group_warps, ring);
-    report(what, real(kernel, groups, group_warps, smem));
+  const auto report_real = [&](auto kernel, int groups, int group_warps, int variant, int ring, int smem,
+                               int ablate) {
+    char what[96];
+    std::snprintf(what, sizeof what, "real loop, %d x %d warps, ring %d%s%s%s%s", groups, group_warps, ring,
+                  variant & kRealRawNoMma        ? ", raw codes, no mma"
+                  : variant & kRealRawTwoChains  ? ", raw codes, 2 chains"
+                  : variant & kRealRawCodes      ? ", raw codes"
+                  : variant & kRealBlockDiagonal ? ", block-diag"
+                                                 : "",
+                  ablate & kNoMainLoop ? ", no loop" : "",
+                  (ablate & kNoXCopy) || (variant & kRealNoXBuffer) ? ", x global" : "",
+                  ablate & kSplitSlices ? ", split" : "");
+    report(what, real(kernel, groups, group_warps, smem, ablate));
   };
-  report_real(persistent_real<2, 4>, 2, 4, RealLayout<2, 4>::kRing, RealLayout<2, 4>::kSmem);
-  report_real(persistent_real<2, 8>, 2, 8, RealLayout<2, 8>::kRing, RealLayout<2, 8>::kSmem);
-  report_real(persistent_real<4, 4>, 4, 4, RealLayout<4, 4>::kRing, RealLayout<4, 4>::kSmem);
-  report_real(persistent_real<3, 8>, 3, 8, RealLayout<3, 8>::kRing, RealLayout<3, 8>::kSmem);
+  real_variant<2, 4, 0>(report_real);
+  real_variant<2, 8, 0>(report_real);
+  real_variant<4, 4, 0>(report_real);
+  for (int ab : {kNoMainLoop, kNoXCopy, kSplitSlices, kNoXCopy | kSplitSlices, kNoMainLoop | kNoXCopy})
+    real_variant<2, 4, 0>(report_real, ab);
+  real_variant<2, 4, kRealBlockDiagonal>(report_real);
+  real_variant<2, 4, kRealBlockDiagonal | kRealNoXBuffer>(report_real, kSplitSlices);
+  real_variant<4, 4, kRealBlockDiagonal | kRealNoXBuffer>(report_real, kSplitSlices);
+  real_variant<6, 4, kRealBlockDiagonal | kRealNoXBuffer>(report_real, kSplitSlices);
+  real_variant<3, 8, kRealBlockDiagonal | kRealNoXBuffer>(report_real, kSplitSlices);
+  real_variant<8, 2, kRealBlockDiagonal | kRealNoXBuffer>(report_real, kSplitSlices);
+  real_variant<4, 4, kRealRawCodes | kRealNoXBuffer>(report_real, kSplitSlices);
+  real_variant<6, 4, kRealRawCodes | kRealNoXBuffer>(report_real, kSplitSlices);
+  real_variant<4, 4, kRealRawCodes | kRealRawTwoChains | kRealNoXBuffer>(report_real, kSplitSlices);
+  real_variant<4, 4, kRealRawCodes | kRealRawNoMma | kRealNoXBuffer>(report_real, kSplitSlices);
+  real_variant<4, 4, kRealBlockDiagonal | kRealNoXBuffer>(report_real, kSplitSlices | kNoMainLoop);
 
   std::printf("  copy bandwidth               %7.1f GB/s (read + write)\n", copy_bandwidth_gbps(ctx));
   for (void* p :
