@@ -1,6 +1,6 @@
 // bench_cuda_step_structure: what the *structure* of a decode step costs, without its arithmetic.
 //
-//   bench_cuda_step_structure [compute_ns (default 0)]
+//   bench_cuda_step_structure [compute_ns (default 0)] [real]   ("real": only the real-loop rows)
 //
 // The step of Qwen3-4B with NVFP4 weights (batch 1) as 181 dependent stages -- per layer q/k/v,
 // attention, o_proj, gate/up, down_proj, then the head -- each streaming its real weight bytes
@@ -26,16 +26,18 @@
 //                       of U bytes, each work item copied in P bulk copies ("ef": L2 evict-first);
 //   hybrid              attention a kernel (PDL), the GEMV stages between two attentions one
 //                       persistent kernel each (PDL: its producer streams while attention runs);
-//   real loop, G x W    persistent, with the real main loop (gemv_tile.cuh's
-//                       gemv_token_column_loop) in place of the spin: G consumer groups of W warps,
-//                       work items = K-slices (<= 2560 columns) of 16-row tiles, the tile's sums
-//                       kept in registers across its slices, each stage's input vector copied into
-//                       the group's shared memory at its first item.
+//   real loop, G x W    persistent, with the real main loop (gemv_tile.cuh) in place of the spin:
+//                       G consumer groups of W warps, each with its own slots of the ring; work
+//                       items = K-slices (<= 2560 columns) of 16-row tiles; variants and ablations
+//                       (block-diagonal loop, codes unconverted, no mma, no loop, x in shared memory
+//                       or read from global memory, slices dealt as items of their own) and, with
+//                       "per consumer group", where one profiled step's time goes (clock64).
 // Runs on one CUDA graph (kernels) or one launch (persistent) per step; median of 30 steps. The
 // numbers bound what a restructured step can gain: see bench/RESULTS.md (seventh and eighth
-// sessions). Not a correctness test: the persistent variants' consumer groups share one ring and
-// wait on its slots by parity, which a group running two rounds ahead of a slot could misread
-// (harmless for timing; a real persistent step needs a ring per group or an issue count per slot).
+// sessions). Not a correctness test: the results are not checked, and the `persistent/*` rows'
+// consumer groups share one ring and wait on its slots by parity, which a group two rounds ahead
+// of a slot could misread (harmless for their timing; the real-loop kernel gives each group its own
+// slots, after a deadlock from exactly that).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -43,6 +45,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <string>
 #include <vector>
 
 #include "backend/cuda/async_copy.cuh"
@@ -323,12 +326,12 @@ __global__ void __launch_bounds__((1 + kConsumerWarps) * 32, 1)
 
 // The persistent step with the real main loop (gemv_tile.cuh) instead of a spin. A work item is one
 // K-slice (<= 2560 columns) of one 16-row tile of one weight: the producer copies its 16 code rows
-// (one bulk copy each, into rows padded as the GEMV kernels pad them) and its scales into a ring
-// slot; the consumer group that owns the tile runs gemv_token_column_loop over the slice with x
-// from shared memory, keeps the sums in registers across the tile's slices, and after the last one
-// adds its warps' sums (shared memory, in warp order) and writes the tile's 16 outputs. At a
-// stage's first item a group waits for the stage before (counters), then copies its input vector
-// (K bf16, 16-byte ld.global.cg) into its own shared-memory buffer.
+// (one bulk copy each, into rows padded as the GEMV kernels pad them) and its scales into the next
+// ring slot of the consumer group that owns the item; the group runs the main loop over the slice,
+// keeps the sums in registers across the tile's slices, and after the last one adds its warps' sums
+// (shared memory, in warp order) and writes the tile's 16 outputs. At a stage's first item a group
+// waits for the stage before (counters), then (unless x is read from global memory) copies its
+// input vector (K bf16, 16-byte ld.global.cg) into its own shared-memory buffer.
 struct RealWork {
   uint64_t offset;  // of the slice's codes (16 rows x kslice/2), then its scales (16 x kslice/16)
   uint32_t bytes;
@@ -342,7 +345,7 @@ constexpr int kRealMaxK = 9728, kRealMaxRing = 8;
 // mma's columns: what nibble's decode GEMVs run where x arrives prepared) instead of the token-column
 // loop; no shared-memory input vectors (x read from global memory).
 constexpr int kRealBlockDiagonal = 1, kRealNoXBuffer = 2, kRealRawCodes = 4, kRealRawTwoChains = 8,
-              kRealRawNoMma = 16;
+              kRealRawNoMma = 16, kRealRelease = 32;  // the signal: one red.release instead of fence + atomic
 
 // The block-diagonal loop's loads and mmas with the codes fed to the mma as they are (no e2m1 ->
 // bf16 conversion): what the main loop would cost if dequantising were free. Timing only.
@@ -399,12 +402,14 @@ struct RealLayout {
 // Ablations (bits of `ablate`): no main loop; x read from global memory in the main loop (L1 may
 // hold stale lines: timing only) instead of copied into shared memory.
 // (host) kSplitSlices: every slice dealt as a tile of its own (split-K without the reduction).
-constexpr int kNoMainLoop = 1, kNoXCopy = 2, kSplitSlices = 4;
+// kProfile: also one profiled step (where the consumer groups' time goes).
+constexpr int kNoMainLoop = 1, kNoXCopy = 2, kSplitSlices = 4, kProfile = 8;
 
 template <int G, int GW, int V>
 __global__ void __launch_bounds__((1 + G * GW) * 32, 1)
-    persistent_real(const char* w, const RealWork* work, const int* begin, uint32_t* vec, int max_words,
-                    unsigned* done, const unsigned* need, int ablate) {
+    persistent_real(const char* w, const RealWork* work, const int* begin, const int* mine,
+                    const int* mine_begin, uint32_t* vec, int max_words, unsigned* done, const unsigned* need,
+                    int ablate, unsigned long long* prof) {
   using L = RealLayout<G, GW, V>;
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ __align__(8) uint64_t full[L::kRing], empty[L::kRing];
@@ -416,10 +421,18 @@ __global__ void __launch_bounds__((1 + G * GW) * 32, 1)
       mbar_init(&empty[s]);
     }
   __syncthreads();
-  if (warp == G * GW) {  // the producer
+  constexpr int R = L::kRing / G;  // each consumer group's own slots: [group * R, group * R + R)
+  if (warp == G * GW) {            // the producer
+    int issued[G];
+#pragma unroll
+    for (int q = 0; q < G; ++q) issued[q] = 0;
     for (int i = b; i < e; ++i) {
-      const int s = (i - b) % L::kRing, round = (i - b) / L::kRing;
       const RealWork u = work[i];
+      int n = 0;
+#pragma unroll
+      for (int q = 0; q < G; ++q)
+        if (q == u.group) n = issued[q]++;
+      const int s = u.group * R + n % R, round = n / R;
       if (round > 0) mbar_wait(&empty[s], (round - 1) % 2);
       unsigned char* slot = smem + s * kRealSlot;
       if (u.bytes == 0) {
@@ -445,10 +458,18 @@ __global__ void __launch_bounds__((1 + G * GW) * 32, 1)
   const auto group_sync = [&] { asm volatile("bar.sync %0, %1;" ::"r"(1 + group), "r"(nthr) : "memory"); };
   int stage = -1;
   float acc[1][4] = {{0.0f, 0.0f, 0.0f, 0.0f}};
-  for (int i = b; i < e; ++i) {
-    const RealWork u = work[i];
-    if (u.group != group) continue;
-    const int s = (i - b) % L::kRing, round = (i - b) / L::kRing;
+  // kProfile: the group's first thread adds up where its time goes (clock64): waiting for the stage
+  // before (and reading its vector), waiting for an item's weights, the item's loop and sums.
+  const bool profile = (ablate & kProfile) && gtid == 0;
+  long long t_dep = 0, t_full = 0, t_loop = 0, t0 = 0;
+  // The group's own items (indices into the SM's list, which the producer follows).
+  const int k0 = mine_begin[blockIdx.x * G + group], k1 = mine_begin[blockIdx.x * G + group + 1];
+  RealWork next = k0 < k1 ? work[mine[k0]] : RealWork{};  // each item's description loaded one item ahead
+  for (int k = k0; k < k1; ++k) {
+    const RealWork u = next;
+    if (k + 1 < k1) next = work[mine[k + 1]];
+    const int s = group * R + (k - k0) % R, round = (k - k0) / R;
+    if (profile) t0 = clock64();
     if (u.stage != stage) {
       stage = u.stage;
       if (stage > 0 && gtid == 0)
@@ -460,7 +481,17 @@ __global__ void __launch_bounds__((1 + G * GW) * 32, 1)
         for (int j = gtid; j < u.K / 8; j += nthr) reinterpret_cast<uint4*>(xs)[j] = __ldcg(in + j);
       group_sync();
     }
+    if (profile) {
+      const long long t1 = clock64();
+      t_dep += t1 - t0;
+      t0 = t1;
+    }
     mbar_wait(&full[s], round % 2);
+    if (profile) {
+      const long long t1 = clock64();
+      t_full += t1 - t0;
+      t0 = t1;
+    }
     if (u.bytes > 0) {
       if (u.slice == 0) acc[0][0] = acc[0][1] = acc[0][2] = acc[0][3] = 0.0f;
       const int64_t cs = smem_code_stride(u.kslice), chunks = u.kslice / 32, groups = ceil_div(chunks, 4);
@@ -506,10 +537,20 @@ __global__ void __launch_bounds__((1 + G * GW) * 32, 1)
     if (u.last) {
       group_sync();
       if (gtid == 0) {
-        __threadfence();
-        atomicAdd(done + stage, 1u);
+        if constexpr (V & kRealRelease) {
+          asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(done + stage) : "memory");
+        } else {
+          __threadfence();
+          atomicAdd(done + stage, 1u);
+        }
       }
     }
+    if (profile) t_loop += clock64() - t0;
+  }
+  if (profile) {
+    atomicAdd(prof + 0, static_cast<unsigned long long>(t_dep));
+    atomicAdd(prof + 1, static_cast<unsigned long long>(t_full));
+    atomicAdd(prof + 2, static_cast<unsigned long long>(t_loop));
   }
 }
 
@@ -523,7 +564,7 @@ void real_variant(Report&& report_real, int ablate = 0) {
   report_real(persistent_real<G, GW, V>, G, GW, V, L::kRing, L::kSmem, ablate);
 }
 
-int run(int compute_ns) {
+int run(int compute_ns, bool real_only) {
   Context ctx(0);
   const int sms = ctx.info().sm_count;
   const std::vector<Stage> step = qwen3_4b_step();
@@ -587,10 +628,12 @@ int run(int compute_ns) {
     CUDA_CHECK(cudaGraphDestroy(graph));
     return ms;
   };
-  report("kernels/stream", kernels(stage_kernel<Wait::kStream, false>, false, false));
-  report("kernels/pdl", kernels(stage_kernel<Wait::kPdl, false>, true, false));
-  report("kernels/counters", kernels(stage_kernel<Wait::kCounter, false>, true, false));
-  report("kernels/pdl+loop", kernels(stage_kernel<Wait::kPdl, true>, true, true));
+  if (!real_only) {
+    report("kernels/stream", kernels(stage_kernel<Wait::kStream, false>, false, false));
+    report("kernels/pdl", kernels(stage_kernel<Wait::kPdl, false>, true, false));
+    report("kernels/counters", kernels(stage_kernel<Wait::kCounter, false>, true, false));
+    report("kernels/pdl+loop", kernels(stage_kernel<Wait::kPdl, true>, true, true));
+  }
 
   // The persistent step: tiles of at most kTileBytes dealt round robin over the SMs, stage by stage
   // (stages [lo, hi)).
@@ -754,40 +797,47 @@ int run(int compute_ns) {
     }
     return ms;
   };
-  report("hybrid: attention kernels",
-         hybrid(persistent_step<Sync::kCounters, 2>, stage_kernel<Wait::kPdl, false>));
-
-  report("persistent/full, counters", persistent(persistent_step<Sync::kCounters, 2>, 2, true));
-  report("persistent/full, 1 group", persistent(persistent_step<Sync::kCounters, 1>, 1, true));
-  report("persistent/full, LL flags", persistent(persistent_step<Sync::kLowLatency, 2>, 2, true));
-  report("persistent/stream only", persistent(persistent_step<Sync::kNone, 2>, 2, true));
-  report("persistent/waits, counters", persistent(persistent_step<Sync::kCounters, 2>, 2, false));
-  report("persistent/waits, 1 group", persistent(persistent_step<Sync::kCounters, 1>, 1, false));
-  report("persistent/waits, LL flags", persistent(persistent_step<Sync::kLowLatency, 2>, 2, false));
-  // The weight stream alone, other rings: slot size and count, L2 evict-first copies.
-  for (const Ring r : {Ring{kTileBytes, 8, false, false, 1}, Ring{kTileBytes, 8, false, false, 4},
-                       Ring{kTileBytes / 2, 16, false, false, 1}, Ring{kTileBytes / 2, 16, false, true, 16},
-                       Ring{2 * kTileBytes, 4, false, false, 1}, Ring{2 * kTileBytes, 4, true, false, 16}}) {
-    ring = r;
-    char what[64];
-    std::snprintf(what, sizeof what, "stream only, %d x %d in %d%s%s", r.slots, r.unit, r.pieces,
-                  r.evict_first ? " ef" : "", r.ahead ? " ahead" : "");
-    report(what, persistent(persistent_step<Sync::kNone, 2>, 2, true));
+  if (!real_only) {
+    report("hybrid: attention kernels",
+           hybrid(persistent_step<Sync::kCounters, 2>, stage_kernel<Wait::kPdl, false>));
   }
-  for (const Ring r : {Ring{kTileBytes, 8, false, false, 1}, Ring{2 * kTileBytes, 4, false, false, 1}}) {
-    ring = r;
-    char what[64];
-    std::snprintf(what, sizeof what, "full, %d x %d in 1", r.slots, r.unit);
-    report(what, persistent(persistent_step<Sync::kCounters, 2>, 2, true));
-    std::snprintf(what, sizeof what, "waits, %d x %d in 1", r.slots, r.unit);
-    report(what, persistent(persistent_step<Sync::kCounters, 2>, 2, false));
-    std::snprintf(what, sizeof what, "hybrid, %d x %d in 1", r.slots, r.unit);
-    report(what, hybrid(persistent_step<Sync::kCounters, 2>, stage_kernel<Wait::kPdl, false>));
+
+  if (!real_only) {
+    report("persistent/full, counters", persistent(persistent_step<Sync::kCounters, 2>, 2, true));
+    report("persistent/full, 1 group", persistent(persistent_step<Sync::kCounters, 1>, 1, true));
+    report("persistent/full, LL flags", persistent(persistent_step<Sync::kLowLatency, 2>, 2, true));
+    report("persistent/stream only", persistent(persistent_step<Sync::kNone, 2>, 2, true));
+    report("persistent/waits, counters", persistent(persistent_step<Sync::kCounters, 2>, 2, false));
+    report("persistent/waits, 1 group", persistent(persistent_step<Sync::kCounters, 1>, 1, false));
+    report("persistent/waits, LL flags", persistent(persistent_step<Sync::kLowLatency, 2>, 2, false));
+    // The weight stream alone, other rings: slot size and count, L2 evict-first copies.
+    for (const Ring r :
+         {Ring{kTileBytes, 8, false, false, 1}, Ring{kTileBytes, 8, false, false, 4},
+          Ring{kTileBytes / 2, 16, false, false, 1}, Ring{kTileBytes / 2, 16, false, true, 16},
+          Ring{2 * kTileBytes, 4, false, false, 1}, Ring{2 * kTileBytes, 4, true, false, 16}}) {
+      ring = r;
+      char what[64];
+      std::snprintf(what, sizeof what, "stream only, %d x %d in %d%s%s", r.slots, r.unit, r.pieces,
+                    r.evict_first ? " ef" : "", r.ahead ? " ahead" : "");
+      report(what, persistent(persistent_step<Sync::kNone, 2>, 2, true));
+    }
+    for (const Ring r : {Ring{kTileBytes, 8, false, false, 1}, Ring{2 * kTileBytes, 4, false, false, 1}}) {
+      ring = r;
+      char what[64];
+      std::snprintf(what, sizeof what, "full, %d x %d in 1", r.slots, r.unit);
+      report(what, persistent(persistent_step<Sync::kCounters, 2>, 2, true));
+      std::snprintf(what, sizeof what, "waits, %d x %d in 1", r.slots, r.unit);
+      report(what, persistent(persistent_step<Sync::kCounters, 2>, 2, false));
+      std::snprintf(what, sizeof what, "hybrid, %d x %d in 1", r.slots, r.unit);
+      report(what, hybrid(persistent_step<Sync::kCounters, 2>, stage_kernel<Wait::kPdl, false>));
+    }
   }
 
   // The persistent step with the real main loop: tiles dealt round robin over (SM, consumer group),
   // the groups' items on each SM interleaved (one of each group in turn, each group's slices in order).
+  std::string profile_line;  // kProfile: set by `real`, printed by `report_real`
   const auto real = [&](auto kernel, int groups, int group_warps, int smem, int ablate) {
+    profile_line.clear();
     std::vector<std::vector<RealWork>> lists(static_cast<size_t>(sms));
     std::vector<unsigned> rneed(static_cast<size_t>(stages), 0);
     int rot = 0;
@@ -836,12 +886,24 @@ int run(int compute_ns) {
       }
     }
     std::vector<RealWork> all;
-    std::vector<int> rbegin;
+    std::vector<int> rbegin, mine_idx, mine_begin;
     for (const auto& l : lists) {
       rbegin.push_back(static_cast<int>(all.size()));
+      for (int q = 0; q < groups; ++q) {
+        mine_begin.push_back(static_cast<int>(mine_idx.size()));
+        for (size_t k = 0; k < l.size(); ++k)
+          if (l[k].group == q) mine_idx.push_back(static_cast<int>(all.size() + k));
+      }
       all.insert(all.end(), l.begin(), l.end());
     }
     rbegin.push_back(static_cast<int>(all.size()));
+    mine_begin.push_back(static_cast<int>(mine_idx.size()));
+    int *d_mine = nullptr, *d_mine_begin = nullptr;
+    CUDA_CHECK(cudaMalloc(&d_mine, mine_idx.size() * sizeof(int)));
+    CUDA_CHECK(cudaMalloc(&d_mine_begin, mine_begin.size() * sizeof(int)));
+    CUDA_CHECK(cudaMemcpy(d_mine, mine_idx.data(), mine_idx.size() * sizeof(int), cudaMemcpyHostToDevice));
+    CUDA_CHECK(
+        cudaMemcpy(d_mine_begin, mine_begin.data(), mine_begin.size() * sizeof(int), cudaMemcpyHostToDevice));
     RealWork* d_rwork = nullptr;
     int* d_rbegin = nullptr;
     unsigned* d_rneed = nullptr;
@@ -855,18 +917,42 @@ int run(int compute_ns) {
     CUDA_CHECK(cudaMemset(vec, 0, 2 * static_cast<size_t>(max_words) * 4));
     const double ms = time_steps(ctx, [&] {
       CUDA_CHECK(cudaMemsetAsync(done, 0, stages * sizeof(unsigned), st));
-      kernel<<<sms, (1 + groups * group_warps) * 32, smem, st>>>(w, d_rwork, d_rbegin, vec, max_words, done,
-                                                                 d_rneed, ablate);
+      kernel<<<sms, (1 + groups * group_warps) * 32, smem, st>>>(w, d_rwork, d_rbegin, d_mine, d_mine_begin,
+                                                                 vec, max_words, done, d_rneed,
+                                                                 ablate & ~kProfile, nullptr);
       CUDA_CHECK_LAUNCH();
     });
-    for (void* p : {static_cast<void*>(d_rwork), static_cast<void*>(d_rbegin), static_cast<void*>(d_rneed)})
+    if (ablate & kProfile) {  // one more step, profiled: per consumer group and step, in microseconds
+      unsigned long long* prof = nullptr;
+      unsigned long long h[3] = {0, 0, 0};
+      CUDA_CHECK(cudaMalloc(&prof, sizeof h));
+      CUDA_CHECK(cudaMemset(prof, 0, sizeof h));
+      CUDA_CHECK(cudaMemsetAsync(done, 0, stages * sizeof(unsigned), st));
+      kernel<<<sms, (1 + groups * group_warps) * 32, smem, st>>>(w, d_rwork, d_rbegin, d_mine, d_mine_begin,
+                                                                 vec, max_words, done, d_rneed, ablate, prof);
+      CUDA_CHECK_LAUNCH();
+      CUDA_CHECK(cudaStreamSynchronize(st));
+      CUDA_CHECK(cudaMemcpy(h, prof, sizeof h, cudaMemcpyDeviceToHost));
+      CUDA_CHECK(cudaFree(prof));
+      int khz = 0;
+      CUDA_CHECK(cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, ctx.info().index));
+      const double us = 1e3 / khz / (static_cast<double>(sms) * groups);
+      char line[160];
+      std::snprintf(
+          line, sizeof line,
+          "    per consumer group: stage waits %.0f us, weight waits %.0f us, items %.0f us (step %.0f us)\n",
+          h[0] * us, h[1] * us, h[2] * us, ms * 1e3);
+      profile_line = line;
+    }
+    for (void* p : {static_cast<void*>(d_rwork), static_cast<void*>(d_rbegin), static_cast<void*>(d_rneed),
+                    static_cast<void*>(d_mine), static_cast<void*>(d_mine_begin)})
       CUDA_CHECK(cudaFree(p));
     return ms;
   };
   const auto report_real = [&](auto kernel, int groups, int group_warps, int variant, int ring, int smem,
                                int ablate) {
-    char what[96];
-    std::snprintf(what, sizeof what, "real loop, %d x %d warps, ring %d%s%s%s%s", groups, group_warps, ring,
+    char what[112];
+    std::snprintf(what, sizeof what, "real loop, %d x %d warps, ring %d%s%s%s%s%s", groups, group_warps, ring,
                   variant & kRealRawNoMma        ? ", raw codes, no mma"
                   : variant & kRealRawTwoChains  ? ", raw codes, 2 chains"
                   : variant & kRealRawCodes      ? ", raw codes"
@@ -874,25 +960,37 @@ int run(int compute_ns) {
                                                  : "",
                   ablate & kNoMainLoop ? ", no loop" : "",
                   (ablate & kNoXCopy) || (variant & kRealNoXBuffer) ? ", x global" : "",
-                  ablate & kSplitSlices ? ", split" : "");
+                  ablate & kSplitSlices ? ", split" : "", variant & kRealRelease ? ", red.release" : "");
+    // (kProfile adds a line of its own)
     report(what, real(kernel, groups, group_warps, smem, ablate));
+    std::printf("%s", profile_line.c_str());
   };
-  real_variant<2, 4, 0>(report_real);
-  real_variant<2, 8, 0>(report_real);
-  real_variant<4, 4, 0>(report_real);
-  for (int ab : {kNoMainLoop, kNoXCopy, kSplitSlices, kNoXCopy | kSplitSlices, kNoMainLoop | kNoXCopy})
-    real_variant<2, 4, 0>(report_real, ab);
-  real_variant<2, 4, kRealBlockDiagonal>(report_real);
-  real_variant<2, 4, kRealBlockDiagonal | kRealNoXBuffer>(report_real, kSplitSlices);
-  real_variant<4, 4, kRealBlockDiagonal | kRealNoXBuffer>(report_real, kSplitSlices);
-  real_variant<6, 4, kRealBlockDiagonal | kRealNoXBuffer>(report_real, kSplitSlices);
-  real_variant<3, 8, kRealBlockDiagonal | kRealNoXBuffer>(report_real, kSplitSlices);
-  real_variant<8, 2, kRealBlockDiagonal | kRealNoXBuffer>(report_real, kSplitSlices);
-  real_variant<4, 4, kRealRawCodes | kRealNoXBuffer>(report_real, kSplitSlices);
-  real_variant<6, 4, kRealRawCodes | kRealNoXBuffer>(report_real, kSplitSlices);
-  real_variant<4, 4, kRealRawCodes | kRealRawTwoChains | kRealNoXBuffer>(report_real, kSplitSlices);
-  real_variant<4, 4, kRealRawCodes | kRealRawNoMma | kRealNoXBuffer>(report_real, kSplitSlices);
-  real_variant<4, 4, kRealBlockDiagonal | kRealNoXBuffer>(report_real, kSplitSlices | kNoMainLoop);
+  if (!real_only) {
+    real_variant<2, 4, 0>(report_real);
+    real_variant<2, 8, 0>(report_real);
+    real_variant<4, 4, 0>(report_real);
+    for (int ab : {kNoMainLoop, kNoXCopy, kSplitSlices, kNoXCopy | kSplitSlices, kNoMainLoop | kNoXCopy})
+      real_variant<2, 4, 0>(report_real, ab);
+    real_variant<2, 4, kRealBlockDiagonal>(report_real);
+    real_variant<2, 4, kRealBlockDiagonal | kRealNoXBuffer>(report_real, kSplitSlices);
+    real_variant<6, 4, kRealBlockDiagonal | kRealNoXBuffer>(report_real, kSplitSlices);
+    real_variant<3, 8, kRealBlockDiagonal | kRealNoXBuffer>(report_real, kSplitSlices);
+    real_variant<8, 2, kRealBlockDiagonal | kRealNoXBuffer>(report_real, kSplitSlices);
+    real_variant<6, 4, kRealRawCodes | kRealNoXBuffer>(report_real, kSplitSlices);
+    real_variant<4, 4, kRealRawCodes | kRealRawTwoChains | kRealNoXBuffer>(report_real, kSplitSlices);
+  }
+  real_variant<4, 4, kRealBlockDiagonal | kRealNoXBuffer>(report_real, kSplitSlices | kProfile);
+  real_variant<4, 4, kRealRawCodes | kRealNoXBuffer>(report_real, kSplitSlices | kProfile);
+  real_variant<4, 4, kRealRawCodes | kRealRawNoMma | kRealNoXBuffer>(report_real, kSplitSlices | kProfile);
+  real_variant<4, 4, kRealBlockDiagonal | kRealNoXBuffer>(report_real, kSplitSlices | kNoMainLoop | kProfile);
+  real_variant<4, 4, kRealBlockDiagonal | kRealNoXBuffer | kRealRelease>(report_real,
+                                                                         kSplitSlices | kProfile);
+  real_variant<8, 2, kRealBlockDiagonal | kRealNoXBuffer>(report_real, kSplitSlices | kProfile);
+  real_variant<6, 4, kRealBlockDiagonal | kRealNoXBuffer>(report_real, kSplitSlices | kProfile);
+  // the input vector in shared memory (copied per stage by each group)
+  real_variant<4, 4, kRealBlockDiagonal>(report_real, kSplitSlices | kProfile);
+  real_variant<4, 4, kRealRawCodes | kRealRawNoMma>(report_real, kSplitSlices | kProfile);
+  real_variant<4, 4, kRealBlockDiagonal>(report_real, kSplitSlices | kNoMainLoop | kProfile);
 
   std::printf("  copy bandwidth               %7.1f GB/s (read + write)\n", copy_bandwidth_gbps(ctx));
   for (void* p :
@@ -913,7 +1011,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
-    return nibble::cuda::run(compute_ns);
+    return nibble::cuda::run(compute_ns, argc > 2 && std::string(argv[2]) == "real");
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_cuda_step_structure: %s\n", e.what());
     return 1;
