@@ -380,9 +380,9 @@ __device__ __forceinline__ void raw_codes_loop(const unsigned char* codes_s, con
                                      word_of(xb[w], m % 4)) &
                                     0x3f7fffffu);
       } else {
-        mma_bf16(CHAINS == 2 && m % 2 ? e : d, word_of(wv[0][0], w), word_of(wv[0][1], w),
-                 word_of(wv[0][0], 2 + w), word_of(wv[0][1], 2 + w), word_of(xa[w], m % 4),
-                 word_of(xb[w], m % 4));
+        mma_m16n8k16<bf16>(CHAINS == 2 && m % 2 ? e : d, word_of(wv[0][0], w), word_of(wv[0][1], w),
+                           word_of(wv[0][0], 2 + w), word_of(wv[0][1], 2 + w), word_of(xa[w], m % 4),
+                           word_of(xb[w], m % 4));
       }
     }
 #pragma unroll

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <type_traits>
 
 #include "backend/cuda/async_copy.cuh"
 #include "backend/cuda/attention.cuh"
@@ -11,6 +12,7 @@
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/kv_convert.cuh"
+#include "backend/cuda/mma.cuh"
 #include "backend/cuda/pdl.cuh"
 #include "backend/cuda/qk_rope_row.cuh"
 
@@ -224,19 +226,14 @@ __device__ __forceinline__ void load_smem(uint32_t (&w)[BYTES / 4], const unsign
 template <bool F16, bool FULL>
 __device__ __forceinline__ void mma16816(float (&d)[FULL ? 4 : 2], const uint32_t (&a)[4], uint32_t b0,
                                          uint32_t b1) {
-  float d2 = 0.0f, d3 = 0.0f;
-  float& e2 = FULL ? d[FULL ? 2 : 0] : d2;
-  float& e3 = FULL ? d[FULL ? 3 : 1] : d3;
-  if constexpr (F16)
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(e2), "+f"(e3)
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  else
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(e2), "+f"(e3)
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  using T = std::conditional_t<F16, __half, bf16>;
+  if constexpr (FULL) {
+    mma_m16n8k16<T>(d, a[0], a[1], a[2], a[3], b0, b1);
+  } else {
+    float e[4] = {d[0], d[1], 0.0f, 0.0f};
+    mma_m16n8k16<T>(e, a[0], a[1], a[2], a[3], b0, b1);
+    d[0] = e[0], d[1] = e[1];
+  }
 }
 
 // Two e4m3 (low byte first) -> f16x2, exact.

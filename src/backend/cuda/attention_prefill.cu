@@ -7,6 +7,7 @@
 #include "backend/cuda/attention_prefill.cuh"
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/common.cuh"
+#include "backend/cuda/mma.cuh"
 
 namespace nibble::cuda {
 namespace {
@@ -65,15 +66,6 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t add
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(addr));
-}
-
-// d += a (16x16 bf16, row) * b (16x8 bf16, col), fp32 accumulators.
-__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
 // 2^x on the special-function unit, subnormal results flushed to zero (they are below any weight
@@ -268,8 +260,8 @@ __global__ void __launch_bounds__(kWarps* kWarp) attention_prefill_kernel(const 
           ldmatrix_x4(b, ks + k_off[kk % 4] + (sub * SUB + nb * 16) * CH * 16 + kk / 4 * 128);
 #pragma unroll
           for (int mt = 0; mt < MT; ++mt) {
-            mma_bf16(s[mt][2 * nb], a[mt], b[0], b[1]);
-            mma_bf16(s[mt][2 * nb + 1], a[mt], b[2], b[3]);
+            mma_m16n8k16<bf16>(s[mt][2 * nb], a[mt][0], a[mt][1], a[mt][2], a[mt][3], b[0], b[1]);
+            mma_m16n8k16<bf16>(s[mt][2 * nb + 1], a[mt][0], a[mt][1], a[mt][2], a[mt][3], b[2], b[3]);
           }
         }
       }
@@ -339,8 +331,8 @@ __global__ void __launch_bounds__(kWarps* kWarp) attention_prefill_kernel(const 
           ldmatrix_x4_trans(b, vs + a_off[dn % 4] + (sub * SUB + kk * 16) * CH * 16 + dn / 4 * 128);
 #pragma unroll
           for (int mt = 0; mt < MT; ++mt) {
-            mma_bf16(o[mt][2 * dn], a[mt], b[0], b[1]);
-            mma_bf16(o[mt][2 * dn + 1], a[mt], b[2], b[3]);
+            mma_m16n8k16<bf16>(o[mt][2 * dn], a[mt][0], a[mt][1], a[mt][2], a[mt][3], b[0], b[1]);
+            mma_m16n8k16<bf16>(o[mt][2 * dn + 1], a[mt][0], a[mt][1], a[mt][2], a[mt][3], b[2], b[3]);
           }
         }
       }

@@ -14,6 +14,7 @@
 #include "backend/cuda/async_copy.cuh"
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/linear.cuh"
+#include "backend/cuda/mma.cuh"
 #include "backend/cuda/nvfp4_decode.cuh"
 #include "backend/cuda/rmsnorm_row.cuh"
 
@@ -103,14 +104,6 @@ __device__ __forceinline__ void scale_pairs(uint32_t s2, uint32_t& lo, uint32_t&
   const float2 f = fp8x2_to_float2(static_cast<uint16_t>(s2));
   lo = bf16x2_bits(f.x * 0x1p119f);
   hi = bf16x2_bits(f.y * 0x1p119f);
-}
-
-__device__ __forceinline__ void mma_bf16(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                         uint32_t b0, uint32_t b1) {
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
 __device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
@@ -304,10 +297,12 @@ __device__ __forceinline__ void gemv_token_column_loop(const unsigned char* code
       for (int p = 0; p < P; ++p) {
         const uint32_t w0 = word_of(wv[p][0], i), w1 = word_of(wv[p][1], i);
         const uint32_t s0 = sc[p][0][i / 2], s1 = sc[p][1][i / 2];
-        mma_bf16(acc[p], bf16x2_mul(e2m1_pair_bf16<0>(w0), s0), bf16x2_mul(e2m1_pair_bf16<0>(w1), s1),
-                 bf16x2_mul(e2m1_pair_bf16<1>(w0), s0), bf16x2_mul(e2m1_pair_bf16<1>(w1), s1), b0, b1);
-        mma_bf16(acc[p], bf16x2_mul(e2m1_pair_bf16<2>(w0), s0), bf16x2_mul(e2m1_pair_bf16<2>(w1), s1),
-                 bf16x2_mul(e2m1_pair_bf16<3>(w0), s0), bf16x2_mul(e2m1_pair_bf16<3>(w1), s1), b2, b3);
+        mma_m16n8k16<bf16>(acc[p], bf16x2_mul(e2m1_pair_bf16<0>(w0), s0),
+                           bf16x2_mul(e2m1_pair_bf16<0>(w1), s1), bf16x2_mul(e2m1_pair_bf16<1>(w0), s0),
+                           bf16x2_mul(e2m1_pair_bf16<1>(w1), s1), b0, b1);
+        mma_m16n8k16<bf16>(acc[p], bf16x2_mul(e2m1_pair_bf16<2>(w0), s0),
+                           bf16x2_mul(e2m1_pair_bf16<2>(w1), s1), bf16x2_mul(e2m1_pair_bf16<3>(w0), s0),
+                           bf16x2_mul(e2m1_pair_bf16<3>(w1), s1), b2, b3);
       }
     }
   }
@@ -376,7 +371,7 @@ __device__ __forceinline__ void gemv_block_diagonal_loop(const unsigned char* co
             a3 = e2m1_pair_bf16<3>(hi1);
             break;
         }
-        mma_bf16(d, a0, a1, a2, a3, b0, b1);
+        mma_m16n8k16<bf16>(d, a0, a1, a2, a3, b0, b1);
       }
       acc[p][0] = fmaf(sf[p][0].y, d[1], fmaf(sf[p][0].x, d[0], acc[p][0]));  // row g
       acc[p][2] = fmaf(sf[p][1].y, d[3], fmaf(sf[p][1].x, d[2], acc[p][2]));  // row g + 8
