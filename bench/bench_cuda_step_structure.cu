@@ -590,42 +590,50 @@ int run(int compute_ns, bool real_only) {
     std::printf("  %-28s %7.3f ms per step  %7.1f GB/s\n", what, ms, total / (ms * 1e6));
   };
 
-  // One kernel per stage, captured in a graph.
-  const auto kernels = [&](auto kernel, bool pdl, bool loop) {
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 200000));
+  // ms per step of the launches `record` makes, captured once in a CUDA graph and replayed.
+  const auto time_graph = [&](const std::function<void()>& record) {
     cudaGraph_t graph;
     CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-    CUDA_CHECK(cudaMemsetAsync(done, 0, stages * sizeof(unsigned), st));
-    for (int i = 0; i < stages; ++i) {
-      const Stage& s = step[static_cast<size_t>(i)];
-      int blocks = s.tiles;
-      uint32_t smem = s.tile_bytes;
-      if (loop) {
-        smem = 2 * s.tile_bytes;
-        blocks = std::min(
-            s.tiles,
-            std::max(1, ctx.blocks_per_sm(reinterpret_cast<const void*>(kernel), s.threads, smem)) * sms);
-      }
-      const auto* xin = static_cast<const float*>(x + (i % 2) * kDim);
-      float* xout = x + ((i + 1) % 2) * kDim;
-      const char* wi = w + offset[i];
-      const auto* prev = static_cast<const unsigned*>(i > 0 ? done + i - 1 : nullptr);
-      const auto target = static_cast<unsigned>(i > 0 ? step[static_cast<size_t>(i - 1)].tiles : 0);
-      if (pdl && i > 0) {
-        launch_pdl(ctx, kernel, dim3(static_cast<unsigned>(blocks)), dim3(static_cast<unsigned>(s.threads)),
-                   smem, xin, xout, wi, s.tile_bytes, s.tiles, prev, target, done + i, compute_ns);
-      } else {
-        kernel<<<blocks, s.threads, smem, st>>>(xin, xout, wi, s.tile_bytes, s.tiles, prev, target, done + i,
-                                                compute_ns);
-        CUDA_CHECK_LAUNCH();
-      }
-    }
+    record();
     CUDA_CHECK(cudaStreamEndCapture(st, &graph));
     cudaGraphExec_t exec;
     CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
     const double ms = time_steps(ctx, [&] { CUDA_CHECK(cudaGraphLaunch(exec, st)); });
     CUDA_CHECK(cudaGraphExecDestroy(exec));
     CUDA_CHECK(cudaGraphDestroy(graph));
+    return ms;
+  };
+
+  // One kernel per stage, captured in a graph.
+  const auto kernels = [&](auto kernel, bool pdl, bool loop) {
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 200000));
+    const double ms = time_graph([&] {
+      CUDA_CHECK(cudaMemsetAsync(done, 0, stages * sizeof(unsigned), st));
+      for (int i = 0; i < stages; ++i) {
+        const Stage& s = step[static_cast<size_t>(i)];
+        int blocks = s.tiles;
+        uint32_t smem = s.tile_bytes;
+        if (loop) {
+          smem = 2 * s.tile_bytes;
+          blocks = std::min(
+              s.tiles,
+              std::max(1, ctx.blocks_per_sm(reinterpret_cast<const void*>(kernel), s.threads, smem)) * sms);
+        }
+        const auto* xin = static_cast<const float*>(x + (i % 2) * kDim);
+        float* xout = x + ((i + 1) % 2) * kDim;
+        const char* wi = w + offset[i];
+        const auto* prev = static_cast<const unsigned*>(i > 0 ? done + i - 1 : nullptr);
+        const auto target = static_cast<unsigned>(i > 0 ? step[static_cast<size_t>(i - 1)].tiles : 0);
+        if (pdl && i > 0) {
+          launch_pdl(ctx, kernel, dim3(static_cast<unsigned>(blocks)), dim3(static_cast<unsigned>(s.threads)),
+                     smem, xin, xout, wi, s.tile_bytes, s.tiles, prev, target, done + i, compute_ns);
+        } else {
+          kernel<<<blocks, s.threads, smem, st>>>(xin, xout, wi, s.tile_bytes, s.tiles, prev, target,
+                                                  done + i, compute_ns);
+          CUDA_CHECK_LAUNCH();
+        }
+      }
+    });
     return ms;
   };
   if (!real_only) {
@@ -768,29 +776,23 @@ int run(int compute_ns, bool real_only) {
     }
     CUDA_CHECK(
         cudaMemcpy(d_need, seg_need.data(), seg_need.size() * sizeof(unsigned), cudaMemcpyHostToDevice));
-    cudaGraph_t graph;
-    CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-    CUDA_CHECK(cudaMemsetAsync(done, 0, stages * sizeof(unsigned), st));
-    for (const Segment& sg : segs) {
-      if (sg.work != nullptr) {
-        launch_pdl(ctx, kernel, dim3(static_cast<unsigned>(sms)), dim3((1 + kConsumerWarps) * 32), smem, w,
-                   static_cast<const Work*>(sg.work), static_cast<const int*>(sg.begin), vec, vec_ll,
-                   static_cast<const int*>(d_words), max_words, done, static_cast<const unsigned*>(d_need),
-                   step_base, d_error, compute_ns, sg.lo, true, ring);
-      } else {
-        const Stage& s = step[static_cast<size_t>(sg.lo)];
-        launch_pdl(ctx, attention, dim3(static_cast<unsigned>(s.tiles)),
-                   dim3(static_cast<unsigned>(s.threads)), 0, static_cast<const float*>(x), x + kDim,
-                   static_cast<const char*>(w), 0u, s.tiles, static_cast<const unsigned*>(nullptr), 0u,
-                   done + sg.lo, compute_ns);
+    const double ms = time_graph([&] {
+      CUDA_CHECK(cudaMemsetAsync(done, 0, stages * sizeof(unsigned), st));
+      for (const Segment& sg : segs) {
+        if (sg.work != nullptr) {
+          launch_pdl(ctx, kernel, dim3(static_cast<unsigned>(sms)), dim3((1 + kConsumerWarps) * 32), smem, w,
+                     static_cast<const Work*>(sg.work), static_cast<const int*>(sg.begin), vec, vec_ll,
+                     static_cast<const int*>(d_words), max_words, done, static_cast<const unsigned*>(d_need),
+                     step_base, d_error, compute_ns, sg.lo, true, ring);
+        } else {
+          const Stage& s = step[static_cast<size_t>(sg.lo)];
+          launch_pdl(ctx, attention, dim3(static_cast<unsigned>(s.tiles)),
+                     dim3(static_cast<unsigned>(s.threads)), 0, static_cast<const float*>(x), x + kDim,
+                     static_cast<const char*>(w), 0u, s.tiles, static_cast<const unsigned*>(nullptr), 0u,
+                     done + sg.lo, compute_ns);
+        }
       }
-    }
-    CUDA_CHECK(cudaStreamEndCapture(st, &graph));
-    cudaGraphExec_t exec;
-    CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-    const double ms = time_steps(ctx, [&] { CUDA_CHECK(cudaGraphLaunch(exec, st)); });
-    CUDA_CHECK(cudaGraphExecDestroy(exec));
-    CUDA_CHECK(cudaGraphDestroy(graph));
+    });
     for (const Segment& sg : segs) {
       CUDA_CHECK(cudaFree(sg.work));
       CUDA_CHECK(cudaFree(sg.begin));
