@@ -116,6 +116,61 @@ TEST(Generate, SeededSamplingIsReproducible) {
   EXPECT_NE(run(3), run(4));
 }
 
+// Pipelined decoding (Engine::decode_begin: step n + 1 runs on the id the device drew for it
+// while the host reads id n): the same ids, stop reasons, KV cache and sampler stream as one step
+// at a time, however a generation ends -- the speculative step past the end is truncated and its
+// uniform taken back -- over two turns of one cached sequence.
+TEST(Generate, PipelinedEqualsOneStepAtATime) {
+  struct Case {
+    const char* what;
+    float temperature;
+    int64_t context;
+    int64_t max_tokens;
+    int eos_every;  // FakeEngine: eos about one step in this many (0: never)
+  };
+  const Case cases[] = {
+      {"greedy, max tokens", 0.0f, 256, 9, 0},    {"greedy, eos", 0.0f, 512, 200, 5},
+      {"greedy, context full", 0.0f, 24, 200, 0}, {"sampled, eos", 0.9f, 512, 200, 4},
+      {"sampled, max tokens", 0.9f, 256, 7, 0},   {"sampled, context full", 0.9f, 21, 200, 0}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    SamplerParams params;
+    params.temperature = c.temperature;
+    params.seed = 7;
+    std::vector<int32_t> tokens[2], kv[2];
+    std::vector<StopReason> reasons[2];
+    double next_u[2] = {0, 0};
+    int64_t pipelined_steps[2] = {0, 0};
+    for (int pipelined = 0; pipelined < 2; ++pipelined) {
+      FakeEngine engine(100, c.context, {10, 11, 12, 13, 14}, c.eos_every > 0 ? 99 : -1,
+                        c.eos_every > 0 ? c.eos_every : 6);
+      engine.set_device({.samples = true, .pipeline = pipelined == 1});
+      Sampler sampler(params);
+      StopChecker stop({99}, {});
+      GenerateOptions opts;
+      opts.max_tokens = c.max_tokens;
+      std::vector<int32_t> seq = {1, 2, 3};
+      for (int turn = 0; turn < 2 && engine.position() + 2 < c.context; ++turn) {
+        const GenerateResult r = generate(engine, seq, engine.position(), sampler, stop, nullptr, opts);
+        tokens[pipelined].insert(tokens[pipelined].end(), r.tokens.begin(), r.tokens.end());
+        reasons[pipelined].push_back(r.reason);
+        EXPECT_EQ(engine.outstanding(), 0);
+        seq.insert(seq.end(), r.tokens.begin(), r.tokens.end());
+        seq.push_back(5);  // the next turn's "user" token
+      }
+      kv[pipelined] = engine.kv();
+      next_u[pipelined] = sampler.next_uniform();
+      pipelined_steps[pipelined] = engine.pipelined_steps;
+    }
+    EXPECT_EQ(tokens[1], tokens[0]);
+    EXPECT_EQ(reasons[1], reasons[0]);
+    EXPECT_EQ(kv[1], kv[0]) << "the cache after both turns";
+    EXPECT_EQ(next_u[1], next_u[0]) << "the sampler's stream after both turns";
+    EXPECT_EQ(pipelined_steps[0], 0);
+    EXPECT_GT(pipelined_steps[1], 0);
+  }
+}
+
 TEST(PromptIds, Parse) {
   EXPECT_EQ(parse_token_ids("1,2,3", "--prompt-ids"), (std::vector<int32_t>{1, 2, 3}));
   EXPECT_EQ(parse_token_ids(" 7 , 8", "--prompt-ids"), (std::vector<int32_t>{7, 8}));

@@ -322,8 +322,10 @@ void run_bench(const BenchOptions& o) {
                               {"tflops", flops / s / 1e12},
                               {"pct_of_tensor", 100.0 * flops / s / 1e12 / tc_tflops}});
   }
-  // Decode as generation runs it: one token per forward, the next id picked on the device (greedy)
-  // and copied back, which waits for the step.
+  // Decode as generation runs it (runtime/generate.cpp): one token per forward, the next id picked
+  // on the device (greedy) and copied back; with recorded steps pipelined -- each step decodes the
+  // id the device drew for it and is enqueued before the host waits for the id before it -- else
+  // (--no-graphs) one step at a time, waiting for each id.
   const size_t wbytes = decode_weight_bytes(host);
   const size_t kv_per_token =
       static_cast<size_t>(2 * config.num_layers * config.num_kv_heads * config.head_dim) *
@@ -337,9 +339,20 @@ void run_bench(const BenchOptions& o) {
       std::vector<double> t;
       for (int rep = 0; rep <= o.reps; ++rep) {
         const auto t0 = Clock::now();
-        for (int64_t s = 0; s < o.decode_steps; ++s) {
-          model.forward(std::span<const int32_t>(&tokens[static_cast<size_t>(s)], 1), c + s, cache, 1, {});
-          gpu.sample(model.device_logits(1), greedy, {}, 0.0);
+        if (gpu.can_feed_steps()) {
+          model.forward(std::span<const int32_t>(tokens.data(), 1), c, cache, 1, {});
+          gpu.sample_begin(model.device_logits(1), greedy, 0.0, /*feed_step=*/true);
+          for (int64_t s = 1; s < o.decode_steps; ++s) {
+            model.forward_fed(c + s, cache);
+            gpu.sample_begin(model.device_logits(1), greedy, 0.0, /*feed_step=*/true);
+            gpu.sample_end();
+          }
+          gpu.sample_end();
+        } else {
+          for (int64_t s = 0; s < o.decode_steps; ++s) {
+            model.forward(std::span<const int32_t>(&tokens[static_cast<size_t>(s)], 1), c + s, cache, 1, {});
+            gpu.sample(model.device_logits(1), greedy, {}, 0.0);
+          }
         }
         if (rep > 0) t.push_back(seconds_since(t0) / static_cast<double>(o.decode_steps));
       }

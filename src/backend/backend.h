@@ -228,6 +228,20 @@ class Backend {
     return std::nullopt;
   }
 
+  // ---- pipelined decoding: the sampled id fed to the next recorded step on the backend, so that
+  // step n + 1 can be enqueued before the host has read id n. A backend that can (CUDA with
+  // recorded steps): sample_begin enqueues a sample like sample() without waiting for it (at most
+  // two outstanding); with feed_step it also writes the id and the next position into the step
+  // inputs, and set_fed_step_inputs(pos0) then stands for set_step_inputs({that id}, pos0) in the
+  // next recorded forward. sample_end waits for the oldest outstanding sample and returns its id.
+  virtual bool can_feed_steps() const { return false; }
+  virtual void sample_begin(const Tensor& /*logits*/, const SamplerParams& /*params*/, double /*uniform*/,
+                            bool /*feed_step*/) {
+    fail("this backend does not sample on the device");
+  }
+  virtual int32_t sample_end() { fail("this backend does not sample on the device"); }
+  virtual void set_fed_step_inputs(int64_t /*pos0*/) { fail("this backend does not feed steps"); }
+
  protected:
   friend class Buffer;
   virtual void* raw_alloc(size_t bytes) = 0;  // zero-filled; throws Error when out of memory

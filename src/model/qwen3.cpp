@@ -54,6 +54,11 @@ Weight dense_view(const WeightStore& store, const std::string& name, int64_t out
   return w;
 }
 
+// A recorded decode step is kept per KV cache (the tensors its ops read and write).
+uint64_t step_key(const KvCache& cache) {
+  return static_cast<uint64_t>(reinterpret_cast<uintptr_t>(cache.k.data()));
+}
+
 }  // namespace
 
 ModelWeights load_model_weights(const WeightStore& store, const ModelConfig& c, const QuantConfig& quant) {
@@ -248,7 +253,7 @@ void Qwen3Model::forward(std::span<const int32_t> tokens, int64_t pos0, KvCache&
   // read the token id and position from backend memory (Backend::set_step_inputs).
   if (n == 1 && logit_rows == 1 && backend_.can_record()) {
     backend_.set_step_inputs(tokens, pos0);
-    const auto key = static_cast<uint64_t>(reinterpret_cast<uintptr_t>(cache.k.data()));
+    const uint64_t key = step_key(cache);
     if (!backend_.replay(key)) {
       backend_.begin_recording();
       try {
@@ -263,6 +268,14 @@ void Qwen3Model::forward(std::span<const int32_t> tokens, int64_t pos0, KvCache&
     return;
   }
   run(tokens, pos0, cache, logit_rows, logits);
+}
+
+void Qwen3Model::forward_fed(int64_t pos0, KvCache& cache) {
+  NIBBLE_ASSERT(pos0 >= 0 && pos0 + 1 <= cache.capacity);
+  backend_.set_fed_step_inputs(pos0);
+  const uint64_t key = step_key(cache);
+  if (!backend_.replay(key))
+    fail("internal error: a decode step fed on the device before any step was recorded for its cache");
 }
 
 void Qwen3Model::run(std::span<const int32_t> tokens, int64_t pos0, KvCache& cache, int64_t logit_rows,

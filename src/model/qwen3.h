@@ -94,6 +94,11 @@ class Qwen3Model {
   // for `cache` and replays it after. Nothing waits for the backend unless logits are copied.
   void forward(std::span<const int32_t> tokens, int64_t pos0, KvCache& cache, int64_t logit_rows,
                std::span<float> logits);
+  // The recorded one-token step at pos0 whose token the backend's last sample fed to it
+  // (Backend::sample_begin with feed_step): no host round trip between steps. The step for `cache`
+  // must have been recorded (a forward of one token and one logit row); its logits stay on the
+  // backend (device_logits(1)).
+  void forward_fed(int64_t pos0, KvCache& cache);
   // The last forward's logits, its final `rows` rows (rows <= 16), (rows, V) F32 backend memory,
   // valid until the next forward: what on-device sampling reads.
   Tensor device_logits(int64_t rows) const { return logits_.slice_rows(0, rows); }

@@ -12,6 +12,7 @@
 #include "format/safetensors.h"
 #include "model/qwen3.h"
 #include "quant/nvfp4_checkpoint.h"
+#include "runtime/sampler.h"
 
 namespace nibble {
 
@@ -90,6 +91,27 @@ class ModelEngine final : public Engine {
     forward_chunks(tokens, std::span<float>());  // the last logits stay on the backend
     return backend_->sample(model_->device_logits(1), params, seen, uniform);
   }
+
+  bool can_pipeline(const SamplerParams& params) const override {
+    return backend_->can_feed_steps() && params.repetition_penalty == 1.0f;
+  }
+
+  void decode_begin(std::optional<int32_t> token, const SamplerParams& params, double uniform) override {
+    if (!can_pipeline(params)) fail("pipelined decoding is not available here (see Engine::can_pipeline)");
+    if (token) {
+      check(std::span<const int32_t>(&*token, 1));
+      model_->forward(std::span<const int32_t>(&*token, 1), position_, cache_, 1, std::span<float>());
+    } else {
+      if (position_ + 1 > context_)
+        fail("a token at position {} needs {} positions, more than the context length {}", position_,
+             position_ + 1, context_);
+      model_->forward_fed(position_, cache_);
+    }
+    ++position_;
+    backend_->sample_begin(model_->device_logits(1), params, uniform, /*feed_step=*/true);
+  }
+
+  int32_t decode_end() override { return backend_->sample_end(); }
 
   std::vector<float> forward_all(std::span<const int32_t> tokens) override {
     check(tokens);

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "core/error.h"
 #include "format/hf_config.h"
 #include "tools/telemetry.h"
 
@@ -63,6 +64,20 @@ class Engine {
                                                 std::span<const int32_t> /*seen*/, double /*uniform*/) {
     return std::nullopt;
   }
+
+  // Pipelined decoding, where the backend samples on the device and can feed the drawn id to the
+  // next recorded step (CUDA with graphs): decode_begin appends one token at position() and
+  // enqueues its step and the draw of the id after it, without waiting; `token` comes from the
+  // host, or (nullopt) is the id the previous decode_begin draws, which the device feeds to this
+  // step. decode_end waits for the oldest begun step's id. At most two steps outstanding; every
+  // begun step must be ended. The ids are forward_sample's, one step at a time; no repetition
+  // penalty (it needs every id on the host before the next draw): can_pipeline says false then.
+  virtual bool can_pipeline(const SamplerParams& /*params*/) const { return false; }
+  virtual void decode_begin(std::optional<int32_t> /*token*/, const SamplerParams& /*params*/,
+                            double /*uniform*/) {
+    fail("pipelined decoding needs a backend that samples on the device");
+  }
+  virtual int32_t decode_end() { fail("pipelined decoding needs a backend that samples on the device"); }
 
   // Forgets KV entries at positions >= n (n <= position()); position() becomes n.
   virtual void truncate(int64_t n) = 0;

@@ -77,6 +77,12 @@ GenerateResult generate(Engine& engine, std::span<const int32_t> sequence, int64
     if (on_text) on_text(s);
   };
 
+  // Pipelined decoding (Engine::decode_begin): while the host reads id n, the device already runs
+  // the step of id n, fed with it on the device, and draws id n + 1. That step is speculative: when
+  // id n ends the generation it is discarded (its KV entry truncated, its uniform taken back), so
+  // the ids, the cache and the sampler's stream are those of the one-step-at-a-time loop.
+  const bool pipelined = on_device && engine.can_pipeline(sampler.params());
+  bool ahead = false;  // pipelined: the step of `id` is running, fed on the device
   t0 = std::chrono::steady_clock::now();
   while (true) {
     r.tokens.push_back(id);
@@ -97,11 +103,26 @@ GenerateResult generate(Engine& engine, std::span<const int32_t> sequence, int64
       r.reason = StopReason::max_tokens;
       break;
     }
-    if (engine.position() + 1 > engine.context_length()) {
+    const int64_t pos = engine.position() - (ahead ? 1 : 0);  // where the step of `id` goes
+    if (pos + 1 > engine.context_length()) {
       r.reason = StopReason::context_full;
       break;
     }
-    id = step(std::span<const int32_t>(&r.tokens.back(), 1));
+    if (!pipelined) {
+      id = step(std::span<const int32_t>(&r.tokens.back(), 1));
+      continue;
+    }
+    if (!ahead) engine.decode_begin(id, sampler.params(), sampler.next_uniform());
+    // The step after it, fed on the device, unless the next id ends the generation anyway.
+    ahead = static_cast<int64_t>(r.tokens.size()) + 1 < opts.max_tokens &&
+            engine.position() + 1 <= engine.context_length();
+    if (ahead) engine.decode_begin(std::nullopt, sampler.params(), sampler.next_uniform_tentative());
+    id = engine.decode_end();
+  }
+  if (ahead) {  // the speculative step of an id that ended the generation
+    engine.decode_end();
+    engine.truncate(engine.position() - 1);
+    sampler.take_back_uniform();
   }
   if (decoder && !stop.stopped()) {
     emit(stop.push(decoder->flush()));

@@ -203,6 +203,13 @@ double Sampler::next_uniform() {
   return static_cast<double>(rng_() >> 11) * 0x1.0p-53;
 }
 
+double Sampler::next_uniform_tentative() {
+  before_tentative_ = rng_;
+  return next_uniform();
+}
+
+void Sampler::take_back_uniform() { rng_ = before_tentative_; }
+
 int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> seen) {
   process(logits, seen, x_);
   if (params_.greedy()) {

@@ -59,13 +59,18 @@ class Sampler {
   // The next uniform in [0, 1) of this sampler's stream, for a backend that draws on the device
   // (Engine::forward_sample): the host keeps the RNG, so a seed reproduces a run on one backend.
   double next_uniform();
+  // next_uniform() for a draw that may be taken back (pipelined decoding draws for a step it may
+  // discard), and taking back the last one: the stream continues as if it had not been drawn.
+  double next_uniform_tentative();
+  void take_back_uniform();
 
  private:
   // x = logits after the repetition penalty.
   void process(std::span<const float> logits, std::span<const int32_t> seen, std::vector<float>& x) const;
 
   SamplerParams params_;
-  std::mt19937_64 rng_;  // per sampler: no global state, reproducible from params_.seed
+  std::mt19937_64 rng_;               // per sampler: no global state, reproducible from params_.seed
+  std::mt19937_64 before_tentative_;  // rng_ before the last next_uniform_tentative()
   // Buffers reused across steps: a vocab-sized allocation per token costs page faults.
   std::vector<float> x_;
   std::vector<std::pair<double, int32_t>> cands_;

@@ -38,7 +38,9 @@
 #include "quant/nvfp4.h"
 #include "quant/nvfp4_checkpoint.h"
 #include "runtime/engine.h"
+#include "runtime/generate.h"
 #include "runtime/sampler.h"
+#include "runtime/stop.h"
 #include "support/test_support.h"
 
 namespace nibble {
@@ -360,6 +362,97 @@ TEST(CudaEngine, ForwardSampleOnTheDevice) {
   EXPECT_EQ(runs[0], runs[1]);
   EXPECT_FALSE(Engine::load(dir, EngineOptions{.device = "cpu"})->forward_sample(seen, greedy, seen, 0.5))
       << "the CPU backend leaves sampling to runtime/sampler.h";
+}
+
+// An engine that decodes one step at a time: every call goes to `inner`, but it never pipelines.
+class StepByStep final : public Engine {
+ public:
+  explicit StepByStep(std::unique_ptr<Engine> inner) : e_(std::move(inner)) {}
+  const ModelConfig& config() const override { return e_->config(); }
+  int64_t context_length() const override { return e_->context_length(); }
+  int64_t position() const override { return e_->position(); }
+  std::span<const float> forward(std::span<const int32_t> t) override { return e_->forward(t); }
+  std::vector<float> forward_all(std::span<const int32_t> t) override { return e_->forward_all(t); }
+  bool samples_on_device() const override { return e_->samples_on_device(); }
+  std::optional<int32_t> forward_sample(std::span<const int32_t> t, const SamplerParams& p,
+                                        std::span<const int32_t> seen, double u) override {
+    return e_->forward_sample(t, p, seen, u);
+  }
+  void truncate(int64_t n) override { e_->truncate(n); }
+
+ private:
+  std::unique_ptr<Engine> e_;
+};
+
+// Pipelined decoding on the GPU (the sampled id fed to the next recorded step on the device, the
+// step after it enqueued before the host reads the id) gives generate() the ids, stop reasons, KV
+// cache (the logits of a token forwarded after both turns, bit for bit) and sampler stream of one
+// step at a time: greedy and sampled, ended by max_tokens and by an end-of-sequence id met mid-run
+// (the speculative step past it taken back), two turns of one cached sequence.
+TEST(CudaEngine, PipelinedGenerateEqualsStepByStep) {
+  NIBBLE_REQUIRE_GPU();
+  const auto dir = test::data_dir() / "llama2c_aidreams260K" / "hf";
+  SamplerParams greedy, sampled;
+  sampled.temperature = 0.8f;
+  sampled.top_k = 20;
+  sampled.seed = 3;
+  // An id the greedy run emits a few steps in: as an end-of-sequence id it stops a run mid-way.
+  int32_t mid_eos = -1;
+  {
+    auto e = Engine::load(dir, EngineOptions{.device = "cuda"});
+    Sampler s(greedy);
+    StopChecker none({}, {});
+    GenerateOptions o;
+    o.max_tokens = 12;
+    const std::vector<int32_t> prompt = {1};
+    const GenerateResult r = generate(*e, prompt, 0, s, none, nullptr, o);
+    ASSERT_EQ(r.tokens.size(), 12u);
+    mid_eos = r.tokens[6];
+  }
+  struct Case {
+    const char* what;
+    SamplerParams params;
+    int64_t max_tokens;
+    std::vector<int32_t> eos;
+  };
+  const Case cases[] = {{"greedy, max tokens", greedy, 40, {}},
+                        {"greedy, mid-run eos", greedy, 200, {mid_eos}},
+                        {"sampled, max tokens", sampled, 33, {}},
+                        {"sampled, eos", sampled, 200, {mid_eos}}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    std::vector<int32_t> ids[2];
+    std::vector<StopReason> reasons[2];
+    std::vector<float> after[2];
+    double next_u[2] = {0, 0};
+    for (int pipelined = 0; pipelined < 2; ++pipelined) {
+      std::unique_ptr<Engine> e = Engine::load(dir, EngineOptions{.device = "cuda"});
+      ASSERT_TRUE(e->can_pipeline(c.params));
+      if (pipelined == 0) e = std::make_unique<StepByStep>(std::move(e));
+      Sampler sampler(c.params);
+      GenerateOptions o;
+      o.max_tokens = c.max_tokens;
+      std::vector<int32_t> seq = {1};
+      for (int turn = 0; turn < 2; ++turn) {
+        StopChecker stop(c.eos, {});
+        const GenerateResult r = generate(*e, seq, e->position(), sampler, stop, nullptr, o);
+        ids[pipelined].insert(ids[pipelined].end(), r.tokens.begin(), r.tokens.end());
+        reasons[pipelined].push_back(r.reason);
+        seq.insert(seq.end(), r.tokens.begin(), r.tokens.end());
+        seq.push_back(1);
+      }
+      const int32_t probe = 2;
+      const std::span<const float> l = e->forward(std::span<const int32_t>(&probe, 1));
+      after[pipelined].assign(l.begin(), l.end());
+      next_u[pipelined] = sampler.next_uniform();
+    }
+    EXPECT_EQ(ids[1], ids[0]);
+    EXPECT_EQ(reasons[1], reasons[0]);
+    EXPECT_TRUE(after[1] == after[0]) << "the logits after both turns differ: the KV caches do";
+    EXPECT_EQ(next_u[1], next_u[0]);
+    if (!c.eos.empty() && c.params.temperature <= 0.0f)
+      EXPECT_EQ(reasons[0].front(), StopReason::eos) << "the greedy run meets its eos id";
+  }
 }
 
 TEST(CudaEngine, GpuMemBudgetRefusesWithThePlan) {

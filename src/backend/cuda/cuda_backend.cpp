@@ -61,9 +61,15 @@ CudaBackend::CudaBackend(const CudaBackendOptions& opts)
     : ctx_(std::make_unique<cuda::Context>(opts.device)), opts_(opts) {
   if (opts.kv_dtype != DType::BF16 && opts.kv_dtype != DType::F8_E4M3)
     fail("cuda backend: KV cache type {} (BF16 or F8_E4M3 expected)", dtype_name(opts.kv_dtype));
-  // The sampled id: pinned and mapped, written by the sampling kernel itself (no copy after it).
-  CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&host_id_), sizeof(int32_t), cudaHostAllocMapped));
+  // The sampled ids: pinned and mapped, written by the sampling kernel itself (no copy after it).
+  CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&host_id_), kSampleSlots * sizeof(int32_t),
+                           cudaHostAllocMapped));
   CUDA_CHECK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&host_id_dev_), host_id_, 0));
+  for (void*& ev : sampled_) {
+    cudaEvent_t e;
+    CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    ev = e;
+  }
   CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&host_step_), kStepSlots * sizeof(int32_t)));
   cudaEvent_t e;
   CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
@@ -80,6 +86,8 @@ CudaBackend::~CudaBackend() {
   if (ctx_) cudaStreamSynchronize(ctx_->stream());
   drop_recordings();
   if (step_copied_) cudaEventDestroy(static_cast<cudaEvent_t>(step_copied_));
+  for (void* ev : sampled_)
+    if (ev) cudaEventDestroy(static_cast<cudaEvent_t>(ev));
   if (host_step_) cudaFreeHost(host_step_);
   uploads_.clear();  // Buffers free through raw_free while the arena still exists
   for (auto& [p, bytes] : own_allocs_) ctx_->device_free(p, bytes);
@@ -769,6 +777,16 @@ void CudaBackend::set_step_inputs(std::span<const int32_t> tokens, int64_t pos0)
   CUDA_CHECK(
       cudaMemcpyAsync(step_, host_step_, (1 + tokens.size()) * 4, cudaMemcpyHostToDevice, ctx_->stream()));
   CUDA_CHECK(cudaEventRecord(done, ctx_->stream()));
+  fed_ = false;
+  step_pos0_ = pos0;
+}
+
+void CudaBackend::set_fed_step_inputs(int64_t pos0) {
+  if (!fed_ || fed_pos_ != pos0)
+    fail("internal error: a step fed on the device at position {}, but the last sample fed {}", pos0,
+         fed_ ? fed_pos_ : -1);
+  fed_ = false;  // the next sample feeds the step after this one
+  step_pos0_ = pos0;
 }
 
 bool CudaBackend::replay(uint64_t key) {
@@ -812,9 +830,13 @@ void CudaBackend::abort_recording() {
 
 // ---- sampling ---------------------------------------------------------------------------------
 
-std::optional<int32_t> CudaBackend::sample(const Tensor& logits, const SamplerParams& params,
-                                           std::span<const int32_t> seen, double uniform) {
+void CudaBackend::enqueue_sample(const Tensor& logits, const SamplerParams& params,
+                                 std::span<const int32_t> seen, double uniform, bool feed_step) {
   require(logits.dtype == DType::F32 || logits.dtype == DType::BF16, "sample: F32 or BF16 logits", logits);
+  if (samples_begun_ - samples_ended_ >= kSampleSlots)
+    fail("internal error: more than {} samples outstanding", kSampleSlots);
+  if (feed_step && (step_ == nullptr || step_pos0_ < 0))
+    fail("internal error: a sample feeds a step, but no recorded step ran before it");
   const int64_t V = logits.numel();
   ensure_workspace(cuda::sampling_scratch_bytes(V));
   cuda::SamplingConfig cfg;
@@ -831,10 +853,37 @@ std::optional<int32_t> CudaBackend::sample(const Tensor& logits, const SamplerPa
     seen_d = ids_;
   }
   const float u = static_cast<float>(std::clamp(uniform, 0.0, 1.0 - 1e-7));
+  const int slot = static_cast<int>(samples_begun_ % kSampleSlots);
   cuda::sample_enqueue(*ctx_, logits.data, logits.dtype == DType::BF16, V, cfg, seen_d,
-                       static_cast<int64_t>(seen.size()), u, host_id_dev_, {scratch_, scratch_bytes_});
-  CUDA_CHECK(cudaStreamSynchronize(s));  // the kernel's write to mapped host memory is visible now
-  return *static_cast<volatile int32_t*>(host_id_);
+                       static_cast<int64_t>(seen.size()), u, host_id_dev_ + slot, {scratch_, scratch_bytes_},
+                       feed_step ? step_ : nullptr);
+  CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(sampled_[slot]), s));
+  ++samples_begun_;
+  fed_ = feed_step;
+  if (feed_step) fed_pos_ = step_pos0_ + 1;
+}
+
+int32_t CudaBackend::sample_end() {
+  if (samples_ended_ == samples_begun_) fail("internal error: sample_end without an outstanding sample");
+  const int slot = static_cast<int>(samples_ended_ % kSampleSlots);
+  // The kernel's write to mapped host memory is visible once its event has completed.
+  CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(sampled_[slot])));
+  ++samples_ended_;
+  return static_cast<volatile int32_t*>(host_id_)[slot];
+}
+
+std::optional<int32_t> CudaBackend::sample(const Tensor& logits, const SamplerParams& params,
+                                           std::span<const int32_t> seen, double uniform) {
+  if (samples_begun_ != samples_ended_)
+    fail("internal error: sample() while pipelined samples are outstanding");
+  enqueue_sample(logits, params, seen, uniform, false);
+  return sample_end();
+}
+
+void CudaBackend::sample_begin(const Tensor& logits, const SamplerParams& params, double uniform,
+                               bool feed_step) {
+  if (!opts_.graphs && feed_step) fail("cuda backend: feeding steps needs recorded steps (graphs)");
+  enqueue_sample(logits, params, {}, uniform, feed_step);
 }
 
 std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& opts) {

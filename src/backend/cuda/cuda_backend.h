@@ -128,6 +128,12 @@ class CudaBackend final : public Backend {
   bool samples_on_device() const override { return true; }
   std::optional<int32_t> sample(const Tensor& logits, const SamplerParams& params,
                                 std::span<const int32_t> seen, double uniform) override;
+  // Pipelined decoding (Backend): with recorded steps (graphs on).
+  bool can_feed_steps() const override { return opts_.graphs; }
+  void sample_begin(const Tensor& logits, const SamplerParams& params, double uniform,
+                    bool feed_step) override;
+  int32_t sample_end() override;
+  void set_fed_step_inputs(int64_t pos0) override;
 
   cuda::Context& context() { return *ctx_; }
   // Changes CudaBackendOptions::l2_prefetch_bytes (capped as there) and drops the recorded steps,
@@ -153,6 +159,9 @@ class CudaBackend final : public Backend {
   // smaller one stays allocated), with one an internal error (the plan sized it).
   void grow(void*& buf, size_t& have, size_t bytes, const char* what);
   void ensure_ids(size_t count);
+  // Enqueues a sample into the next id slot (see sample_begin) and records its event.
+  void enqueue_sample(const Tensor& logits, const SamplerParams& params, std::span<const int32_t> seen,
+                      double uniform, bool feed_step);
   // The norm handoff buffer as xw (rows, dim) and sumsq for the norm weight norm_w.
   cuda::NormHandoff handoff_view(const float* norm_w, int64_t rows, int64_t dim) const;
   // True (and h set) when the handoff linear_residual_norm_forward left is for x (same data,
@@ -201,8 +210,18 @@ class CudaBackend final : public Backend {
     int64_t dim = 0;
   };
   PendingPaired pending_paired_;
-  int32_t* host_id_ = nullptr;      // pinned, mapped: the sampled id
-  int32_t* host_id_dev_ = nullptr;  // host_id_ as the device sees it
+  // The sampled ids: pinned and mapped, one slot per outstanding sample (kSampleSlots), each with
+  // an event recorded after its kernel; samples begun and ended so far (slot = count % slots).
+  static constexpr int kSampleSlots = 2;
+  int32_t* host_id_ = nullptr;        // kSampleSlots ids
+  int32_t* host_id_dev_ = nullptr;    // host_id_ as the device sees it
+  void* sampled_[kSampleSlots] = {};  // cudaEvent_t
+  uint64_t samples_begun_ = 0, samples_ended_ = 0;
+  // The step inputs hold what the last sample fed (position fed_pos_, its id): set_fed_step_inputs
+  // may stand for an upload. Any set_step_inputs clears it.
+  bool fed_ = false;
+  int64_t fed_pos_ = -1;
+  int64_t step_pos0_ = -1;  // the position of the last recorded step's inputs (set_*step_inputs)
   // Step inputs of recorded forwards: [0] = pos0, [1, 1 + n) = token ids; device and pinned host.
   int32_t* step_ = nullptr;
   int32_t* host_step_ = nullptr;

@@ -111,9 +111,19 @@ __global__ void seen_bits_kernel(const int32_t* seen, int64_t n_seen, int64_t vo
   }
 }
 
+// The chosen id to *out_id, and with feed_step (a recorded decode step's inputs {position, id}) to
+// the next step as well: the position advances by one and the id becomes its token.
+__device__ __forceinline__ void publish(int32_t id, int32_t* out_id, int32_t* feed_step) {
+  *out_id = id;
+  if (feed_step != nullptr) {
+    feed_step[1] = id;
+    feed_step[0] += 1;
+  }
+}
+
 __global__ void __launch_bounds__(kThreads)
     sample_kernel(Args a, bool greedy, int64_t top_k, float top_p, float min_p, float uniform,
-                  int32_t* out_id) {
+                  int32_t* out_id, int32_t* feed_step) {
   __shared__ float red[kWarps];
   __shared__ int64_t redi[kWarps];
   __shared__ float hist[256];
@@ -127,7 +137,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t i = threadIdx.x; i < a.vocab; i += kThreads) argmax_merge(M, arg, value(a, i), i);
   block_argmax(M, arg, red, redi);
   if (greedy) {
-    if (threadIdx.x == 0) *out_id = static_cast<int32_t>(arg);
+    if (threadIdx.x == 0) publish(static_cast<int32_t>(arg), out_id, feed_step);
     return;
   }
 
@@ -199,7 +209,7 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) {
     // r past the total by rounding: the last kept id.
     const int64_t pick = shared_i[0] < a.vocab ? shared_i[0] : shared_i[1];
-    *out_id = static_cast<int32_t>(pick);
+    publish(static_cast<int32_t>(pick), out_id, feed_step);
   }
 }
 
@@ -209,7 +219,7 @@ size_t sampling_scratch_bytes(int64_t vocab) { return static_cast<size_t>((vocab
 
 void sample_enqueue(Context& ctx, const void* logits, bool logits_bf16, int64_t vocab,
                     const SamplingConfig& cfg, const int32_t* seen, int64_t n_seen, float uniform,
-                    int32_t* out_id, Scratch scratch) {
+                    int32_t* out_id, Scratch scratch, int32_t* feed_step) {
   if (vocab <= 0 || vocab > (int64_t{1} << 31) - 1) fail("sampling: vocabulary of {} ids", vocab);
   const bool greedy = cfg.temperature <= 0.0f;
   if (!greedy && !(std::isfinite(cfg.temperature))) fail("sampling: temperature {}", cfg.temperature);
@@ -230,8 +240,8 @@ void sample_enqueue(Context& ctx, const void* logits, bool logits_bf16, int64_t 
     seen_bits_kernel<<<1, 1024, 0, ctx.stream()>>>(seen, n_seen, vocab, static_cast<uint32_t*>(scratch.ptr));
     CUDA_CHECK_LAUNCH();
   }
-  sample_kernel<<<1, kThreads, 0, ctx.stream()>>>(a, greedy, cfg.top_k, cfg.top_p, cfg.min_p, uniform,
-                                                  out_id);
+  sample_kernel<<<1, kThreads, 0, ctx.stream()>>>(a, greedy, cfg.top_k, cfg.top_p, cfg.min_p, uniform, out_id,
+                                                  feed_step);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -31,9 +31,11 @@ size_t sampling_scratch_bytes(int64_t vocab);
 // follows the kernel: the id is on the host once the stream has synchronised). logits (vocab) fp32
 // or bf16 (logits_bf16), device. seen (n_seen) int32 device ids for the repetition penalty
 // (duplicates allowed). uniform in [0, 1) drives the draw (a kernel argument; unused when greedy).
-// Stream-ordered, no host synchronisation.
+// feed_step: null, or a recorded decode step's inputs {position, token id} (device): the chosen id
+// becomes its token and the position advances by one, so that the next replay decodes the id
+// without the host. Stream-ordered, no host synchronisation.
 void sample_enqueue(Context& ctx, const void* logits, bool logits_bf16, int64_t vocab,
                     const SamplingConfig& cfg, const int32_t* seen, int64_t n_seen, float uniform,
-                    int32_t* out_id, Scratch scratch);
+                    int32_t* out_id, Scratch scratch, int32_t* feed_step = nullptr);
 
 }  // namespace nibble::cuda
