@@ -415,10 +415,11 @@ TEST(CudaEngine, PipelinedGenerateEqualsStepByStep) {
     int64_t max_tokens;
     std::vector<int32_t> eos;
   };
-  const Case cases[] = {{"greedy, max tokens", greedy, 40, {}},
-                        {"greedy, mid-run eos", greedy, 200, {mid_eos}},
-                        {"sampled, max tokens", sampled, 33, {}},
-                        {"sampled, eos", sampled, 200, {mid_eos}}};
+  // (The model's context is 128 tokens: two turns of up to 40 fit, with room for a probe after.)
+  const Case cases[] = {{"greedy, max tokens", greedy, 33, {}},
+                        {"greedy, mid-run eos", greedy, 40, {mid_eos}},
+                        {"sampled, max tokens", sampled, 27, {}},
+                        {"sampled, eos", sampled, 40, {mid_eos}}};
   for (const Case& c : cases) {
     SCOPED_TRACE(c.what);
     std::vector<int32_t> ids[2];
@@ -441,6 +442,7 @@ TEST(CudaEngine, PipelinedGenerateEqualsStepByStep) {
         seq.insert(seq.end(), r.tokens.begin(), r.tokens.end());
         seq.push_back(1);
       }
+      ASSERT_LT(e->position(), e->context_length());
       const int32_t probe = 2;
       const std::span<const float> l = e->forward(std::span<const int32_t>(&probe, 1));
       after[pipelined].assign(l.begin(), l.end());
