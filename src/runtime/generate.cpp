@@ -82,48 +82,71 @@ GenerateResult generate(Engine& engine, std::span<const int32_t> sequence, int64
   // id n ends the generation it is discarded (its KV entry truncated, its uniform taken back), so
   // the ids, the cache and the sampler's stream are those of the one-step-at-a-time loop.
   const bool pipelined = on_device && engine.can_pipeline(sampler.params());
-  bool ahead = false;  // pipelined: the step of `id` is running, fed on the device
-  t0 = std::chrono::steady_clock::now();
-  while (true) {
-    r.tokens.push_back(id);
-    seen.push_back(id);
-    if (stop.is_eos(id)) {
-      r.reason = StopReason::eos;
-      break;
+  bool ahead = false;   // pipelined: the step of `id` is running, fed on the device
+  int outstanding = 0;  // pipelined steps begun and not yet ended
+  const auto begin_step = [&](std::optional<int32_t> token, double uniform) {
+    engine.decode_begin(token, sampler.params(), uniform);
+    ++outstanding;
+  };
+  const auto end_step = [&] {
+    --outstanding;
+    return engine.decode_end();
+  };
+  // The speculative step past the end: ended, its KV entry truncated, its uniform taken back.
+  const auto take_back = [&] {
+    while (outstanding > 0) end_step();
+    if (ahead) {
+      engine.truncate(engine.position() - 1);
+      sampler.take_back_uniform();
+      ahead = false;
     }
-    if (decoder) {
-      r.raw += tok->piece(id);
-      emit(stop.push(decoder->push(id)));
-      if (stop.stopped()) {
-        r.reason = StopReason::stop_string;
+  };
+  t0 = std::chrono::steady_clock::now();
+  try {
+    while (true) {
+      r.tokens.push_back(id);
+      seen.push_back(id);
+      if (stop.is_eos(id)) {
+        r.reason = StopReason::eos;
         break;
       }
+      if (decoder) {
+        r.raw += tok->piece(id);
+        emit(stop.push(decoder->push(id)));
+        if (stop.stopped()) {
+          r.reason = StopReason::stop_string;
+          break;
+        }
+      }
+      if (static_cast<int64_t>(r.tokens.size()) >= opts.max_tokens) {
+        r.reason = StopReason::max_tokens;
+        break;
+      }
+      const int64_t pos = engine.position() - (ahead ? 1 : 0);  // where the step of `id` goes
+      if (pos + 1 > engine.context_length()) {
+        r.reason = StopReason::context_full;
+        break;
+      }
+      if (!pipelined) {
+        id = step(std::span<const int32_t>(&r.tokens.back(), 1));
+        continue;
+      }
+      if (!ahead) begin_step(id, sampler.next_uniform());
+      // The step after it, fed on the device, unless the next id ends the generation anyway.
+      const bool more = static_cast<int64_t>(r.tokens.size()) + 1 < opts.max_tokens &&
+                        engine.position() + 1 <= engine.context_length();
+      ahead = false;
+      if (more) {
+        begin_step(std::nullopt, sampler.next_uniform_tentative());
+        ahead = true;
+      }
+      id = end_step();
     }
-    if (static_cast<int64_t>(r.tokens.size()) >= opts.max_tokens) {
-      r.reason = StopReason::max_tokens;
-      break;
-    }
-    const int64_t pos = engine.position() - (ahead ? 1 : 0);  // where the step of `id` goes
-    if (pos + 1 > engine.context_length()) {
-      r.reason = StopReason::context_full;
-      break;
-    }
-    if (!pipelined) {
-      id = step(std::span<const int32_t>(&r.tokens.back(), 1));
-      continue;
-    }
-    if (!ahead) engine.decode_begin(id, sampler.params(), sampler.next_uniform());
-    // The step after it, fed on the device, unless the next id ends the generation anyway.
-    ahead = static_cast<int64_t>(r.tokens.size()) + 1 < opts.max_tokens &&
-            engine.position() + 1 <= engine.context_length();
-    if (ahead) engine.decode_begin(std::nullopt, sampler.params(), sampler.next_uniform_tentative());
-    id = engine.decode_end();
+  } catch (...) {  // e.g. on_text threw: leave the engine and sampler as one step at a time would
+    take_back();
+    throw;
   }
-  if (ahead) {  // the speculative step of an id that ended the generation
-    engine.decode_end();
-    engine.truncate(engine.position() - 1);
-    sampler.take_back_uniform();
-  }
+  take_back();
   if (decoder && !stop.stopped()) {
     emit(stop.push(decoder->flush()));
     if (stop.stopped()) r.reason = StopReason::stop_string;
