@@ -345,19 +345,21 @@ constexpr int kRealMaxK = 9728, kRealMaxRing = 8;
 // mma's columns: what nibble's decode GEMVs run where x arrives prepared) instead of the token-column
 // loop; no shared-memory input vectors (x read from global memory).
 constexpr int kRealBlockDiagonal = 1, kRealNoXBuffer = 2, kRealRawCodes = 4, kRealRawTwoChains = 8,
-              kRealRawNoMma = 16, kRealRelease = 32;  // the signal: one red.release instead of fence + atomic
+              kRealRawNoMma = 16, kRealRelease = 32,
+              kRealUnroll2 = 64;  // red.release: the stage signal without a separate fence;
+                                  // unroll 2: the raw loop's groups two at a time
 
 // The block-diagonal loop's loads and mmas with the codes fed to the mma as they are (no e2m1 ->
 // bf16 conversion): what the main loop would cost if dequantising were free. Timing only.
 // CHAINS: independent mma accumulators per group of 8 mmas (1 or 2); 0: no mma at all (the loads
 // alone, their words folded into the sums).
-template <int CHAINS>
+template <int CHAINS, bool UNROLL2>
 __device__ __forceinline__ void raw_codes_loop(const unsigned char* codes_s, const unsigned char* scales_s,
                                                int64_t cs, int64_t ss, const bf16* __restrict__ xr,
                                                int64_t chunks, int gw, int warp, int warps, int g, int t,
                                                float (&acc)[1][4]) {
   const bool x_lo = g == 2 * t, x_hi = g == 2 * t + 1;
-  for (int jj = 0; jj < gw; ++jj) {
+  const auto group = [&](int jj) {
     const int64_t c = 4 * (warp + static_cast<int64_t>(warps) * jj) + t;
     const bool in = c < chunks;
     uint4 xa[2], xb[2];
@@ -389,6 +391,13 @@ __device__ __forceinline__ void raw_codes_loop(const unsigned char* codes_s, con
     for (int q = 0; q < 4; ++q) d[q] += e[q];
     acc[0][0] = fmaf(sf0.y, d[1], fmaf(sf0.x, d[0], acc[0][0]));
     acc[0][2] = fmaf(sf1.y, d[3], fmaf(sf1.x, d[2], acc[0][2]));
+  };
+  if constexpr (UNROLL2) {  // two groups' loads in flight at once
+#pragma unroll 2
+    for (int jj = 0; jj < gw; ++jj) group(jj);
+  } else {
+#pragma unroll 1
+    for (int jj = 0; jj < gw; ++jj) group(jj);
   }
 }
 // G consumer groups of GW warps: each group's input vector and cross-warp sums, then the ring.
@@ -502,10 +511,11 @@ __global__ void __launch_bounds__((1 + G * GW) * 32, 1)
                            : xs + u.k0;
       if (ablate & kNoMainLoop) {
       } else if constexpr (V & kRealRawCodes) {
-        raw_codes_loop<V & kRealRawNoMma       ? 0
-                       : V & kRealRawTwoChains ? 2
-                                               : 1>(slot, slot + 16 * cs, cs, u.kslice / 16, xr, chunks, gw,
-                                                    gw_id, GW, g, t, acc);
+        raw_codes_loop<(V & kRealRawNoMma       ? 0
+                        : V & kRealRawTwoChains ? 2
+                                                : 1),
+                       (V & kRealUnroll2) != 0>(slot, slot + 16 * cs, cs, u.kslice / 16, xr, chunks, gw,
+                                                gw_id, GW, g, t, acc);
       } else if constexpr (V & kRealBlockDiagonal) {
         gemv_block_diagonal_loop<1>(slot, slot + 16 * cs, cs, u.kslice / 16, xr, chunks, gw, gw_id, GW, g, t,
                                     acc);
@@ -955,7 +965,9 @@ int run(int compute_ns, bool real_only) {
                                int ablate) {
     char what[112];
     std::snprintf(what, sizeof what, "real loop, %d x %d warps, ring %d%s%s%s%s%s", groups, group_warps, ring,
-                  variant & kRealRawNoMma        ? ", raw codes, no mma"
+                  variant & kRealUnroll2
+                      ? (variant & kRealRawNoMma ? ", raw, no mma, unroll 2" : ", raw, unroll 2")
+                  : variant & kRealRawNoMma      ? ", raw codes, no mma"
                   : variant & kRealRawTwoChains  ? ", raw codes, 2 chains"
                   : variant & kRealRawCodes      ? ", raw codes"
                   : variant & kRealBlockDiagonal ? ", block-diag"
@@ -987,6 +999,9 @@ int run(int compute_ns, bool real_only) {
   real_variant<4, 4, kRealBlockDiagonal | kRealNoXBuffer>(report_real, kSplitSlices | kNoMainLoop | kProfile);
   real_variant<4, 4, kRealBlockDiagonal | kRealNoXBuffer | kRealRelease>(report_real,
                                                                          kSplitSlices | kProfile);
+  real_variant<4, 4, kRealRawCodes | kRealUnroll2 | kRealNoXBuffer>(report_real, kSplitSlices | kProfile);
+  real_variant<4, 4, kRealRawCodes | kRealRawNoMma | kRealUnroll2 | kRealNoXBuffer>(report_real,
+                                                                                    kSplitSlices | kProfile);
   real_variant<8, 2, kRealBlockDiagonal | kRealNoXBuffer>(report_real, kSplitSlices | kProfile);
   real_variant<6, 4, kRealBlockDiagonal | kRealNoXBuffer>(report_real, kSplitSlices | kProfile);
   // the input vector in shared memory (copied per stage by each group)
