@@ -703,7 +703,6 @@ DecodeKernel decode_kernel(Context& ctx) {
         cudaFuncSetAttribute(k.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(k.smem)));
     CUDA_CHECK(cudaFuncSetAttribute(k.fn, cudaFuncAttributePreferredSharedMemoryCarveout,
                                     cudaSharedmemCarveoutMaxShared));
-    return 0;
   });
   k.blocks_per_sm = ctx.blocks_per_sm(reinterpret_cast<const void*>(k.fn), kDecodeWarps * kWarp, k.smem);
   return k;

@@ -375,7 +375,6 @@ void launch(Context& ctx, const Params& prm) {
     // Two blocks of up to 112 KB share an SM only with the largest shared-memory carveout.
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
                                     cudaSharedmemCarveoutMaxShared));
-    return 0;
   });
   const int64_t blocks = static_cast<int64_t>(prm.row_blocks) * prm.kv_heads;
   kernel<<<static_cast<unsigned>(blocks), kWarps * kWarp, bytes, ctx.stream()>>>(prm);

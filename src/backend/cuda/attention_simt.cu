@@ -170,7 +170,6 @@ void launch_simt(Context& ctx, const Params& p, dim3 grid) {
       CUDA_CHECK(cudaFuncSetAttribute(simt_attention_kernel<WARPS, DPL>,
                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(ctx.info().smem_per_block_optin)));
-      return 0;
     });
   simt_attention_kernel<WARPS, DPL><<<grid, WARPS * kWarp, smem, ctx.stream()>>>(p);
   CUDA_CHECK_LAUNCH();

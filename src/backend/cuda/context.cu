@@ -82,11 +82,10 @@ void Context::device_free(void* ptr, size_t bytes) {
   live_bytes_ -= bytes;
 }
 
-int Context::kernel_setup(const void* kernel, const std::function<int()>& setup) {
-  if (const auto it = kernel_setups_.find(kernel); it != kernel_setups_.end()) return it->second;
-  const int v = setup();
-  kernel_setups_.emplace(kernel, v);
-  return v;
+void Context::kernel_setup(const void* kernel, const std::function<void()>& setup) {
+  if (kernel_setups_.count(kernel) != 0) return;
+  setup();
+  kernel_setups_.insert(kernel);
 }
 
 int Context::blocks_per_sm(const void* kernel, int threads, size_t smem) {

@@ -16,7 +16,7 @@
 #include <string>
 #include <string_view>
 #include <tuple>
-#include <unordered_map>
+#include <unordered_set>
 
 namespace nibble::cuda {
 
@@ -78,10 +78,10 @@ class Context {
   // cudaMemGetInfo: (free, total) bytes on this device, all processes.
   std::pair<size_t, size_t> mem_info() const;
 
-  // A kernel's one-time set-up on this device (cudaFuncSetAttribute): runs
-  // `setup` the first time `kernel` is seen and returns what it returned then, so that launches
-  // (every op of an unrecorded step, every prefill) pay a hash lookup instead of driver calls.
-  int kernel_setup(const void* kernel, const std::function<int()>& setup);
+  // A kernel's one-time set-up on this device (cudaFuncSetAttribute): runs `setup` the first time
+  // `kernel` is seen, so that launches (every op of an unrecorded step, every prefill) pay a hash
+  // lookup instead of driver calls.
+  void kernel_setup(const void* kernel, const std::function<void()>& setup);
 
   // Blocks of `kernel` (its attributes set: kernel_setup) one SM holds at once with `threads` threads
   // and `smem` bytes of dynamic shared memory: cudaOccupancyMaxActiveBlocksPerMultiprocessor, asked
@@ -97,7 +97,7 @@ class Context {
   size_t blas_workspace_bytes_ = 0;
   int64_t alloc_count_ = 0;
   size_t live_bytes_ = 0, peak_bytes_ = 0;
-  std::unordered_map<const void*, int> kernel_setups_;
+  std::unordered_set<const void*> kernel_setups_;
   std::map<std::tuple<const void*, int, size_t>, int> blocks_per_sm_;
 };
 

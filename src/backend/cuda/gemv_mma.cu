@@ -355,7 +355,6 @@ void gemv_kernel_setup(Context& ctx, Kernel kernel) {
   ctx.kernel_setup(reinterpret_cast<const void*>(kernel), [&] {
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     static_cast<int>(ctx.info().smem_per_block_optin)));
-    return 0;
   });
 }
 
