@@ -882,7 +882,7 @@ std::optional<int32_t> CudaBackend::sample(const Tensor& logits, const SamplerPa
 
 void CudaBackend::sample_begin(const Tensor& logits, const SamplerParams& params, double uniform,
                                bool feed_step) {
-  if (!opts_.graphs && feed_step) fail("cuda backend: feeding steps needs recorded steps (graphs)");
+  if (feed_step && !can_feed_steps()) fail("cuda backend: feeding steps needs recorded steps (graphs)");
   enqueue_sample(logits, params, {}, uniform, feed_step);
 }
 
